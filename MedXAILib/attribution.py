@@ -1,0 +1,79 @@
+"""`Attribution`: a signed, raw relevance map on the input grid plus its provenance.
+
+The map is never normalised here: min-max scaling, absolute values and thresholds are display
+choices made by the viewer. Provenance records everything needed to reproduce the map.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .volume import ImageVolume
+
+__all__ = ["Attribution", "PROVENANCE_KEY"]
+
+#: Header key (NRRD/MetaImage) or node attribute (Slicer) under which the provenance JSON is stored.
+PROVENANCE_KEY = "MedXAI.Provenance"
+
+
+@dataclass
+class Attribution:
+    """Relevance per input channel on the input grid.
+
+    Attributes:
+        array: (C, I, J, K) float32, one signed map per input channel.
+        affine: the input image's IJK -> RAS affine.
+        provenance: method, parameters, target, model id and SHA-256, library versions, seed,
+            device, seconds, and method-specific diagnostics (e.g. the completeness error).
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def summed(self) -> np.ndarray:
+        """(I, J, K) map summed over input channels (what is displayed by default)."""
+        return self.array.sum(axis=0)
+
+    @property
+    def channel_shares(self) -> list[float]:
+        """Each channel's share of the total absolute relevance."""
+        mass = np.abs(self.array).reshape(self.array.shape[0], -1).sum(axis=1).astype(np.float64)
+        total = mass.sum()
+        return [float(m / total) if total > 0 else 0.0 for m in mass]
+
+    def to_volume(self, per_channel: bool = False) -> ImageVolume:
+        """The summed map (or every channel) as an :class:`ImageVolume` on the input grid."""
+        array = self.array if per_channel else self.summed[np.newaxis]
+        return ImageVolume(array, self.affine.copy(), meta={"provenance": self.provenance})
+
+    def provenance_json(self) -> str:
+        return json.dumps(self.provenance, sort_keys=True, default=_json_default)
+
+    def save(self, path: str | Path, per_channel: bool = False) -> list[Path]:
+        """Write the map with the input's geometry and the provenance in the header.
+
+        NRRD and MetaImage keep the provenance under :data:`PROVENANCE_KEY`; NIfTI cannot, so a
+        JSON sidecar is written beside it. The write is atomic. Returns the paths written.
+        """
+        from .io import write_image  # SimpleITK is heavy; keep this module light
+
+        return write_image(
+            self.to_volume(per_channel), path, metadata={PROVENANCE_KEY: self.provenance_json()}
+        )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

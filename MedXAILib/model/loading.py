@@ -1,0 +1,206 @@
+"""`load_model`: TorchScript, exported programs, MONAI bundles and state dict + network spec.
+
+A network spec is a small JSON file beside a state dict::
+
+    {
+      "network": {"name": "UNet", "args": {"spatial_dims": 3, "in_channels": 1, ...}},
+      "weights": "unet.pt",
+      "task": "segmentation",
+      "class_names": ["background", "liver", "lesion"],
+      "in_channels": 1,
+      "roi_size": [96, 96, 96],
+      "preprocessing": [{"kind": "scale_intensity_range", "a_min": -200, "a_max": 300, "clip": true}]
+    }
+
+``network.name`` must be a class of ``monai.networks.nets``; weights load with
+``torch.load(weights_only=True)``, so neither part can run code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from ..errors import ModelError
+from .adapter import ModelAdapter, resolve_device
+from .bundle import build_monai_network, read_bundle
+from .preprocessing import Preprocessing
+from .weights import apply_state_dict, load_exported, load_state_dict, load_torchscript, sha256_of, sniff_file
+
+__all__ = ["load_model", "save_spec_model"]
+
+SPEC_KEYS = {"network", "weights", "task", "class_names", "in_channels", "roi_size", "sw_batch_size",
+             "overlap", "blend_mode", "output_activation", "preprocessing", "name", "description"}
+
+
+def load_model(
+    source: str | Path | torch.nn.Module | ModelAdapter,
+    *,
+    trust_bundle: bool = False,
+    device: str | torch.device = "auto",
+    task: Optional[str] = None,
+    class_names: Optional[Sequence[str]] = None,
+    in_channels: Optional[int] = None,
+    roi_size: Optional[Sequence[int]] = None,
+    preprocessing: Optional[Preprocessing] = None,
+) -> ModelAdapter:
+    """Load a model from a file, folder or in-memory module into a :class:`ModelAdapter`.
+
+    Args:
+        source: TorchScript file (.ts/.pt/.zip), exported program (.pt2), MONAI bundle folder,
+            network spec (.json), or an ``nn.Module`` / ``ModelAdapter`` already in memory.
+        trust_bundle: allow a bundle config to execute code (``$`` expressions, non-MONAI targets).
+        device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
+        task, class_names, in_channels, roi_size: override what the model declares.
+        preprocessing: replaces the model's own preprocessing when given.
+
+    Raises:
+        ModelError: missing, corrupted or unsupported model; UntrustedModelError for code.
+    """
+    if isinstance(source, ModelAdapter):
+        adapter = source
+    elif isinstance(source, torch.nn.Module):
+        adapter = ModelAdapter(network=source, model_id=type(source).__name__, source="<memory>")
+    else:
+        adapter = _load_path(Path(source), trust_bundle)
+    if task is not None:
+        adapter.task = task
+    if class_names is not None:
+        adapter.class_names = list(class_names)
+    if in_channels is not None:
+        adapter.in_channels = int(in_channels)
+    if roi_size is not None:
+        adapter.roi_size = tuple(int(v) for v in roi_size)  # type: ignore[assignment]
+    if preprocessing is not None:
+        adapter.preprocessing = preprocessing
+    adapter.__post_init__()  # re-validate overrides, eval() and freeze parameters
+    return adapter.to(resolve_device(device))
+
+
+def _load_path(path: Path, trust_bundle: bool) -> ModelAdapter:
+    if not path.exists():
+        raise ModelError(f"model not found: {path}")
+    if path.is_dir():
+        return _load_bundle(path, trust_bundle)
+    if path.suffix.lower() == ".json":
+        return _load_spec(path)
+    kind = sniff_file(path)
+    if kind == "torchscript":
+        network, extra = load_torchscript(path)
+        adapter = ModelAdapter(network=network, model_id=path.stem, sha256=sha256_of(path), source=str(path))
+        _apply_torchscript_metadata(adapter, extra.get("metadata.json", ""))
+        return adapter
+    if kind == "exported":
+        return ModelAdapter(network=load_exported(path), model_id=path.stem, sha256=sha256_of(path), source=str(path))
+    if kind == "state_dict":
+        raise ModelError(
+            f"{path.name} holds weights only; MedXAI also needs the network they belong to. Write a "
+            "model spec JSON naming the monai.networks.nets class and its arguments (see docs/user-guide.md)"
+        )
+    raise ModelError(
+        f"cannot load {path.name}: not a TorchScript file, exported program (.pt2), MONAI bundle folder "
+        "or model spec (.json); the file may be corrupted"
+    )
+
+
+def _apply_torchscript_metadata(adapter: ModelAdapter, text: str) -> None:
+    """Read task, class names and channels from a MONAI-style ``metadata.json`` extra file."""
+    if not text:
+        return
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        return
+    _apply_bundle_metadata(adapter, meta)
+
+
+def _apply_bundle_metadata(adapter: ModelAdapter, meta: dict[str, Any]) -> None:
+    fmt = meta.get("network_data_format", {}) if isinstance(meta, dict) else {}
+    inputs = next(iter(fmt.get("inputs", {}).values()), {})
+    outputs = next(iter(fmt.get("outputs", {}).values()), {})
+    if "num_channels" in inputs:
+        adapter.in_channels = int(inputs["num_channels"])
+    channel_def = outputs.get("channel_def")
+    if isinstance(channel_def, dict) and channel_def:
+        adapter.class_names = [str(channel_def[k]) for k in sorted(channel_def, key=lambda k: int(k))]
+    kind = str(outputs.get("type", "")).lower()
+    if kind in ("image", "segmentation", "label"):
+        adapter.task = "segmentation"
+    elif kind in ("probabilities", "probability", "logits", "classification"):
+        adapter.task = "classification"
+
+
+def _load_bundle(folder: Path, trusted: bool) -> ModelAdapter:
+    bundle = read_bundle(folder, trusted)
+    weights = folder / "models" / "model.pt"
+    torchscript = folder / "models" / "model.ts"
+    if weights.is_file():
+        network = bundle.build_network()
+        apply_state_dict(network, load_state_dict(weights), weights)
+        digest = sha256_of(weights)
+    elif torchscript.is_file():
+        network, _ = load_torchscript(torchscript)
+        digest = sha256_of(torchscript)
+    else:
+        raise ModelError(f"the bundle {folder.name} has neither models/model.pt nor models/model.ts")
+    adapter = ModelAdapter(
+        network=network,
+        preprocessing=bundle.preprocessing(),
+        model_id=str(bundle.metadata.get("name") or folder.name),
+        sha256=digest,
+        source=str(folder),
+        **bundle.inferer(),
+    )
+    _apply_bundle_metadata(adapter, bundle.metadata)
+    return adapter
+
+
+def _load_spec(path: Path) -> ModelAdapter:
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read model spec {path}: {exc}") from None
+    if not isinstance(spec, dict) or "network" not in spec or "weights" not in spec:
+        raise ModelError(f"model spec {path.name} needs 'network' and 'weights' entries")
+    unknown = set(spec) - SPEC_KEYS
+    if unknown:
+        raise ModelError(f"model spec {path.name} has unknown entries: {', '.join(sorted(unknown))}")
+    from monai.networks import nets
+
+    net_spec = spec["network"]
+    network = build_monai_network(str(net_spec.get("name", "")), dict(net_spec.get("args", {})), nets)
+    weights = (path.parent / spec["weights"]).resolve()
+    if not weights.is_file():
+        raise ModelError(f"weights file {weights} named in {path.name} does not exist")
+    apply_state_dict(network, load_state_dict(weights), weights)
+    roi = spec.get("roi_size")
+    return ModelAdapter(
+        network=network,
+        task=spec.get("task"),
+        class_names=spec.get("class_names"),
+        in_channels=spec.get("in_channels"),
+        roi_size=tuple(int(v) for v in roi) if roi else None,
+        sw_batch_size=int(spec.get("sw_batch_size", 1)),
+        overlap=float(spec.get("overlap", 0.25)),
+        blend_mode=str(spec.get("blend_mode", "gaussian")),
+        output_activation=str(spec.get("output_activation", "softmax")),
+        preprocessing=Preprocessing.from_config(spec.get("preprocessing")),
+        model_id=str(spec.get("name") or path.stem),
+        sha256=sha256_of(weights),
+        source=str(path),
+    )
+
+
+def save_spec_model(
+    network: torch.nn.Module, name: str, args: dict[str, Any], spec_path: str | Path, **spec: Any
+) -> Path:
+    """Write ``network``'s state dict and a spec JSON naming ``monai.networks.nets.<name>(**args)``."""
+    spec_path = Path(spec_path)
+    weights = spec_path.with_suffix(".pt")
+    torch.save(network.state_dict(), weights)
+    body = {"network": {"name": name, "args": args}, "weights": weights.name, **spec}
+    spec_path.write_text(json.dumps(body, indent=2))
+    return spec_path

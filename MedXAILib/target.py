@@ -1,0 +1,124 @@
+"""`Target`: what an explanation explains.
+
+One target system serves every method. For a classifier the target is a class logit (default) or
+probability. For a segmenter it is the class score reduced (sum by default, or mean) over a region of
+the output grid: the whole predicted structure, a user mask, the connected component of the
+predicted structure that contains a voxel, a box, or a single voxel. Regions are given on the
+*input* grid, because the model adapter maps the output back onto it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from .errors import TargetError
+
+__all__ = ["Target", "REGIONS", "SCORES", "REDUCTIONS"]
+
+REGIONS = ("class", "predicted", "mask", "component", "box", "voxel")
+SCORES = ("logit", "probability")
+REDUCTIONS = ("sum", "mean")
+
+
+@dataclass
+class Target:
+    """The scalar whose attribution is computed.
+
+    Attributes:
+        class_index: output channel. ``None`` for a classifier means the predicted (top) class.
+        region: ``"class"`` (classifiers: the class score itself; segmenters: the whole output
+            volume), ``"predicted"`` (voxels whose argmax is the class), ``"mask"``, ``"component"``
+            (connected component of the predicted structure containing ``voxel``), ``"box"`` or
+            ``"voxel"``.
+        score: ``"logit"`` (default, the raw network output) or ``"probability"`` (softmax over
+            channels, or sigmoid for multi-label models).
+        reduction: ``"sum"`` or ``"mean"`` over the region's voxels.
+        mask: boolean (I, J, K) array on the input grid, for ``region="mask"``.
+        box: ``(i0, j0, k0, i1, j1, k1)`` inclusive voxel corners on the input grid.
+        voxel: ``(i, j, k)`` on the input grid, for ``"voxel"`` and ``"component"``.
+    """
+
+    class_index: Optional[int] = None
+    region: str = "class"
+    score: str = "logit"
+    reduction: str = "sum"
+    mask: Optional[np.ndarray] = field(default=None, repr=False)
+    box: Optional[tuple[int, int, int, int, int, int]] = None
+    voxel: Optional[tuple[int, int, int]] = None
+
+    def __post_init__(self) -> None:
+        for value, allowed, what in (
+            (self.region, REGIONS, "region"),
+            (self.score, SCORES, "score"),
+            (self.reduction, REDUCTIONS, "reduction"),
+        ):
+            if value not in allowed:
+                raise TargetError(f"target {what} must be one of {', '.join(allowed)}; got {value!r}")
+        if self.class_index is not None and int(self.class_index) < 0:
+            raise TargetError(f"class index must be >= 0; got {self.class_index}")
+        needs = {"mask": self.mask, "box": self.box, "voxel": self.voxel, "component": self.voxel}
+        if self.region in needs and needs[self.region] is None:
+            what = "voxel" if self.region == "component" else self.region
+            raise TargetError(f"a '{self.region}' target needs its {what}")
+        if self.box is not None:
+            if len(self.box) != 6:
+                raise TargetError(f"a box needs six indices i0,j0,k0,i1,j1,k1; got {self.box}")
+            lo, hi = np.array(self.box[:3]), np.array(self.box[3:])
+            if np.any(hi < lo):
+                raise TargetError(f"box corner (i1,j1,k1) must not be below (i0,j0,k0); got {self.box}")
+        if self.voxel is not None and len(self.voxel) != 3:
+            raise TargetError(f"a voxel needs three indices i,j,k; got {self.voxel}")
+
+    def region_mask(self, shape: tuple[int, int, int]) -> Optional[np.ndarray]:
+        """The fixed region for mask, box and voxel targets on a grid of `shape` (None otherwise).
+
+        Raises:
+            TargetError: the region lies outside the grid or is empty.
+        """
+        if self.region == "mask":
+            mask = np.asarray(self.mask).astype(bool)
+            if mask.shape != tuple(shape):
+                raise TargetError(
+                    f"the target mask has shape {mask.shape} but the image grid is {tuple(shape)}; "
+                    "resample the mask onto the image first (MedXAILib.io.read_label_map does)"
+                )
+        elif self.region == "box":
+            lo = np.maximum(np.array(self.box[:3]), 0)
+            hi = np.minimum(np.array(self.box[3:]), np.array(shape) - 1)
+            mask = np.zeros(shape, bool)
+            if np.all(hi >= lo):
+                mask[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1] = True
+        elif self.region == "voxel":
+            self._check_voxel(shape)
+            mask = np.zeros(shape, bool)
+            mask[tuple(self.voxel)] = True
+        else:
+            return None
+        if not mask.any():
+            raise TargetError(
+                f"the target {self.region} covers no voxel of the image grid {tuple(shape)}"
+            )
+        return mask
+
+    def _check_voxel(self, shape: tuple[int, int, int]) -> None:
+        if any(not 0 <= int(v) < n for v, n in zip(self.voxel, shape)):
+            raise TargetError(f"voxel {tuple(self.voxel)} lies outside the image grid {tuple(shape)}")
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly description for provenance (masks summarised, not stored)."""
+        out: dict[str, Any] = {
+            "class_index": self.class_index,
+            "region": self.region,
+            "score": self.score,
+            "reduction": self.reduction,
+        }
+        if self.box is not None:
+            out["box"] = [int(v) for v in self.box]
+        if self.voxel is not None:
+            out["voxel"] = [int(v) for v in self.voxel]
+        if self.mask is not None:
+            out["mask_voxels"] = int(np.count_nonzero(self.mask))
+        return out
