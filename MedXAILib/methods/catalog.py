@@ -30,9 +30,10 @@ class InputXGradientParams:
 class IntegratedGradientsParams:
     n_steps: int = param(32, range=(1, 1024), help="Points on the straight path from the baseline to the input.")
     baseline: str = param(
-        "zeros",
+        "blur",
         choices=BASELINES,
-        help="Reference input: zeros, the image minimum per channel, a Gaussian blur of the image, "
+        help="Reference input: zeros, the image minimum per channel, a Gaussian blur of the image "
+        "(default: it keeps the intensity statistics that instance-normalised networks depend on), "
         "or uniform noise in the image's intensity range.",
     )
     blur_sigma_mm: float = param(8.0, range=(0.0, None), unit="mm", help="Blur width for the 'blur' baseline.")

@@ -49,6 +49,10 @@ class MethodContext:
             (grads,) = torch.autograd.grad(scores.sum(), batch)
         return grads, scores.detach()
 
+    def warn(self, message: str) -> None:
+        """Record a caveat about this result (shown by the CLI and kept in the provenance)."""
+        self.diagnostics.setdefault("warnings", []).append(message)
+
     @property
     def spacing(self) -> np.ndarray:
         return self.image.spacing

@@ -8,6 +8,9 @@ import torch
 from .catalog import InputXGradientParams, IntegratedGradientsParams, SaliencyParams
 from .context import MethodContext
 
+#: Relative completeness error above which the result carries a warning.
+COMPLETENESS_WARNING = 0.05
+
 __all__ = ["saliency", "input_x_gradient", "integrated_gradients", "quadrature", "make_baseline"]
 
 
@@ -102,9 +105,14 @@ def integrated_gradients(ctx: MethodContext, params: IntegratedGradientsParams) 
     with torch.no_grad():
         gap = float(ctx.score(x)[0] - ctx.score(baseline)[0])
     error = abs(float(attribution.sum()) - gap)
+    relative = error / abs(gap) if gap else (float("inf") if error else 0.0)
     ctx.diagnostics.update(
-        completeness_error=error,
-        completeness_relative_error=error / abs(gap) if gap else float("inf") if error else 0.0,
-        score_input_minus_baseline=gap,
+        completeness_error=error, completeness_relative_error=relative, score_input_minus_baseline=gap
     )
+    if relative > COMPLETENESS_WARNING:
+        ctx.warn(
+            f"integrated gradients misses completeness by {relative:.1%} of F(input) - F(baseline): "
+            "raise n_steps, or use the blur baseline (instance-normalised networks change abruptly "
+            "near a constant baseline)"
+        )
     return attribution

@@ -1,0 +1,5 @@
+"""Command-line front end of MedXAILib."""
+
+from .main import main
+
+__all__ = ["main"]
