@@ -77,8 +77,13 @@ def parse_cmake(text: str) -> list[Command]:
             i += 1
         elif c == "#":
             bracket = re.match(r"#\[(=*)\[", text[i:])
-            end = text.find(f"]{bracket.group(1)}]", i) if bracket else text.find("\n", i)
-            end = n if end < 0 else end
+            if bracket:
+                closing = f"]{bracket.group(1)}]"
+                end = text.find(closing, i)
+                end = n if end < 0 else end + len(closing)
+            else:
+                end = text.find("\n", i)
+                end = n if end < 0 else end
             line += text.count("\n", i, end)
             i = end
         else:
