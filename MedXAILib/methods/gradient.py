@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .catalog import InputXGradientParams, IntegratedGradientsParams, SaliencyParams
+from .catalog.gradient import InputXGradientParams, IntegratedGradientsParams, SaliencyParams
 from .context import MethodContext
 
 #: Relative completeness error above which the result carries a warning.

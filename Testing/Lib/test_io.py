@@ -127,7 +127,8 @@ def test_conversion_is_ras_ijk_not_just_self_consistent(tmp_path):
 
 
 def test_conversion_matches_nibabel(tmp_path):
-    nib = pytest.importorskip("nibabel")
+    import nibabel as nib  # an independent reader of NIfTI geometry
+
     image, ras = _hand_built_sitk()
     path = tmp_path / "hand.nii.gz"
     sitk.WriteImage(image, str(path))
@@ -289,19 +290,6 @@ def test_failed_move_rolls_back_detached_pair(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="No space"):
         mio.write_image(_oblique_volume(), tmp_path / "out.nhdr")
     assert _leftovers(tmp_path) == []
-
-
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores modes")
-def test_read_only_folder(tmp_path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
-    try:
-        with pytest.raises(InputError):
-            mio.write_image(_oblique_volume(), folder / "out.nrrd")
-        assert _leftovers(folder) == []
-    finally:
-        folder.chmod(0o755)
 
 
 def test_unwritable_folder_is_an_input_error(tmp_path, monkeypatch):

@@ -55,7 +55,8 @@ LIGHT_MODULES: tuple[str, ...] = (
     "monitor",
     "geometry",
     "methods",  # methods/__init__.py: the method registry, populated by the catalog below
-    "methods.catalog",  # parameter dataclasses and registry entries; implementations load lazily
+    "methods.catalog",  # catalog/__init__.py
+    "methods.catalog.*",  # one module per family: parameter dataclasses and registry entries
 )
 
 # Third-party packages that the light core must not load (a GUI lists methods before they exist).

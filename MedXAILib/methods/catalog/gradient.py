@@ -1,15 +1,16 @@
-"""The catalogue of attribution methods: metadata and parameters only (importable without torch)."""
+"""Gradient-family methods: metadata and parameter dataclasses (importable without torch)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..params import param
-from ..registry import METHODS, MethodInfo
+from ...params import param
+from ...registry import METHODS, MethodInfo
+
+from ._common import BOTH
 
 __all__ = ["SaliencyParams", "InputXGradientParams", "IntegratedGradientsParams", "BASELINES"]
 
-BOTH = ("classification", "segmentation")
 BASELINES = ("zeros", "min", "blur", "noise")
 INTEGRATION = ("gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right")
 

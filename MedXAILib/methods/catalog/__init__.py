@@ -1,0 +1,10 @@
+"""The catalogue of attribution methods: metadata and parameter dataclasses, one module per family.
+
+Everything here imports without torch, so a GUI can list methods and build forms before the heavy
+dependencies are installed. Importing this package registers every method in ``METHODS``.
+"""
+
+from . import gradient  # noqa: F401  (registers the gradient family)
+from .gradient import BASELINES, InputXGradientParams, IntegratedGradientsParams, SaliencyParams
+
+__all__ = ["BASELINES", "SaliencyParams", "InputXGradientParams", "IntegratedGradientsParams"]

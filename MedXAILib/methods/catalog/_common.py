@@ -1,0 +1,3 @@
+"""Shared constants of the method catalogue."""
+
+BOTH = ("classification", "segmentation")
