@@ -49,6 +49,20 @@ class MethodContext:
             (grads,) = torch.autograd.grad(scores.sum(), batch)
         return grads, scores.detach()
 
+    @property
+    def network(self) -> torch.nn.Module:
+        """The wrapped network itself (for layer hooks)."""
+        return self.model.adapter.network
+
+    def network_input(self, batch: torch.Tensor | None = None) -> torch.Tensor:
+        """`batch` (default: the input) after the model's preprocessing, as the network sees it."""
+        batch = self.x if batch is None else batch
+        return self.model.adapter.preprocessing.apply(batch, self.model.grids)
+
+    def to_input_grid(self, volume: torch.Tensor) -> torch.Tensor:
+        """Map a (B, C, ...) tensor on the network's input grid back onto the image grid."""
+        return self.model.adapter.preprocessing.invert_output(volume, self.model.grids)
+
     def warn(self, message: str) -> None:
         """Record a caveat about this result (shown by the CLI and kept in the provenance)."""
         self.diagnostics.setdefault("warnings", []).append(message)

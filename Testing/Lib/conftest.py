@@ -43,3 +43,19 @@ def segmenter():
     torch.manual_seed(0)
     net = UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8), strides=(2,), num_res_units=1)
     return load_model(net, task="segmentation", in_channels=1, device="cpu")
+
+
+@pytest.fixture
+def two_channel_volume(volume) -> ImageVolume:
+    rng = np.random.default_rng(1)
+    second = np.abs(rng.normal(size=volume.array.shape)).astype(np.float32) * 3.0  # PET-like, positive
+    return ImageVolume(np.concatenate([volume.array, second]), volume.affine, channel_names=["CT", "PET"])
+
+
+@pytest.fixture
+def two_channel_segmenter():
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(1)
+    net = UNet(spatial_dims=3, in_channels=2, out_channels=3, channels=(4, 8), strides=(2,), num_res_units=1)
+    return load_model(net, task="segmentation", in_channels=2, device="cpu")

@@ -4,7 +4,7 @@ Everything here imports without torch, so a GUI can list methods and build forms
 dependencies are installed. Importing this package registers every method in ``METHODS``.
 """
 
-from . import gradient  # noqa: F401  (registers the gradient family)
+from . import cam, game_theoretic, gradient, perturbation, propagation  # noqa: F401  (register)
 from .gradient import BASELINES, InputXGradientParams, IntegratedGradientsParams, SaliencyParams
 
 __all__ = ["BASELINES", "SaliencyParams", "InputXGradientParams", "IntegratedGradientsParams"]

@@ -1,0 +1,1 @@
+"""CAM family: metadata and parameter dataclasses (importable without torch)."""

@@ -1,0 +1,1 @@
+"""Game-theoretic family: metadata and parameter dataclasses (importable without torch)."""

@@ -1,0 +1,1 @@
+"""Perturbation family: metadata and parameter dataclasses (importable without torch)."""

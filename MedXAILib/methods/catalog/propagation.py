@@ -1,0 +1,1 @@
+"""Propagation family: metadata and parameter dataclasses (importable without torch)."""
