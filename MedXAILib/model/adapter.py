@@ -159,6 +159,11 @@ class BoundModel(torch.nn.Module):
                 raise ModelError(
                     f"a segmentation model must return (B, classes, I, J, K); got {tuple(y.shape)}"
                 )
+            if tuple(y.shape[2:]) != tuple(z.shape[2:]):
+                raise ModelError(
+                    f"the segmentation output {tuple(y.shape[2:])} is not on the grid of the network input "
+                    f"{tuple(z.shape[2:])}; MedXAI needs one output voxel per input voxel"
+                )
             y = a.preprocessing.invert_output(y, self.grids)
         elif y.ndim != 2:
             raise ModelError(f"a classification model must return (B, classes); got {tuple(y.shape)}")

@@ -94,8 +94,20 @@ def _load_path(path: Path, trust_bundle: bool) -> ModelAdapter:
         _apply_torchscript_metadata(adapter, extra.get("metadata.json", ""))
         return adapter
     if kind == "exported":
-        return ModelAdapter(network=load_exported(path), model_id=path.stem, sha256=sha256_of(path), source=str(path))
+        module = load_exported(path)
+        adapter = ModelAdapter(network=module, model_id=path.stem, sha256=sha256_of(path), source=str(path))
+        if module.output_rank == 2:
+            adapter.task = "classification"
+        elif module.output_rank is not None and module.input_shape is not None \
+                and module.output_rank == len(module.input_shape) >= 3:
+            adapter.task = "segmentation"
+            # a program exported with a fixed spatial shape runs on larger images window by window
+            adapter.roi_size = module.static_spatial_shape  # type: ignore[assignment]
+        if module.input_shape is not None and len(module.input_shape) >= 2 and module.input_shape[1] is not None:
+            adapter.in_channels = int(module.input_shape[1])
+        return adapter
     if kind == "state_dict":
+        load_state_dict(path)  # refuses pickled code (UntrustedModelError) before giving the advice below
         raise ModelError(
             f"{path.name} holds weights only; MedXAI also needs the network they belong to. Write a "
             "model spec JSON naming the monai.networks.nets class and its arguments (see docs/user-guide.md)"
@@ -118,14 +130,23 @@ def _apply_torchscript_metadata(adapter: ModelAdapter, text: str) -> None:
 
 
 def _apply_bundle_metadata(adapter: ModelAdapter, meta: dict[str, Any]) -> None:
-    fmt = meta.get("network_data_format", {}) if isinstance(meta, dict) else {}
-    inputs = next(iter(fmt.get("inputs", {}).values()), {})
-    outputs = next(iter(fmt.get("outputs", {}).values()), {})
-    if "num_channels" in inputs:
-        adapter.in_channels = int(inputs["num_channels"])
-    channel_def = outputs.get("channel_def")
-    if isinstance(channel_def, dict) and channel_def:
-        adapter.class_names = [str(channel_def[k]) for k in sorted(channel_def, key=lambda k: int(k))]
+    """Task, class names and input channels from MONAI's ``network_data_format`` (ignores the rest)."""
+    fmt = meta.get("network_data_format") if isinstance(meta, dict) else None
+    fmt = fmt if isinstance(fmt, dict) else {}
+
+    def first(section: Any) -> dict[str, Any]:
+        value = next(iter(section.values()), {}) if isinstance(section, dict) else {}
+        return value if isinstance(value, dict) else {}
+
+    inputs, outputs = first(fmt.get("inputs")), first(fmt.get("outputs"))
+    try:
+        if "num_channels" in inputs:
+            adapter.in_channels = int(inputs["num_channels"])
+        channel_def = outputs.get("channel_def")
+        if isinstance(channel_def, dict) and channel_def:
+            adapter.class_names = [str(channel_def[k]) for k in sorted(channel_def, key=lambda k: int(k))]
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"the model's metadata network_data_format is malformed: {exc}") from None
     kind = str(outputs.get("type", "")).lower()
     if kind in ("image", "segmentation", "label"):
         adapter.task = "segmentation"
@@ -154,6 +175,8 @@ def _load_bundle(folder: Path, trusted: bool) -> ModelAdapter:
         source=str(folder),
         **bundle.inferer(),
     )
+    if weights.is_file():
+        adapter.in_channels = _declared_in_channels(bundle.config.get("network_def"))
     _apply_bundle_metadata(adapter, bundle.metadata)
     return adapter
 
@@ -167,11 +190,21 @@ def _load_spec(path: Path) -> ModelAdapter:
         raise ModelError(f"model spec {path.name} needs 'network' and 'weights' entries")
     unknown = set(spec) - SPEC_KEYS
     if unknown:
-        raise ModelError(f"model spec {path.name} has unknown entries: {', '.join(sorted(unknown))}")
+        raise ModelError(
+            f"model spec {path.name} has unknown entries: {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(sorted(SPEC_KEYS))}"
+        )
     from monai.networks import nets
 
     net_spec = spec["network"]
-    network = build_monai_network(str(net_spec.get("name", "")), dict(net_spec.get("args", {})), nets)
+    if not isinstance(net_spec, dict) or not isinstance(net_spec.get("args", {}), dict) \
+            or set(net_spec) - {"name", "args"}:
+        raise ModelError(
+            f"model spec {path.name}: 'network' must be {{\"name\": <monai.networks.nets class>, "
+            f"\"args\": {{...}}}}; got {json.dumps(net_spec)[:200]}"
+        )
+    net_args = dict(net_spec.get("args", {}))
+    network = build_monai_network(str(net_spec.get("name", "")), net_args, nets)
     weights = (path.parent / spec["weights"]).resolve()
     if not weights.is_file():
         raise ModelError(f"weights file {weights} named in {path.name} does not exist")
@@ -181,7 +214,7 @@ def _load_spec(path: Path) -> ModelAdapter:
         network=network,
         task=spec.get("task"),
         class_names=spec.get("class_names"),
-        in_channels=spec.get("in_channels"),
+        in_channels=spec.get("in_channels", _declared_in_channels(net_args)),
         roi_size=tuple(int(v) for v in roi) if roi else None,
         sw_batch_size=int(spec.get("sw_batch_size", 1)),
         overlap=float(spec.get("overlap", 0.25)),
@@ -192,6 +225,12 @@ def _load_spec(path: Path) -> ModelAdapter:
         sha256=sha256_of(weights),
         source=str(path),
     )
+
+
+def _declared_in_channels(args: Any) -> Optional[int]:
+    """``in_channels`` from a network's constructor arguments, when it is a plain integer."""
+    value = args.get("in_channels") if isinstance(args, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def save_spec_model(

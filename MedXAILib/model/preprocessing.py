@@ -127,19 +127,38 @@ class Orientation(_Step):
 
 @dataclass
 class Spacing(_Step):
-    """Resample to `pixdim` mm keeping the direction and the centre of voxel (0, 0, 0)."""
+    """Resample to `pixdim` mm keeping the direction and the centre of voxel (0, 0, 0).
+
+    As MONAI's ``Spacing``: one number applies to every axis, a shorter sequence is padded with its
+    last value, a non-positive component keeps that axis's spacing, and the output has
+    ``round((n - 1) * old / new) + 1`` voxels per axis (values beyond the input take the border).
+    """
 
     pixdim: tuple[float, float, float]
     mode: str = "bilinear"
     spatial = True
 
+    def __post_init__(self) -> None:
+        try:
+            values = [float(v) for v in (self.pixdim if isinstance(self.pixdim, (list, tuple, np.ndarray))
+                                         else [self.pixdim])]
+        except (TypeError, ValueError):
+            raise ModelError(f"spacing pixdim must be numbers in mm; got {self.pixdim!r}") from None
+        if not values or not all(np.isfinite(values)):
+            raise ModelError(f"spacing pixdim must be finite numbers in mm; got {self.pixdim!r}")
+        values = (values + [values[-1]] * 3)[:3]
+        self.pixdim = (values[0], values[1], values[2])
+        if self.mode not in ("bilinear", "nearest"):
+            raise ModelError(f"spacing mode must be bilinear or nearest; got {self.mode!r}")
+
     def grid_after(self, grid: Grid) -> Grid:
         old = spacing_of(grid.affine)
         new = np.asarray(self.pixdim, dtype=np.float64)
+        new = np.where(new > 0, new, old)
         affine = grid.affine.copy()
         affine[:3, :3] = direction_of(grid.affine) * new
-        shape = tuple(int(np.floor((n - 1) * o / s + 1e-6)) + 1 for n, o, s in zip(grid.shape, old, new))
-        return Grid(affine, shape)
+        shape = tuple(int(np.round((n - 1) * o / s + 1.0)) for n, o, s in zip(grid.shape, old, new))
+        return Grid(affine, tuple(max(1, n) for n in shape))
 
     def apply(self, x, grid):
         return resample(x, grid, self.grid_after(grid), mode=self.mode)
@@ -150,20 +169,30 @@ class Spacing(_Step):
 
 @dataclass
 class ScaleIntensityRange(_Step):
-    """Map [a_min, a_max] linearly to [b_min, b_max], optionally clipping (MONAI semantics)."""
+    """Map [a_min, a_max] linearly to [b_min, b_max], optionally clipping (MONAI semantics).
+
+    As in MONAI, without ``b_min``/``b_max`` the window maps to [0, 1] and clipping uses whichever
+    bound is given.
+    """
 
     a_min: float
     a_max: float
-    b_min: float = 0.0
-    b_max: float = 1.0
+    b_min: Optional[float] = 0.0
+    b_max: Optional[float] = 1.0
     clip: bool = False
 
     def apply(self, x, grid):
         if self.a_max == self.a_min:
             raise ModelError("intensity window has a_min == a_max")
-        y = (x - self.a_min) / (self.a_max - self.a_min) * (self.b_max - self.b_min) + self.b_min
-        if self.clip:
-            y = torch.clamp(y, min(self.b_min, self.b_max), max(self.b_min, self.b_max))
+        y = (x - self.a_min) / (self.a_max - self.a_min)
+        if self.b_min is not None and self.b_max is not None:
+            y = y * (self.b_max - self.b_min) + self.b_min
+        if self.clip and (self.b_min is not None or self.b_max is not None):
+            bounds = [b for b in (self.b_min, self.b_max) if b is not None]
+            if len(bounds) == 2:
+                y = torch.clamp(y, min(bounds), max(bounds))
+            else:
+                y = torch.clamp(y, self.b_min, self.b_max)
         return y
 
 
@@ -172,27 +201,46 @@ class NormalizeIntensity(_Step):
     """Subtract the mean and divide by the standard deviation (MONAI ``NormalizeIntensity``).
 
     The statistics are computed from the input inside the graph, so attributions include their
-    dependence on every voxel. ``nonzero`` restricts them (and the change) to non-zero voxels.
+    dependence on every voxel. ``nonzero`` restricts them (and the change) to non-zero voxels;
+    ``channel_wise`` computes them per channel (otherwise over all channels together, as MONAI).
+    A zero standard deviation divides by 1, with finite gradients.
     """
 
-    subtrahend: Optional[float] = None
-    divisor: Optional[float] = None
+    subtrahend: Optional[float | Sequence[float]] = None
+    divisor: Optional[float | Sequence[float]] = None
     nonzero: bool = False
+    channel_wise: bool = False
+
+    def _constant(self, value: Any, x: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+        if t.ndim == 0:
+            return t
+        if not self.channel_wise or t.ndim != 1 or t.numel() != x.shape[1]:
+            raise ModelError(
+                f"normalize_intensity: per-channel subtrahend/divisor {list(t.tolist())} need channel_wise "
+                f"and one value per channel ({x.shape[1]})"
+            )
+        return t.reshape(1, -1, *([1] * (x.ndim - 2)))
 
     def apply(self, x, grid):
-        dims = tuple(range(2, x.ndim))
+        dims = tuple(range(2 if self.channel_wise else 1, x.ndim))
         if self.nonzero:
             mask = (x != 0).to(x.dtype)
             count = mask.sum(dim=dims, keepdim=True).clamp_min(1)
             mean = (x * mask).sum(dim=dims, keepdim=True) / count
-            std = (((x - mean) * mask) ** 2).sum(dim=dims, keepdim=True).div(count).sqrt()
+            var = (((x - mean) * mask) ** 2).sum(dim=dims, keepdim=True) / count
         else:
             mask = None
             mean = x.mean(dim=dims, keepdim=True)
-            std = x.std(dim=dims, keepdim=True, unbiased=False)
-        sub = mean if self.subtrahend is None else torch.as_tensor(self.subtrahend, dtype=x.dtype)
-        div = std if self.divisor is None else torch.as_tensor(self.divisor, dtype=x.dtype)
-        div = torch.where(div == 0, torch.ones_like(div), div) if torch.is_tensor(div) else div
+            var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)
+        sub = mean if self.subtrahend is None else self._constant(self.subtrahend, x)
+        if self.divisor is None:
+            positive = var > 0
+            div = torch.where(positive, torch.sqrt(torch.where(positive, var, torch.ones_like(var))),
+                              torch.ones_like(var))  # sqrt never sees 0: finite gradients
+        else:
+            div = self._constant(self.divisor, x)
+            div = torch.where(div == 0, torch.ones_like(div), div)
         y = (x - sub) / div
         return y if mask is None else torch.where(mask.bool(), y, x)
 
