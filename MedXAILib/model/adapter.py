@@ -73,7 +73,7 @@ class ModelAdapter:
     roi_size: Optional[tuple[int, int, int]] = None
     sw_batch_size: int = 1
     overlap: float = 0.25
-    blend_mode: str = "gaussian"
+    blend_mode: str = "constant"  # MONAI SlidingWindowInferer's default
     output_activation: str = "softmax"
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     model_id: str = "model"
@@ -140,7 +140,7 @@ class BoundModel(torch.nn.Module):
                 )
             else:
                 y = a.network(z)
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:  # shape and dtype mismatches
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(
                 f"the model failed on an input of shape {tuple(z.shape)}: {first}"

@@ -2,9 +2,12 @@
 
 Only three sections of the inference config are used: ``network_def``, ``preprocessing`` and
 ``inferer``. A bundle's config can run arbitrary Python: ``$`` expressions are evaluated, and a
-``_target_`` may name any importable callable. Unless the caller trusts the bundle, those sections
-must therefore be plain data: network classes from ``monai.networks.nets``, no ``$`` expressions.
-With trust, MONAI's ``ConfigParser`` evaluates them as MONAI itself would.
+``_target_`` may name any importable callable. Unless the caller trusts the bundle, the values
+MedXAI reads from those sections (the whole ``network_def``; each transform's ``_target_`` and the
+arguments that are translated; the inferer's window settings), and everything they refer to with
+``@``, must therefore be plain data: network classes from ``monai.networks.nets``, no ``$``
+expressions. Nothing is evaluated without trust; arguments MedXAI ignores (``keys``, ``device`` ...)
+may hold expressions. With trust, MONAI's ``ConfigParser`` evaluates the values as MONAI would.
 """
 
 from __future__ import annotations

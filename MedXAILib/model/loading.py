@@ -210,6 +210,15 @@ def _load_spec(path: Path) -> ModelAdapter:
         raise ModelError(f"weights file {weights} named in {path.name} does not exist")
     apply_state_dict(network, load_state_dict(weights), weights)
     roi = spec.get("roi_size")
+    names = spec.get("class_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise ModelError(f"model spec {path.name}: class_names must be a list of strings; got {names!r}")
+    if roi is not None and (not isinstance(roi, list) or len(roi) != 3
+                            or not all(isinstance(v, int) and not isinstance(v, bool) for v in roi)):
+        raise ModelError(f"model spec {path.name}: roi_size must be three integers; got {roi!r}")
+    channels = spec.get("in_channels")
+    if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool) or channels < 1):
+        raise ModelError(f"model spec {path.name}: in_channels must be a positive integer; got {channels!r}")
     return ModelAdapter(
         network=network,
         task=spec.get("task"),
@@ -218,7 +227,7 @@ def _load_spec(path: Path) -> ModelAdapter:
         roi_size=tuple(int(v) for v in roi) if roi else None,
         sw_batch_size=int(spec.get("sw_batch_size", 1)),
         overlap=float(spec.get("overlap", 0.25)),
-        blend_mode=str(spec.get("blend_mode", "gaussian")),
+        blend_mode=str(spec.get("blend_mode", "constant")),
         output_activation=str(spec.get("output_activation", "softmax")),
         preprocessing=Preprocessing.from_config(spec.get("preprocessing")),
         model_id=str(spec.get("name") or path.stem),

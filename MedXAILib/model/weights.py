@@ -156,6 +156,11 @@ def _weights_only_unpickling() -> Iterator[None]:
                     if getattr(module, attr, None) is not None:
                         patched.append((module, attr, getattr(module, attr)))
                         setattr(module, attr, stand_in)
+            if not any(attr == "torch" for _, attr, _ in patched):  # fail closed on an unknown torch layout
+                raise ModelError(
+                    f"this PyTorch ({torch.__version__}) has no torch.export loader MedXAI can guard against "
+                    "pickled code; load the model as TorchScript or as a state dict + spec instead"
+                )
             yield
         finally:
             for module, attr, original in reversed(patched):
