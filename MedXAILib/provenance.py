@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import platform
 from importlib import metadata
 from typing import Any
@@ -16,6 +17,11 @@ _LIBRARIES = ("torch", "monai", "numpy", "scipy", "SimpleITK", "captum")
 
 def library_versions() -> dict[str, str]:
     """Versions of MedXAI, Python and the numerical libraries (``"absent"`` when not installed)."""
+    return dict(_library_versions())
+
+
+@functools.lru_cache(maxsize=1)  # reading package metadata costs ~10 ms; versions do not change
+def _library_versions() -> dict[str, str]:
     versions = {"medxai": __version__, "python": platform.python_version()}
     for name in _LIBRARIES:
         try:

@@ -76,17 +76,17 @@ def resolve_target(
     index = int(target.class_index)
     _check_class(index, n_classes)
     shape = tuple(output.shape[2:])
-    predicted = _predicted_mask(output, index, activation)
     if target.region == "class":
         region = np.ones(shape, bool)
     elif target.region == "predicted":
-        region = predicted
+        region = _predicted_mask(output, index, activation)
         if not region.any():
             raise TargetError(f"the model predicts no voxel of class {index}; choose another class or region")
     elif target.region == "component":
         target._check_voxel(shape)
         from scipy import ndimage
 
+        predicted = _predicted_mask(output, index, activation)
         if not predicted[tuple(target.voxel)]:
             raise TargetError(
                 f"voxel {tuple(target.voxel)} is not predicted as class {index}, so it lies in no component"

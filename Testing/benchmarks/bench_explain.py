@@ -11,19 +11,20 @@ Two cases, seeded random input (N(0, 1) voxels) and seeded model initialisation,
 * ``unet``: MONAI UNet 3D segmenter (1 -> 3 classes, channels 16-128, 2 residual units), 96^3 input,
   target = class 1 logit summed over the central box (a third of each axis).
 
-``--quick`` uses 32^3 and 48^3 inputs and one repeat. Rows per case:
+``--quick`` uses 32^3 and 48^3 inputs and one repeat; ``--methods a,b`` restricts the method rows
+(perturbation and CAM methods can take many minutes each on a CPU at full size). Rows per case:
 
 * ``forward``: the bound model under ``torch.inference_mode`` (no map).
 * ``forward+backward``: gradient of the target w.r.t. the input, the unit cost of gradient methods.
 * every method of ``MedXAILib.METHODS`` that supports the case's task, with its default parameters
-  (integrated gradients: 32 Gauss-Legendre points, batches of 8): ``medxai`` is the whole
+  (integrated gradients: 32 Gauss-Legendre points in batches of 8): ``medxai`` is the whole
   ``MedXAILib.explain(...)`` call; ``captum`` is the same method in Captum (Saliency(abs=False),
-  InputXGradient, IntegratedGradients with the same n_steps/method/internal_batch_size and zero
-  baseline) and ``monai`` is ``monai.visualize.VanillaGrad`` (saliency, classifiers only; MONAI's
-  score is the whole channel, so it cannot express a box target). Reference implementations wrap the
-  very same ``BoundModel`` and reduce its output with the same resolved target scorer, so the
-  arithmetic is identical; new methods appear automatically, with a reference only if one is listed
-  in ``REFERENCES``.
+  InputXGradient, IntegratedGradients with the same n_steps, method, internal_batch_size and the
+  baseline tensor MedXAILib builds for its default baseline kind) and ``monai`` is
+  ``monai.visualize.VanillaGrad`` (saliency, classifiers only: MONAI scores the whole output
+  channel, so it cannot express a box target). References wrap the very same ``BoundModel`` and
+  reduce its output with the same resolved target scorer, so the arithmetic is identical. New
+  methods appear automatically, with a reference only if one is listed in ``REFERENCES``.
 
 Columns: ``seconds`` is the median of ``--repeats`` runs after one warm-up run. ``x f+b`` is seconds
 divided by the case's forward+backward seconds: about 1 for saliency and input x gradient, about
@@ -36,13 +37,14 @@ memory) during the warm-up and the timed runs: on CPU the growth of the process'
 (Linux VmHWM, reset via /proc/self/clear_refs; ru_maxrss where that is unavailable), on CUDA
 ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` minus what was allocated
 before. Each measurement runs in its own child process (forked from a forkserver that imported
-torch once, which keeps --quick under a minute), so peaks never mix. ``rel diff`` is
+torch once, saving ~1 s of imports per row), so peaks never mix. ``rel diff`` is
 ``max|map - captum| / max|captum|`` for the same method: ~1e-6 means float32 round-off only.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -51,6 +53,7 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -71,43 +74,32 @@ from MedXAILib.model import load_model, resolve_device  # noqa: E402
 from MedXAILib.params import make_params  # noqa: E402
 from MedXAILib.scoring import resolve_target  # noqa: E402
 
-CASES = {
-    "densenet121": dict(
-        task="classification", size=64, quick_size=32,
-        build=lambda: DenseNet121(spatial_dims=3, in_channels=1, out_channels=2),
-    ),
-    "unet": dict(
-        task="segmentation", size=96, quick_size=48,
-        build=lambda: UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=(16, 32, 64, 128),
-                           strides=(2, 2, 2), num_res_units=2),
-    ),
+CASES = {  # name -> task, input size (default, --quick), seeded network builder
+    "densenet121": ("classification", 64, 32,
+                    lambda: DenseNet121(spatial_dims=3, in_channels=1, out_channels=2)),
+    "unet": ("segmentation", 96, 48,
+             lambda: UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=(16, 32, 64, 128),
+                          strides=(2, 2, 2), num_res_units=2)),
 }
-
-
-def case_target(task: str, size: int) -> Target:
-    if task == "classification":
-        return Target(class_index=1)
-    lo, hi = size // 3, 2 * size // 3 - 1
-    return Target(class_index=1, region="box", box=(lo, lo, lo, hi, hi, hi))
 
 
 def setup(case_name: str, size: int, device: str) -> SimpleNamespace:
     """Seeded model and input, the bound model and the resolved target scorer."""
-    case = CASES[case_name]
+    task, _, _, build = CASES[case_name]
     torch.manual_seed(0)
-    adapter = load_model(case["build"](), device=device, task=case["task"])
+    adapter = load_model(build(), device=device, task=task)
     array = torch.randn((1, size, size, size), generator=torch.Generator().manual_seed(1)).numpy()
     image = ImageVolume(array, np.eye(4))
-    target = case_target(case["task"], size)
+    lo, hi = size // 3, 2 * size // 3 - 1  # segmenters: the central box, a third of each axis
+    target = Target(class_index=1) if task == "classification" else \
+        Target(class_index=1, region="box", box=(lo, lo, lo, hi, hi, hi))
     bound = adapter.bind(image.affine, image.shape)
     x = torch.as_tensor(image.array, device=adapter.device).unsqueeze(0)
     with torch.no_grad():
         scorer = resolve_target(target, bound(x), adapter.task, adapter.output_activation)
     return SimpleNamespace(adapter=adapter, image=image, target=target, bound=bound, x=x, scorer=scorer,
-                           f=lambda z: scorer(bound(z)), task=case["task"])
+                           f=lambda z: scorer(bound(z)))
 
-
-# ---- reference implementations: (method name, implementation) -> (tasks, make(s, params) -> run) ----
 
 def _captum_saliency(s, p):
     from captum.attr import Saliency
@@ -121,10 +113,16 @@ def _captum_input_x_gradient(s, p):
 
 def _captum_integrated_gradients(s, p):
     from captum.attr import IntegratedGradients
-    assert p.baseline == "zeros", "the Captum reference uses a zero baseline"
+    from MedXAILib.methods.gradient import make_baseline  # the same baseline tensor as explain()
     ig = IntegratedGradients(s.f)
-    return lambda: ig.attribute(s.x, baselines=torch.zeros_like(s.x), n_steps=p.n_steps,
-                                method=p.integration, internal_batch_size=p.batch_size)
+    ctx = SimpleNamespace(x=s.x, spacing=s.image.spacing, generator=None)
+
+    def run():
+        ctx.generator = torch.Generator().manual_seed(0)  # as explain(seed=0), for 'noise'
+        baseline = make_baseline(ctx, p.baseline, p.blur_sigma_mm)
+        return ig.attribute(s.x, baselines=baseline, n_steps=p.n_steps, method=p.integration,
+                            internal_batch_size=p.batch_size)
+    return run
 
 
 def _monai_vanilla_grad(s, p):
@@ -135,7 +133,7 @@ def _monai_vanilla_grad(s, p):
     return (lambda: run().abs()) if p.absolute else run
 
 
-BOTH = ("classification", "segmentation")
+BOTH = ("classification", "segmentation")  # (method, implementation) -> (tasks, make(s, params))
 REFERENCES = {
     ("saliency", "captum"): (BOTH, _captum_saliency),
     ("saliency", "monai"): (("classification",), _monai_vanilla_grad),
@@ -163,15 +161,14 @@ def make_run(s: SimpleNamespace, row: str, impl: str):
 
 
 def _proc_kb(key: str):
-    try:
-        with open("/proc/self/status") as fh:
-            return next((int(line.split()[1]) for line in fh if line.startswith(key + ":")), None)
-    except OSError:
-        return None
+    with contextlib.suppress(OSError), open("/proc/self/status") as fh:
+        return next((int(line.split()[1]) for line in fh if line.startswith(key + ":")), None)
+    return None
 
 
 def measure(case_name: str, size: int, row: str, impl: str, repeats: int, device: str) -> dict:
     """Runs in a fresh child process: warm-up, `repeats` timed runs, peak memory, the map."""
+    warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
     s = setup(case_name, size, device)
     run = make_run(s, row, impl)
     cuda = s.adapter.device.type == "cuda"
@@ -182,11 +179,8 @@ def measure(case_name: str, size: int, row: str, impl: str, repeats: int, device
         torch.cuda.reset_peak_memory_stats()
     else:
         base = _proc_kb("VmRSS") or 0
-        try:
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")  # reset the peak RSS to the current RSS (Linux >= 4.0)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset the peak RSS to the current RSS (Linux >= 4.0)
     out = run()
     times = []
     for _ in range(repeats):
@@ -204,10 +198,10 @@ def measure(case_name: str, size: int, row: str, impl: str, repeats: int, device
     return dict(seconds=statistics.median(times), times=times, peak_mb=peak_mb, map=out)
 
 
-def rows_for(task: str) -> list[tuple[str, str]]:
+def rows_for(task: str, only: list[str]) -> list[tuple[str, str]]:
     rows = [("forward", "torch"), ("forward+backward", "torch")]
     for info in METHODS:
-        if info.tasks and task not in info.tasks:
+        if (info.tasks and task not in info.tasks) or (only and info.name not in only):
             continue
         rows.append((info.name, "medxai"))
         rows += [(info.name, impl) for (name, impl), (tasks, _) in REFERENCES.items()
@@ -222,23 +216,20 @@ def rel_diff(a, b) -> float:
 def header(device: torch.device, args) -> dict:
     info = dict(device=str(device), torch=torch.__version__, monai=monai.__version__,
                 captum=captum.__version__, medxai=MedXAILib.__version__, python=platform.python_version(),
-                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                repeats=args.repeats, quick=args.quick)
-    if hasattr(os, "sched_getaffinity"):
-        info["usable_cpus"] = len(os.sched_getaffinity(0))
+                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), repeats=args.repeats,
+                quick=args.quick, methods=args.methods or "all")
+    if hasattr(os, "getloadavg"):  # other work on the machine makes CPU timings noisy
+        info["load_avg_1min"] = round(os.getloadavg()[0], 2)
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
-
-
-def fmt(v, spec: str) -> str:
-    return "-" if v is None else v if isinstance(v, str) else format(v, spec)
 
 
 def print_table(rows: list[dict]) -> None:
     cols = [("case", "case", "s"), ("method", "method", "s"), ("impl", "implementation", "s"),
             ("seconds", "seconds", ".4f"), ("x f+b", "ratio_fwd_bwd", ".2f"),
             ("peak MB", "peak_mb", ".1f"), ("rel diff vs captum", "rel_diff_vs_captum", ".2e")]
+    fmt = lambda v, spec: "-" if v is None else v if isinstance(v, str) else format(v, spec)  # noqa: E731
     cells = [[fmt(r.get(key), spec) for _, key, spec in cols] for r in rows]
     widths = [max(len(title), *(len(c[i]) for c in cells)) for i, (title, _, _) in enumerate(cols)]
     line = lambda vals: "  ".join(v.ljust(w) if i < 3 else v.rjust(w)  # noqa: E731
@@ -254,25 +245,28 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="32^3 / 48^3 inputs and one repeat")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    ap.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 3; 1 with --quick)")
+    ap.add_argument("--repeats", type=int, help="timed runs per row (default 3; 1 with --quick)")
+    ap.add_argument("--methods", help="comma-separated method names (default: every registered method)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
+    only = [METHODS.get(n.strip()).name for n in args.methods.split(",")] if args.methods else []
     args.repeats = args.repeats or (1 if args.quick else 3)
     device = resolve_device(args.device)
     info = header(device, args)
     print("MedXAILib explain() benchmark")
     print("  " + ", ".join(f"{k}={v}" for k, v in info.items()) + "\n", flush=True)
 
-    methods = mp.get_all_start_methods()
-    ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
     if ctx.get_start_method() == "forkserver":
-        ctx.set_forkserver_preload(["__main__"])  # torch, monai, captum imported once in the server
+        # import the heavy libraries once in the server ("__main__" itself is not preloaded on 3.11)
+        ctx.set_forkserver_preload(["torch", "scipy.ndimage", "monai.networks.nets", "monai.visualize",
+                                    "captum.attr", "MedXAILib.engine"])
     results = []
-    for case_name, case in CASES.items():
-        size = case["quick_size"] if args.quick else case["size"]
+    for case_name, (task, full_size, quick_size, _) in CASES.items():
+        size = quick_size if args.quick else full_size
         case_label = f"{case_name} {size}^3"
         rows, maps = [], {}
-        for row, impl in rows_for(case["task"]):
+        for row, impl in rows_for(task, only):
             print(f"  measuring {case_label}: {row} / {impl} ...", file=sys.stderr, flush=True)
             entry = dict(case=case_label, method=row, implementation=impl)
             try:
@@ -281,22 +275,18 @@ def main(argv=None) -> int:
             except Exception as exc:  # keep going: one failing reference must not hide the rest
                 entry["error"] = f"{type(exc).__name__}: {exc}"
                 print(f"    failed: {entry['error']}", file=sys.stderr, flush=True)
-                rows.append(entry)
-                continue
+                res = dict(seconds="error", map=None)
             maps[(row, impl)] = res.pop("map")
-            entry.update(res)
-            rows.append(entry)
+            rows.append({**entry, **res})
         fb = next((r.get("seconds") for r in rows if r["method"] == "forward+backward"), None)
         for r in rows:
-            if "seconds" in r and fb:
+            if isinstance(r["seconds"], float) and isinstance(fb, float):
                 r["ratio_fwd_bwd"] = r["seconds"] / fb
             ref = maps.get((r["method"], "captum"))
             if r["implementation"] == "captum" and ref is not None:
                 r["rel_diff_vs_captum"] = "ref"
             elif ref is not None and maps.get((r["method"], r["implementation"])) is not None:
                 r["rel_diff_vs_captum"] = rel_diff(maps[(r["method"], r["implementation"])], ref)
-            if "error" in r:
-                r["seconds"] = "error"
         print_table(rows)
         results += rows
     if args.json:
