@@ -1,1 +1,463 @@
-"""(placeholder: implementation in progress)"""
+"""CAM-family attribution methods on 3D volumes: Grad-CAM, Grad-CAM++, HiResCAM, XGrad-CAM, LayerCAM
+and Score-CAM, for classifiers and segmenters.
+
+Common steps (one forward pass, one backward pass for the gradient methods):
+
+1. The layer: ``params.layer`` (any module name of the network; an unknown name raises
+   :class:`~MedXAILib.errors.ParameterError` with the closest names), or the automatic choice of
+   :func:`MedXAILib.methods.layers.default_layer` for the model's task.
+2. A forward hook on that layer records its output ``A`` (B, K, *s) every time the network runs and
+   hands the rest of the network a copy whose gradient flows into the recorded tensor; one backward
+   pass of the target score (the same :class:`~MedXAILib.scoring.TargetScorer` as every method, so
+   masked, boundary or component targets of segmenters work) gives ``G = d score / d A``. The hooks
+   are removed in ``finally`` blocks.
+3. The method combines ``A`` and ``G`` into one map per network call at the layer's resolution,
+   applies the ReLU of its definition when ``relu`` is on, and upsamples it with
+   ``F.interpolate(mode=upsample, align_corners=False)`` on the model's device to the network input
+   grid (as ``monai.visualize`` and Captum's ``LayerAttribution.interpolate`` do).
+4. :meth:`MethodContext.to_input_grid` maps it back onto the image grid through the inverse of the
+   model's spatial preprocessing (orientation, spacing), so the map lies on the input grid.
+
+Sliding-window models (``adapter.roi_size`` set): the layer runs once per window. Every window keeps
+its own activations ``A_w`` and its own gradient of the *global* target, all from one backward pass
+through the stitched output, so each window gets its own CAM (for Grad-CAM: its own channel
+weights), upsampled to the window. MONAI stitches ``y = sum_w m_w y_w / sum_w m_w`` with importance
+maps ``m_w`` (constant or Gaussian), so the gradient reaching window ``w`` already carries its blend
+weight ``c_w = m_w / sum_w' m_w``. Gradient CAMs are therefore *summed* over the windows covering a
+voxel: ``CAM(v) = sum_w CAM_w(v)``, which is MONAI's weighted average of the windows' own CAMs (for
+HiResCAM and LayerCAM exactly ``sum_w c_w(v) CAM_w^own(v)``; Grad-CAM averages ``c_w g`` over the
+window) and, for HiResCAM and LayerCAM on a network whose layer sees the same activations in every
+window, equals the CAM of the whole volume. Score-CAM involves no gradient: its per-window maps (and
+the activations that make its masks) are combined with MONAI's weighted average itself. Window
+positions, padding of inputs smaller than the ROI and blend weights come from
+``monai.inferers.sliding_window_inference`` called again with the model's ROI, overlap and blend
+mode. For an input of exactly one ROI there is one window, ``c_w = 1``, and the map equals the
+direct CAM.
+
+Multi-channel inputs: a CAM is one map per location. The attribution is that map divided by the
+number of input channels ``C`` and repeated in every channel, so the channel sum (what is displayed)
+is the CAM and every channel holds a share 1/C; CAMs cannot say which input channel mattered.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ModelError, ParameterError
+from .catalog.cam import (
+    GradCAMParams,
+    GradCAMPlusPlusParams,
+    HiResCAMParams,
+    LayerCAMParams,
+    ScoreCAMParams,
+    XGradCAMParams,
+)
+from .context import MethodContext
+from .layers import check_hookable, default_layer, example_input, resolve_layer
+
+__all__ = [
+    "grad_cam",
+    "grad_cam_pp",
+    "hires_cam",
+    "xgrad_cam",
+    "layer_cam",
+    "score_cam",
+    "choose_layer",
+    "ChosenLayer",
+    "LayerMaps",
+    "layer_maps",
+]
+
+MapFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
+
+
+@dataclass
+class ChosenLayer:
+    """The layer a CAM looks at: its name, the module, and whether it was chosen automatically."""
+
+    name: str
+    module: torch.nn.Module
+    automatic: bool
+
+
+def choose_layer(ctx: MethodContext, name: str) -> ChosenLayer:
+    """The named layer, or the automatic choice for the model's task (see :mod:`.layers`)."""
+    network = ctx.network
+    check_hookable(network)
+    if name.strip():
+        return ChosenLayer(name.strip(), resolve_layer(network, name), False)
+    adapter = ctx.model.adapter
+    with torch.no_grad():
+        z = ctx.network_input()
+    example = example_input(adapter.in_channels, adapter.roi_size, network_input=z)
+    chosen = default_layer(network, adapter.task, example)
+    return ChosenLayer(chosen, resolve_layer(network, chosen), True)
+
+
+@dataclass
+class LayerMaps:
+    """What one forward (and backward) pass with a hooked layer gives.
+
+    Attributes:
+        activations: (W, K, *s): one row per network call (window) and batch item, in call order.
+        gradients: d score / d activations, same shape (``None`` without a backward pass).
+        score: the target score of the unperturbed input (scalar tensor).
+    """
+
+    activations: torch.Tensor
+    gradients: torch.Tensor | None
+    score: torch.Tensor
+
+
+@contextmanager
+def _hooked(network: torch.nn.Module, layer: ChosenLayer, rank: int, grad: bool) -> Iterator[dict[str, Any]]:
+    """Record `layer`'s outputs (and count network calls) while the block runs; hooks always removed."""
+    store: dict[str, Any] = {"acts": [], "layer_calls": 0, "network_calls": 0}
+
+    def count(module, args):
+        store["network_calls"] += 1
+
+    def record(module, args, output):
+        store["layer_calls"] += 1
+        if not isinstance(output, torch.Tensor) or output.ndim != rank:
+            what = f"a tensor of shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else type(
+                output).__name__
+            raise ParameterError(
+                f"layer {layer.name!r} returns {what}; a CAM needs a layer returning one "
+                f"(batch, channels, I, J, K) tensor (see 'medxai layers')"
+            )
+        if grad:
+            leaf = output.detach().requires_grad_(True)
+            store["acts"].append(leaf)
+            return leaf.clone()  # downstream in-place ops change the copy, never the recorded tensor
+        store["acts"].append(output.detach().clone())
+        return None
+
+    handles = []
+    try:
+        handles.append(network.register_forward_pre_hook(count))
+        handles.append(layer.module.register_forward_hook(record))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def layer_maps(ctx: MethodContext, layer: ChosenLayer, grad: bool = True) -> LayerMaps:
+    """Activations (and gradients of the target score) of `layer` for the input, over all windows."""
+    with _hooked(ctx.network, layer, ctx.x.ndim, grad) as store:
+        with torch.enable_grad() if grad else torch.no_grad():
+            score = ctx.scorer(ctx.model(ctx.x.detach()))[0]
+    acts = store["acts"]
+    if not acts:
+        raise ParameterError(
+            f"layer {layer.name!r} did not run in the forward pass; choose another (see 'medxai layers')"
+        )
+    if store["layer_calls"] != store["network_calls"]:
+        raise ParameterError(
+            f"layer {layer.name!r} runs {store['layer_calls']} times in {store['network_calls']} network "
+            "call(s) (shared weights); a CAM needs a layer that runs once per call"
+        )
+    gradients = None
+    if grad:
+        if not score.requires_grad:
+            raise ParameterError(f"the target score does not depend on layer {layer.name!r}; choose a layer "
+                                 "that feeds the output")
+        found = torch.autograd.grad(score, acts, allow_unused=True)
+        gradients = torch.cat([torch.zeros_like(a) if g is None else g for a, g in zip(acts, found)]).detach()
+    return LayerMaps(torch.cat([a.detach() for a in acts]), gradients, score.detach())
+
+
+def _upsample(maps: torch.Tensor, size: tuple[int, ...], mode: str) -> torch.Tensor:
+    if tuple(maps.shape[2:]) == tuple(size):
+        return maps
+    if mode == "trilinear":
+        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+        return F.interpolate(maps, size=size, mode=mode, align_corners=False)
+    return F.interpolate(maps, size=size, mode="nearest")
+
+
+def _network_shape(ctx: MethodContext) -> tuple[int, ...]:
+    return tuple(int(n) for n in ctx.model.grids[-1].shape)
+
+
+def _sliding_window(ctx: MethodContext, shape: tuple[int, ...], predictor: Callable[..., torch.Tensor],
+                    dtype: torch.dtype, device: torch.device, with_coord: bool = False) -> torch.Tensor:
+    """MONAI's sliding_window_inference with the model's settings over a dummy one-channel volume."""
+    from monai.inferers import sliding_window_inference
+
+    adapter = ctx.model.adapter
+    dummy = torch.zeros((1, 1, *shape), dtype=dtype, device=device)
+    with torch.no_grad():
+        out = sliding_window_inference(dummy, adapter.roi_size, adapter.sw_batch_size, predictor,
+                                       overlap=adapter.overlap, mode=adapter.blend_mode,
+                                       with_coord=with_coord)
+    return torch.as_tensor(out)
+
+
+def _on_network_grid(ctx: MethodContext, maps: torch.Tensor, mode: str, combine: str) -> torch.Tensor:
+    """(W, k, *s) per-window maps -> (1, k, *network input shape).
+
+    Without sliding windows W is 1 and the map is only upsampled. With them, every window's map is
+    upsampled to the window and then ``combine``d over the windows that cover a voxel: ``"sum"`` adds
+    them (gradient CAMs, whose gradients already carry the blend weights), ``"average"`` takes
+    MONAI's importance-weighted average (Score-CAM weights and activations).
+    """
+    shape = _network_shape(ctx)
+    adapter = ctx.model.adapter
+    if adapter.roi_size is None:
+        return _upsample(maps, shape, mode)
+    cursor = [0]
+
+    def take(window: torch.Tensor) -> torch.Tensor:
+        start = cursor[0]
+        cursor[0] += window.shape[0]
+        if cursor[0] > maps.shape[0]:
+            raise ModelError("sliding-window CAM: more windows than recorded layer outputs")
+        return _upsample(maps[start:cursor[0]], tuple(window.shape[2:]), mode)
+
+    if combine == "average":
+        out = _sliding_window(ctx, shape, take, maps.dtype, maps.device)
+    else:
+        # windows are cut from the input zero-padded (centred) up to the ROI where it is smaller
+        roi = [r if r > 0 else n for r, n in zip(adapter.roi_size, shape)]
+        low = [max(r - n, 0) // 2 for r, n in zip(roi, shape)]
+        padded = [max(r, n) for r, n in zip(roi, shape)]
+        total = torch.zeros((1, maps.shape[1], *padded), dtype=maps.dtype, device=maps.device)
+
+        def add(window: torch.Tensor, coords: list) -> torch.Tensor:
+            values = take(window)
+            for value, where in zip(values, coords):
+                total[(slice(0, 1), slice(None), *where[2:])] += value
+            return window
+
+        _sliding_window(ctx, shape, add, maps.dtype, maps.device, with_coord=True)
+        out = total[(slice(None), slice(None), *(slice(lo, lo + n) for lo, n in zip(low, shape)))]
+    if cursor[0] != maps.shape[0]:
+        raise ModelError(
+            f"sliding-window CAM: {maps.shape[0]} recorded layer outputs for {cursor[0]} windows"
+        )
+    return out
+
+
+def _finish(ctx: MethodContext, cams: torch.Tensor, params: Any, layer: ChosenLayer, title: str,
+            combine: str = "sum") -> torch.Tensor:
+    """Layer-resolution maps (W, 1, *s) -> (1, C, I, J, K) on the image grid (ReLU, upsampling, blending)."""
+    if params.relu:
+        if not bool((cams > 0).any()):
+            ctx.warn(f"{title} has no positive value at layer {layer.name!r}: all its evidence is against "
+                     "this target, so the map is empty; relu=false shows the signed map")
+        cams = F.relu(cams)
+    ctx.monitor.update(0.9, f"{title}: upsampling to the input grid")
+    net_map = _on_network_grid(ctx, cams, params.upsample, combine)
+    image_map = ctx.to_input_grid(net_map)
+    channels = ctx.x.shape[1]
+    return (image_map / channels).expand(-1, channels, *image_map.shape[2:]).contiguous()
+
+
+def _record(ctx: MethodContext, layer: ChosenLayer, maps: LayerMaps) -> None:
+    ctx.diagnostics.update(
+        layer=layer.name,
+        layer_automatic=layer.automatic,
+        layer_output_shape=list(maps.activations.shape[1:]),
+        windows=int(maps.activations.shape[0]),
+    )
+
+
+def _spatial(t: torch.Tensor) -> tuple[int, ...]:
+    return tuple(range(2, t.ndim))
+
+
+def _gradient_cam(ctx: MethodContext, params: Any, title: str, combine: MapFunction) -> torch.Tensor:
+    layer = choose_layer(ctx, params.layer)
+    ctx.monitor.update(0.0, f"{title}: forward and backward pass through layer {layer.name}")
+    maps = layer_maps(ctx, layer, grad=True)
+    _record(ctx, layer, maps)
+    ctx.monitor.update(0.7, f"{title}: weighting the activations")
+    assert maps.gradients is not None
+    cams = combine(maps.activations, maps.gradients, maps.score, params)
+    return _finish(ctx, cams, params, layer, title, combine="sum")
+
+
+def _grad_cam_map(a: torch.Tensor, g: torch.Tensor, score: torch.Tensor, params: Any) -> torch.Tensor:
+    weights = g.mean(dim=_spatial(g), keepdim=True)
+    return (weights * a).sum(1, keepdim=True)
+
+
+def grad_cam(ctx: MethodContext, params: GradCAMParams) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al., ICCV 2017, arXiv:1610.02391).
+
+    ``L = ReLU(sum_k alpha_k A_k)`` with ``alpha_k`` the gradient of the target score averaged over
+    the layer's voxels (Captum's ``LayerGradCam``, MONAI's ``GradCAM``).
+    """
+    return _gradient_cam(ctx, params, "Grad-CAM", _grad_cam_map)
+
+
+def _grad_cam_pp_map(a: torch.Tensor, g: torch.Tensor, score: torch.Tensor, params: Any) -> torch.Tensor:
+    dims = _spatial(g)
+    factor = torch.ones((), dtype=g.dtype, device=g.device)
+    if params.exp_score:
+        factor = torch.exp(score.to(g.dtype))
+        if not bool(torch.isfinite(factor)):
+            raise ParameterError(
+                f"exp(score) overflows for a target score of {float(score):.4g}; set exp_score=false "
+                "(the map is then divided by the positive factor exp(score)) or use a mean-reduced target"
+            )
+    g2, g3 = g.pow(2), g.pow(3)
+    if params.variant == "monai":  # monai.visualize.GradCAMpp, 1e-7 included
+        denominator = 2 * g2 + (a * g3).sum(dim=dims, keepdim=True)
+        denominator = torch.where(denominator != 0.0, denominator, torch.ones_like(denominator))
+        alpha = g2 / (denominator + 1e-7)
+    else:  # eq. 19: alpha_ij = g_ij^2 / (2 g_ij^2 + sum_ab A_ab g_ij^3)
+        denominator = 2 * g2 + a.sum(dim=dims, keepdim=True) * g3
+        safe = (denominator != 0) & (g != 0)
+        alpha = torch.where(safe, g2 / torch.where(safe, denominator, torch.ones_like(denominator)),
+                            torch.zeros_like(g))
+    weights = (alpha * F.relu(factor * g)).sum(dim=dims, keepdim=True)
+    return (weights * a).sum(1, keepdim=True)
+
+
+def grad_cam_pp(ctx: MethodContext, params: GradCAMPlusPlusParams) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhay et al., WACV 2018, arXiv:1710.11063), closed form.
+
+    The paper explains ``S = exp(Y)`` of the target score ``Y``; its derivatives are then powers of
+    ``g = dY/dA`` and the pixel weights have the closed form of eq. 19,
+    ``alpha_ij = g_ij^2 / (2 g_ij^2 + sum_ab A_ab g_ij^3)`` (``variant="paper"``, as the authors' code
+    and pytorch-grad-cam; zero where the gradient or the denominator is zero, no epsilon, so the
+    result does not depend on the gradients' scale). ``variant="monai"`` reproduces
+    ``monai.visualize.GradCAMpp``, which sums ``A_ab g_ab^3`` over space in the denominator and adds
+    1e-7. Channel weights: ``w_k = sum_ij alpha_ij ReLU(exp(Y) g_ij)`` with ``exp_score`` (the paper,
+    MONAI), ``sum_ij alpha_ij ReLU(g_ij)`` without (the default, as pytorch-grad-cam: the same map
+    divided by ``exp(Y)``, which would overflow for region-summed segmentation scores). Map:
+    ``ReLU(sum_k w_k A_k)``.
+    """
+    return _gradient_cam(ctx, params, "Grad-CAM++", _grad_cam_pp_map)
+
+
+def _hires_cam_map(a: torch.Tensor, g: torch.Tensor, score: torch.Tensor, params: Any) -> torch.Tensor:
+    return (g * a).sum(1, keepdim=True)
+
+
+def hires_cam(ctx: MethodContext, params: HiResCAMParams) -> torch.Tensor:
+    """HiResCAM (Draelos & Carin 2020, arXiv:2011.08891): ``ReLU(sum_k g_k * A_k)`` element-wise.
+
+    Equal to Grad-CAM whenever the gradient is spatially constant (a global-average-pool + linear
+    head directly after the layer); different, and faithful to the gradient, otherwise.
+    """
+    return _gradient_cam(ctx, params, "HiResCAM", _hires_cam_map)
+
+
+def _xgrad_cam_map(a: torch.Tensor, g: torch.Tensor, score: torch.Tensor, params: Any) -> torch.Tensor:
+    dims = _spatial(g)
+    total = a.sum(dim=dims, keepdim=True)
+    safe = total != 0
+    weighted = (g * a).sum(dim=dims, keepdim=True)
+    weights = torch.where(safe, weighted / torch.where(safe, total, torch.ones_like(total)),
+                          torch.zeros_like(total))
+    return (weights * a).sum(1, keepdim=True)
+
+
+def xgrad_cam(ctx: MethodContext, params: XGradCAMParams) -> torch.Tensor:
+    """XGrad-CAM (Fu et al., BMVC 2020, arXiv:2008.02312).
+
+    ``w_k = sum_ij (A_k,ij / sum_ab A_k,ab) g_k,ij``; map ``ReLU(sum_k w_k A_k)``. The derivation
+    assumes non-negative activations (a post-ReLU layer); channels whose activations sum to zero get
+    weight 0.
+    """
+    return _gradient_cam(ctx, params, "XGrad-CAM", _xgrad_cam_map)
+
+
+def _layer_cam_map(a: torch.Tensor, g: torch.Tensor, score: torch.Tensor, params: Any) -> torch.Tensor:
+    return (F.relu(g) * a).sum(1, keepdim=True)
+
+
+def layer_cam(ctx: MethodContext, params: LayerCAMParams) -> torch.Tensor:
+    """LayerCAM (Jiang et al., IEEE TIP 30:5875, 2021): ``ReLU(sum_k ReLU(g_k) * A_k)``.
+
+    The ReLU on the gradients is part of the definition and always applied; ``relu`` controls the
+    final one.
+    """
+    return _gradient_cam(ctx, params, "LayerCAM", _layer_cam_map)
+
+
+def _forward_network_input(ctx: MethodContext, z: torch.Tensor) -> torch.Tensor:
+    """The model output on the input grid for a batch already on the network grid.
+
+    Mirrors :meth:`MedXAILib.model.adapter.BoundModel.forward` after its preprocessing: the network or
+    sliding-window inference, the first head of a deep-supervision output, and the inverse spatial
+    steps for segmenters.
+    """
+    adapter = ctx.model.adapter
+    try:
+        if adapter.roi_size is not None:
+            from monai.inferers import sliding_window_inference
+
+            y = sliding_window_inference(z, adapter.roi_size, adapter.sw_batch_size, adapter.network,
+                                         overlap=adapter.overlap, mode=adapter.blend_mode)
+        else:
+            y = adapter.network(z)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"the model failed on a masked input of shape {tuple(z.shape)}: {first}") from None
+    if isinstance(y, (tuple, list)):
+        y = y[0]
+    y = torch.as_tensor(y)
+    if adapter.task == "segmentation":
+        y = adapter.preprocessing.invert_output(y, ctx.model.grids)
+    return y
+
+
+def score_cam(ctx: MethodContext, params: ScoreCAMParams) -> torch.Tensor:
+    """Score-CAM (Wang et al., CVPR-W 2020, arXiv:1910.01279), batched and softmax-free.
+
+    Every channel ``k`` of the layer is upsampled to the network input grid (blended over windows for
+    sliding-window models) and min-max normalised over the volume into a mask ``H_k`` in [0, 1]. The
+    network input ``X`` (after the model's preprocessing) masked as ``X * H_k`` is scored, in batches
+    of ``batch_size``, with the target itself: ``w_k = score(X * H_k)``, or with
+    ``subtract_baseline`` the paper's increase of confidence ``score(X * H_k) - score(0)``. The paper
+    scores with the softmax probability of the class; here the target decides (logit by default,
+    ``score="probability"`` for the paper's choice), and there is no softmax over channels. Channels
+    with constant activations give no mask and weight 0. Map: ``ReLU(sum_k w_k A_k)`` at the layer's
+    resolution, then upsampled like the other CAMs.
+    """
+    title = "Score-CAM"
+    layer = choose_layer(ctx, params.layer)
+    ctx.monitor.update(0.0, f"{title}: forward pass through layer {layer.name}")
+    maps = layer_maps(ctx, layer, grad=False)
+    _record(ctx, layer, maps)
+    ctx.monitor.update(0.05, f"{title}: scoring the masked inputs")
+    acts = maps.activations
+    n_channels = acts.shape[1]
+    with torch.no_grad():
+        z = ctx.network_input(ctx.x.detach())
+        baseline = torch.zeros((), dtype=z.dtype, device=z.device)
+        if params.subtract_baseline:
+            baseline = ctx.scorer(_forward_network_input(ctx, torch.zeros_like(z)))[0]
+        weights = torch.zeros(n_channels, dtype=acts.dtype, device=acts.device)
+        skipped = 0
+        for start in range(0, n_channels, params.batch_size):
+            stop = min(start + params.batch_size, n_channels)
+            up = _on_network_grid(ctx, acts[:, start:stop], params.upsample, "average")[0]  # (k, *grid)
+            flat = up.flatten(1)
+            low, high = flat.min(1).values, flat.max(1).values
+            valid = high > low
+            skipped += int((~valid).sum())
+            ctx.monitor.check()
+            if bool(valid.any()):
+                shape = (-1,) + (1,) * (up.ndim - 1)
+                masks = (up[valid] - low[valid].view(shape)) / (high[valid] - low[valid]).view(shape)
+                scores = ctx.scorer(_forward_network_input(ctx, z * masks.unsqueeze(1)))
+                block = torch.zeros(stop - start, dtype=weights.dtype, device=weights.device)
+                block[valid] = (scores - baseline).to(weights.dtype)
+                weights[start:stop] = block
+            ctx.monitor.update(0.05 + 0.8 * stop / n_channels,
+                               f"{title}: scored {stop}/{n_channels} channels")
+    ctx.diagnostics.update(channels=int(n_channels), constant_channels=skipped,
+                           baseline_score=float(baseline))
+    cams = (weights.view(1, -1, *([1] * (acts.ndim - 2))) * acts).sum(1, keepdim=True)
+    return _finish(ctx, cams, params, layer, title, combine="average")

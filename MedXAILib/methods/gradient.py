@@ -1,17 +1,53 @@
-"""Gradient-family attribution methods: saliency, input x gradient, integrated gradients."""
+"""Gradient-family attribution methods.
+
+Saliency, input x gradient, integrated gradients, SmoothGrad / VarGrad, GradientSHAP (expected
+gradients), guided backpropagation and DeepLIFT (Rescale). The last two change the backward pass of
+activation modules; that machinery lives in :mod:`.modified_backprop`.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .catalog.gradient import InputXGradientParams, IntegratedGradientsParams, SaliencyParams
+from .catalog.gradient import (
+    DeepLiftParams,
+    GradientShapParams,
+    GuidedBackpropParams,
+    InputXGradientParams,
+    IntegratedGradientsParams,
+    SaliencyParams,
+    SmoothGradParams,
+)
 from .context import MethodContext
+from .modified_backprop import (
+    GUIDED_EXACT,
+    GUIDED_LEAKY,
+    MAXPOOL_MODULES,
+    RESCALE_MODULES,
+    DeepLiftRecorder,
+    cancel_points,
+    check_hooked,
+    guided_rule,
+    is_guided_module,
+    modified_backward,
+    modules_without_rule,
+)
 
 #: Relative completeness error above which the result carries a warning.
 COMPLETENESS_WARNING = 0.05
 
-__all__ = ["saliency", "input_x_gradient", "integrated_gradients", "quadrature", "make_baseline"]
+__all__ = [
+    "saliency",
+    "input_x_gradient",
+    "integrated_gradients",
+    "smoothgrad",
+    "gradient_shap",
+    "guided_backprop",
+    "deeplift",
+    "quadrature",
+    "make_baseline",
+]
 
 
 def saliency(ctx: MethodContext, params: SaliencyParams) -> torch.Tensor:
@@ -104,15 +140,206 @@ def integrated_gradients(ctx: MethodContext, params: IntegratedGradientsParams) 
     attribution = delta * total
     with torch.no_grad():
         gap = float(ctx.score(x)[0] - ctx.score(baseline)[0])
+    _record_completeness(
+        ctx,
+        attribution,
+        gap,
+        lambda relative: f"integrated gradients misses completeness by {relative:.1%} of F(input) - "
+        "F(baseline): raise n_steps, or use the blur baseline (instance-normalised networks change "
+        "abruptly near a constant baseline)",
+    )
+    return attribution
+
+
+def _record_completeness(ctx: MethodContext, attribution: torch.Tensor, gap: float, warning) -> None:
+    """Put |sum(attribution) - (F(x) - F(x'))| in the diagnostics; warn through `warning(relative)`."""
     error = abs(float(attribution.sum()) - gap)
     relative = error / abs(gap) if gap else (float("inf") if error else 0.0)
     ctx.diagnostics.update(
         completeness_error=error, completeness_relative_error=relative, score_input_minus_baseline=gap
     )
     if relative > COMPLETENESS_WARNING:
-        ctx.warn(
-            f"integrated gradients misses completeness by {relative:.1%} of F(input) - F(baseline): "
-            "raise n_steps, or use the blur baseline (instance-normalised networks change abruptly "
-            "near a constant baseline)"
-        )
+        ctx.warn(warning(relative))
+
+
+def _channel_range(x: torch.Tensor) -> torch.Tensor:
+    """max - min of each channel, shaped (1, C, 1, 1, 1): the unit of the noise parameters."""
+    dims = tuple(range(2, x.ndim))
+    return x.amax(dim=dims, keepdim=True) - x.amin(dim=dims, keepdim=True)
+
+
+def _gaussian(ctx: MethodContext, count: int, like: torch.Tensor) -> torch.Tensor:
+    """`count` standard normal volumes shaped like `like`, from the seeded CPU generator."""
+    shape = (count, *like.shape[1:])
+    return torch.randn(shape, generator=ctx.generator, dtype=like.dtype).to(like.device)
+
+
+def _batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+class _Moments:
+    """Running mean, mean of squares and variance of per-sample maps (Chan et al.'s pairwise update,
+    so the variance is never negative from cancellation)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = self.sum_sq = self.m2 = None
+
+    def add(self, batch: torch.Tensor) -> None:
+        n_b = batch.shape[0]
+        mean_b = batch.mean(0, keepdim=True)
+        m2_b = ((batch - mean_b) ** 2).sum(0, keepdim=True)
+        sum_sq_b = (batch**2).sum(0, keepdim=True)
+        if self.count == 0:
+            self.mean, self.m2, self.sum_sq = mean_b, m2_b, sum_sq_b
+        else:
+            total = self.count + n_b
+            delta = mean_b - self.mean
+            self.mean = self.mean + delta * (n_b / total)
+            self.m2 = self.m2 + m2_b + delta**2 * (self.count * n_b / total)
+            self.sum_sq = self.sum_sq + sum_sq_b
+        self.count += n_b
+
+    def result(self, variant: str) -> torch.Tensor:
+        if variant == "plain":
+            return self.mean
+        if variant == "squared":
+            return self.sum_sq / self.count
+        return self.m2 / self.count  # population variance, as VarGrad and Captum
+
+
+def smoothgrad(ctx: MethodContext, params: SmoothGradParams) -> torch.Tensor:
+    """SmoothGrad (Smilkov et al. 2017, arXiv:1706.03825) and VarGrad (Adebayo et al. 2018, arXiv:1810.03307).
+
+    The gradient (or, with ``multiply_by_input``, noisy input x gradient) is evaluated at
+    ``n_samples`` copies ``x + e``, ``e ~ N(0, (noise_level * (max_c - min_c))^2)`` per channel c, and
+    reduced to the mean (``plain``), the mean of squares (``squared``) or the population variance
+    (``vargrad``), as Captum's ``NoiseTunnel`` with ``smoothgrad``, ``smoothgrad_sq`` and ``vargrad``.
+    The noise is drawn from the seeded CPU generator, one ``(batch, C, I, J, K)`` block per batch.
+    """
+    x = ctx.x.detach()
+    std = params.noise_level * _channel_range(x)
+    moments = _Moments()
+    n = params.n_samples
+    ctx.monitor.update(0.0, f"SmoothGrad: {n} noisy copies")
+    for start, stop in _batches(n, params.batch_size):
+        noisy = x + std * _gaussian(ctx, stop - start, x)
+        with cancel_points(ctx.network, ctx.monitor.check):
+            grads, _ = ctx.gradient(noisy)
+        moments.add(noisy * grads if params.multiply_by_input else grads)
+        ctx.monitor.update(stop / n, f"SmoothGrad: {stop}/{n} noisy copies")
+    return moments.result(params.variant)
+
+
+def gradient_shap(ctx: MethodContext, params: GradientShapParams) -> torch.Tensor:
+    """GradientSHAP, i.e. expected gradients (Lundberg & Lee 2017, arXiv:1705.07874; Erion et al.
+    2021, arXiv:1906.10670), as Captum's ``GradientShap``.
+
+    ``phi = mean_s (x_s - b_s) * dF(b_s + a_s (x_s - b_s)) / dx`` over ``n_samples`` draws of
+    ``a_s ~ U(0, 1)``, a baseline ``b_s = b + e_s`` (``b`` from :func:`make_baseline`,
+    ``e_s ~ N(0, (baseline_noise * range_c)^2)``) and ``x_s = x + n_s`` (``n_s`` likewise with
+    ``input_noise``). Its expectation sums to ``E[F(x_s) - F(b_s)]``; the map is a Monte-Carlo
+    estimate of it. Draw order from the seeded CPU generator: the ``noise`` centre if chosen, then
+    per batch the ``a_s``, the baseline noise and the input noise (each skipped when its width is 0).
+    """
+    x = ctx.x.detach()
+    centre = make_baseline(ctx, params.baseline, params.blur_sigma_mm)
+    spread = _channel_range(x)
+    total = torch.zeros_like(x)
+    n = params.n_samples
+    ctx.monitor.update(0.0, f"GradientSHAP: {n} samples")
+    for start, stop in _batches(n, params.batch_size):
+        count = stop - start
+        alphas = torch.rand(count, generator=ctx.generator, dtype=x.dtype).to(x.device).view(-1, 1, 1, 1, 1)
+        baselines = centre.expand(count, *x.shape[1:])
+        if params.baseline_noise > 0:
+            baselines = baselines + params.baseline_noise * spread * _gaussian(ctx, count, x)
+        inputs = x.expand(count, *x.shape[1:])
+        if params.input_noise > 0:
+            inputs = inputs + params.input_noise * spread * _gaussian(ctx, count, x)
+        with cancel_points(ctx.network, ctx.monitor.check):
+            grads, _ = ctx.gradient(baselines + alphas * (inputs - baselines))
+        total += ((inputs - baselines) * grads).sum(0, keepdim=True)
+        ctx.monitor.update(stop / n, f"GradientSHAP: {stop}/{n} samples")
+    return total / n
+
+
+def guided_backprop(ctx: MethodContext, params: GuidedBackpropParams) -> torch.Tensor:
+    """Guided backpropagation (Springenberg et al. 2015, arXiv:1412.6806).
+
+    The gradient, except that every rectifier module passes back only positive gradient and only
+    where its forward input was positive. ``nn.ReLU``/``ReLU6`` get Captum's rule (ordinary gradient
+    clamped at 0); leaky and smooth rectifiers (PReLU, MONAI's default, LeakyReLU, ELU, GELU, ...),
+    for which the paper has no rule, are treated as a ReLU: their negative-side slope passes nothing.
+    Activations called as functions cannot be hooked and keep their gradient. The number of modified
+    calls per module type is recorded in the diagnostics.
+
+    Raises:
+        ModelError: TorchScript / exported models, whose layers cannot be hooked.
+    """
+    ctx.monitor.update(0.0, "Guided backpropagation: forward and guided backward pass")
+    with cancel_points(ctx.network, ctx.monitor.check):
+        with modified_backward(ctx.network, is_guided_module, guided_rule) as calls:
+            grads, _ = ctx.gradient(ctx.x)
+    _check_hooked(ctx, calls, "guided backpropagation", GUIDED_EXACT + GUIDED_LEAKY)
+    ctx.diagnostics["modified_calls"] = dict(calls)
+    ctx.monitor.update(1.0, "Guided backpropagation: done")
+    return grads
+
+
+def deeplift(ctx: MethodContext, params: DeepLiftParams) -> torch.Tensor:
+    """DeepLIFT with the Rescale rule (Shrikumar, Greenside, Kundaje. ICML 2017, arXiv:1704.02685).
+
+    ``phi = (x - x') * g``, where g is the gradient with every element-wise nonlinearity's local
+    derivative replaced by ``(y - y') / (x - x')`` (its local gradient where ``|x - x'| <= eps``) and
+    max pooling handled as Captum does, but summing over overlapping windows (see
+    :class:`~.modified_backprop.DeepLiftRecorder`). Convolutions, linear layers, average pooling and
+    batch norm in eval mode are linear and keep their gradient. Instance/group/layer norm, softmax
+    modules, probability targets and activations called as functions have no rule and pass their
+    local gradient, as in Captum: then summation-to-delta is approximate. Its error
+    ``|sum(phi) - (F(x) - F(x'))|`` is recorded in the diagnostics, and a warning names the cause.
+
+    Raises:
+        ModelError: TorchScript / exported models, whose layers cannot be hooked, or a network that
+            ran differently on the input and on the baseline.
+    """
+    x = ctx.x.detach()
+    baseline = make_baseline(ctx, params.baseline, params.blur_sigma_mm)
+    recorder = DeepLiftRecorder(params.eps)
+    ctx.monitor.update(0.0, "DeepLIFT: forward pass on the baseline")
+    with cancel_points(ctx.network, ctx.monitor.check):
+        with modified_backward(ctx.network, recorder.choose, recorder.on_call) as calls:
+            with torch.no_grad():
+                baseline_score = float(ctx.score(baseline)[0])
+            _check_hooked(ctx, calls, "DeepLIFT", RESCALE_MODULES + MAXPOOL_MODULES)
+            ctx.diagnostics["rescaled_calls"] = dict(calls)
+            recorder.start_input_pass()
+            ctx.monitor.update(0.4, "DeepLIFT: input pass with the Rescale rule")
+            grads, score = ctx.gradient(x)
+    attribution = (x - baseline) * grads
+    gap = float(score[0]) - baseline_score
+    _record_completeness(ctx, attribution, gap, lambda relative: _deeplift_warning(ctx, relative))
+    ctx.monitor.update(1.0, "DeepLIFT: done")
     return attribution
+
+
+def _check_hooked(ctx: MethodContext, calls, method: str, kinds: tuple[type, ...]) -> None:
+    caveat = check_hooked(calls, ctx.network, method, kinds)
+    if caveat:
+        ctx.warn(caveat)
+
+
+def _deeplift_warning(ctx: MethodContext, relative: float) -> str:
+    causes = []
+    names = modules_without_rule(ctx.network)
+    if names:
+        causes.append(f"{', '.join(names)} modules")
+    if ctx.scorer.target.score == "probability":
+        causes.append("the probability target's softmax/sigmoid")
+    causes.append("any activation called as a function or in the preprocessing")
+    return (
+        f"DeepLIFT misses summation-to-delta by {relative:.1%} of F(input) - F(baseline): these steps "
+        f"have no DeepLIFT rule and pass their local gradient: {'; '.join(causes)}"
+    )

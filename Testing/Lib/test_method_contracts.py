@@ -14,7 +14,8 @@ from MedXAILib import METHODS, Cancelled, Monitor, Target, explain
 
 CONFIGS = {
     # name: (model fixture, volume fixture, target, a different target)
-    "classifier": ("classifier", "volume", Target(class_index=1), Target(class_index=2)),
+    # the classifier explains its predicted class (where CAMs have positive evidence) and another one
+    "classifier": ("classifier", "volume", Target(), None),
     "segmenter": ("segmenter", "volume", Target(class_index=1, region="predicted"),
                   Target(class_index=2, region="predicted")),
     "two-channel": ("two_channel_segmenter", "two_channel_volume", Target(class_index=1, region="predicted"),
@@ -33,7 +34,11 @@ CASES = [
 def setup(request):
     name, config = request.param
     model_fixture, volume_fixture, target, other = CONFIGS[config]
-    return (name, request.getfixturevalue(model_fixture), request.getfixturevalue(volume_fixture), target, other)
+    model, volume = request.getfixturevalue(model_fixture), request.getfixturevalue(volume_fixture)
+    if other is None:
+        predicted = explain(volume, model, "saliency").provenance["target"]["class_index"]
+        other = Target(class_index=(predicted + 1) % 3)
+    return name, model, volume, target, other
 
 
 def _hooks(network) -> int:

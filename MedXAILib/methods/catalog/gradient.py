@@ -9,9 +9,20 @@ from ...registry import METHODS, MethodInfo
 
 from ._common import BOTH
 
-__all__ = ["SaliencyParams", "InputXGradientParams", "IntegratedGradientsParams", "BASELINES"]
+__all__ = [
+    "SaliencyParams",
+    "InputXGradientParams",
+    "IntegratedGradientsParams",
+    "SmoothGradParams",
+    "GradientShapParams",
+    "GuidedBackpropParams",
+    "DeepLiftParams",
+    "BASELINES",
+    "SMOOTHGRAD_VARIANTS",
+]
 
 BASELINES = ("zeros", "min", "blur", "noise")
+SMOOTHGRAD_VARIANTS = ("plain", "squared", "vargrad")
 INTEGRATION = ("gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right")
 
 
@@ -42,6 +53,80 @@ class IntegratedGradientsParams:
         "gausslegendre", choices=INTEGRATION, help="Quadrature rule for the path integral."
     )
     batch_size: int = param(8, range=(1, 1024), help="Path points evaluated per forward/backward pass.")
+
+
+@dataclass
+class SmoothGradParams:
+    variant: str = param(
+        "plain",
+        choices=SMOOTHGRAD_VARIANTS,
+        help="plain: mean of the noisy gradients (SmoothGrad); squared: mean of their squares "
+        "(SmoothGrad-squared, >= 0); vargrad: their variance (VarGrad, >= 0).",
+    )
+    n_samples: int = param(16, range=(1, 4096), help="Noisy copies of the input to average over.")
+    noise_level: float = param(
+        0.1,
+        range=(0.0, 10.0),
+        help="Standard deviation of the Gaussian noise as a fraction of each channel's intensity "
+        "range (max - min); the paper recommends 0.1 to 0.2.",
+    )
+    multiply_by_input: bool = param(
+        False, help="Average (noisy input) x gradient instead of the gradient alone."
+    )
+    batch_size: int = param(8, range=(1, 1024), help="Noisy copies evaluated per forward/backward pass.")
+
+
+@dataclass
+class GradientShapParams:
+    n_samples: int = param(
+        16, range=(1, 4096), help="Random (baseline, point on the path) pairs averaged over."
+    )
+    baseline: str = param(
+        "blur",
+        choices=BASELINES,
+        help="Centre of the baseline distribution: zeros, each channel's minimum, a Gaussian blur "
+        "of the image, or uniform noise in the image's intensity range (drawn once).",
+    )
+    blur_sigma_mm: float = param(
+        8.0, range=(0.0, None), unit="mm", help="Blur width for the 'blur' baseline."
+    )
+    baseline_noise: float = param(
+        0.1,
+        range=(0.0, 10.0),
+        help="Standard deviation of the Gaussian spread of the baselines around their centre, as "
+        "a fraction of each channel's intensity range; 0 gives one fixed baseline.",
+    )
+    input_noise: float = param(
+        0.0,
+        range=(0.0, 10.0),
+        help="Standard deviation of Gaussian noise added to the input for every sample (Captum's "
+        "stdevs), as a fraction of each channel's intensity range.",
+    )
+    batch_size: int = param(8, range=(1, 1024), help="Samples evaluated per forward/backward pass.")
+
+
+@dataclass
+class GuidedBackpropParams:
+    pass
+
+
+@dataclass
+class DeepLiftParams:
+    baseline: str = param(
+        "zeros",
+        choices=BASELINES,
+        help="Reference input: zeros, each channel's minimum, a Gaussian blur of the image, or "
+        "uniform noise in the image's intensity range.",
+    )
+    blur_sigma_mm: float = param(
+        8.0, range=(0.0, None), unit="mm", help="Blur width for the 'blur' baseline."
+    )
+    eps: float = param(
+        1e-6,
+        range=(0.0, 1.0),
+        help="Where a unit's input differs from its baseline value by less than this, its local "
+        "gradient replaces the difference quotient (Captum uses 1e-10).",
+    )
 
 
 METHODS.register(
@@ -82,5 +167,64 @@ METHODS.register(
         summary="Path integral of gradients from a baseline to the input; attributions sum to "
         "f(input) - f(baseline) (completeness).",
         implementation="MedXAILib.methods.gradient:integrated_gradients",
+    )
+)
+METHODS.register(
+    MethodInfo(
+        name="smoothgrad",
+        title="SmoothGrad / VarGrad",
+        family="gradient",
+        tasks=BOTH,
+        params=SmoothGradParams,
+        reference="Smilkov, Thorat, Kim, Viegas, Wattenberg. SmoothGrad: removing noise by adding noise. "
+        "arXiv:1706.03825, 2017. VarGrad: Adebayo, Gilmer, Goodfellow, Kim. Local Explanation Methods "
+        "for Deep Neural Networks Lack Sensitivity to Parameter Values. ICLR Workshop 2018. "
+        "arXiv:1810.03307",
+        summary="Gradient averaged over noisy copies of the input (or its square, or its variance).",
+        implementation="MedXAILib.methods.gradient:smoothgrad",
+    )
+)
+METHODS.register(
+    MethodInfo(
+        name="gradient_shap",
+        title="GradientSHAP (expected gradients)",
+        family="gradient",
+        tasks=BOTH,
+        params=GradientShapParams,
+        reference="Lundberg, Lee. A Unified Approach to Interpreting Model Predictions. NeurIPS 2017. "
+        "arXiv:1705.07874; Erion, Janizek, Sturmfels, Lundberg, Lee. Improving performance of deep "
+        "learning models with axiomatic attribution priors and expected gradients. Nature Machine "
+        "Intelligence 3, 2021. arXiv:1906.10670",
+        summary="Expected value of (input - baseline) x gradient at a random point between a random "
+        "baseline and the input.",
+        implementation="MedXAILib.methods.gradient:gradient_shap",
+    )
+)
+METHODS.register(
+    MethodInfo(
+        name="guided_backprop",
+        title="Guided Backpropagation",
+        family="gradient",
+        tasks=BOTH,
+        params=GuidedBackpropParams,
+        reference="Springenberg, Dosovitskiy, Brox, Riedmiller. Striving for Simplicity: The All "
+        "Convolutional Net. ICLR Workshop 2015. arXiv:1412.6806",
+        summary="Gradient in which every rectifier passes back only positive signal, and only where "
+        "its input was positive.",
+        implementation="MedXAILib.methods.gradient:guided_backprop",
+    )
+)
+METHODS.register(
+    MethodInfo(
+        name="deeplift",
+        title="DeepLIFT (Rescale)",
+        family="gradient",
+        tasks=BOTH,
+        params=DeepLiftParams,
+        reference="Shrikumar, Greenside, Kundaje. Learning Important Features Through Propagating "
+        "Activation Differences. ICML 2017. arXiv:1704.02685",
+        summary="Differences from a baseline propagated with the Rescale rule; attributions sum to "
+        "F(input) - F(baseline) on networks whose nonlinearities are all covered.",
+        implementation="MedXAILib.methods.gradient:deeplift",
     )
 )
