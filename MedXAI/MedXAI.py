@@ -1,14 +1,41 @@
 import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Annotated
 
 import qt
+import vtk
 
 import slicer
+from slicer import (
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsROINode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+)
 from slicer.i18n import tr as _
 from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import *
+from slicer.util import VTKObservationMixin
 
-# Keep this file importable at Slicer start-up: torch and monai are imported only when the user
-# first applies a method (see docs/adr and DESIGN.md, section 1, import rules).
+# Keep this file importable at Slicer start-up: only MedXAILib's light core (no torch, no MONAI) is
+# imported here; torch and MONAI are installed and imported when the user first applies a method
+# (DESIGN.md, sections 1 and 6). MedXAIBridge (MRML <-> MedXAILib) and MedXAIRuntime (installs,
+# runners, forms) do the work; this file is the GUI and about thirty lines of glue.
+import MedXAILib
+from MedXAILib.errors import InputError, ModelError
+from MedXAILib.registry import FAMILIES
+from MedXAIRuntime import demo as demos
+from MedXAIRuntime import dependencies, devices, forms, jobs, process, runners, targets, views
+from MedXAIRuntime.runners import RunMode
+from MedXAIRuntime.targets import TargetKind
+
+RESULT_ATTRIBUTE = "MedXAI.Result"  # MedXAIBridge.results.RESULT_ATTRIBUTE
+INPUT_REFERENCE = "MedXAI.InputVolume"  # reference from a result node to the volume it explains
+COLORMAPS = ("auto", "diverging", "sequential")  # MedXAIBridge.display.applyAttributionDisplay
 
 
 #
@@ -31,6 +58,9 @@ class MedXAI(ScriptedLoadableModule):
 Explain what a MONAI/PyTorch model sees in a CT, MRI or PET volume: attribution volumes shown as
 colour-mapped layers over the image, segmentation-boundary saliency, per-structure relevance
 statistics and counterfactual volumes.
+Select a model (or load the demo) and an input volume, choose a method and what to explain, and
+click Apply. Python packages (PyTorch through the PyTorch extension, MONAI) are installed on the
+first Apply, after you confirm.
 See the <a href="https://github.com/medxai/SlicerMedXAI">MedXAI documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
@@ -41,43 +71,572 @@ Andras Lasso, PerkLab, and Steve Pieper, Isomics, Inc.
 
 
 #
+# MedXAIParameterNode
+#
+
+
+@parameterNodeWrapper
+class MedXAIParameterNode:
+    """Every choice of the module, saved with the scene so that a loaded scene restores the module.
+
+    Model: modelPath (file or bundle folder), trustBundle, demoModel (name of the loaded demo),
+        device ("auto", "cpu", "cuda:N"), runMode.
+    Input: inputVolume and the optional channels inputVolume2..4 (one per model input channel).
+    Explain: method (registry name), methodParameters (JSON: {method: {parameter: value}}),
+        targetKind, targetClass (-1: the predicted class), targetScore, targetReduction,
+        segmentation + segmentId, targetRoi, targetFiducial, seed.
+    Display: colormap, opacity, symmetricWindow, thresholdPercentile, topPercent (outline),
+        foregroundInAllViews, show3D.
+    Results: outputVolume (the result shown).
+    """
+
+    modelPath: str = ""
+    trustBundle: bool = False
+    demoModel: str = ""
+    device: str = "auto"
+    runMode: RunMode = RunMode.auto
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    inputVolume2: vtkMRMLScalarVolumeNode
+    inputVolume3: vtkMRMLScalarVolumeNode
+    inputVolume4: vtkMRMLScalarVolumeNode
+
+    method: str = "integrated_gradients"
+    methodParameters: str = "{}"
+    targetKind: TargetKind = TargetKind.classScore
+    targetClass: Annotated[int, WithinRange(-1, 10000)] = -1
+    targetScore: Annotated[str, Choice(list(targets.SCORES))] = "logit"
+    targetReduction: Annotated[str, Choice(list(targets.REDUCTIONS))] = "sum"
+    segmentation: vtkMRMLSegmentationNode
+    segmentId: str = ""
+    targetRoi: vtkMRMLMarkupsROINode
+    targetFiducial: vtkMRMLMarkupsFiducialNode
+    seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
+
+    colormap: Annotated[str, Choice(list(COLORMAPS))] = "auto"
+    opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    symmetricWindow: bool = True
+    thresholdPercentile: Annotated[float, WithinRange(0.0, 99.9)] = 0.0
+    topPercent: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
+    foregroundInAllViews: bool = True
+    show3D: bool = False
+
+    outputVolume: vtkMRMLScalarVolumeNode
+
+
+#
 # MedXAIWidget
 #
 
 
-class MedXAIWidget(ScriptedLoadableModuleWidget):
+FAMILY_TITLES = {
+    "gradient": _("Gradient"),
+    "cam": _("Class activation maps (CAM)"),
+    "perturbation": _("Perturbation"),
+    "game-theoretic": _("Game-theoretic (Shapley)"),
+    "propagation": _("Propagation"),
+    "counterfactual": _("Counterfactual"),
+}
+
+
+class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Uses ScriptedLoadableModuleWidget base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+
+    The only place that shows dialogs; the logic lets errors rise and the runtime reports them.
     """
 
     def __init__(self, parent=None) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
         ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)  # needed for parameter node observation
         self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._updatingGUI = False
+        self._form = None
+        self._formMethod = None
+        self._runner = None
+        self._demoRunner = None
+        self._running = False
+        self._runInput = None
+        self._runStarted = 0.0
+        self._lastMessage = ""
+        self._elapsedTimer = None
+
+    # -- set-up ------------------------------------------------------------------------------
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
         ScriptedLoadableModuleWidget.setup(self)
 
+        # Load widget from .ui file (created by Qt Designer).
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedXAI.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+
+        # The .ui connects the top-level widget's mrmlSceneChanged(vtkMRMLScene*) signal to each MRML
+        # widget's setMRMLScene(vtkMRMLScene*) slot.
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
         self.logic = MedXAILogic()
 
-        # Placeholder until the module GUI (Resources/UI/MedXAI.ui) arrives.
-        infoLabel = qt.QLabel(_(
-            "The MedXAI module GUI is coming soon.<br><br>"
-            "Meanwhile, compute attribution volumes with the <b>medxai</b> command-line tool "
-            "(run <tt>medxai --help</tt>) and load the resulting NRRD/NIfTI files into Slicer "
-            "as volumes to show them over the image."
-        ))
-        infoLabel.wordWrap = True
-        infoLabel.textFormat = qt.Qt.RichText
-        self.layout.addWidget(infoLabel)
+        self._fillMethodComboBox()
+        self._fillDemoComboBox()
+        self._fillDeviceComboBox(devices.listDevices(queryTorch="torch" in sys.modules))
+        self._form = forms.ParameterForm(self.ui.methodParametersGroupBox, onChanged=self.onMethodParametersChanged)
+        self.ui.resultVolumeSelector.addAttribute("vtkMRMLScalarVolumeNode", RESULT_ATTRIBUTE, "attribution")
+        self.ui.resultDetailsTableWidget.setHorizontalHeaderLabels([_("Property"), _("Value")])
+        self.ui.progressBar.hide()
+        self._elapsedTimer = qt.QTimer()
+        self._elapsedTimer.setInterval(1000)
+        self._elapsedTimer.connect("timeout()", self._showElapsed)
 
-        # Add vertical spacer
-        self.layout.addStretch(1)
+        # These connections ensure that we update parameter node when scene is closed
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        # Widgets that connectGui cannot bind (dynamic items, segment selector, path line edit)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        self.ui.modelFolderButton.connect("clicked(bool)", self.onModelFolderButton)
+        self.ui.demoModelComboBox.connect("currentIndexChanged(int)", self.onDemoModelChanged)
+        self.ui.loadDemoButton.connect("clicked(bool)", self.onLoadDemoButton)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.methodComboBox.connect("currentIndexChanged(int)", self.onMethodChanged)
+        self.ui.targetSegmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentChanged)
+        self.ui.targetSegmentSelector.connect("currentSegmentChanged(QString)", self.onSegmentChanged)
+        self.ui.resultVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onResultChanged)
+
+        # Buttons
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.applyDisplayButton.connect("clicked(bool)", self.onApplyDisplayButton)
+
+        # Make sure parameter node is initialized (needed for module reload)
+        self.initializeParameterNode()
+
+    def _fillMethodComboBox(self) -> None:
+        """Methods grouped by family: a disabled header per family, then its methods."""
+        combo = self.ui.methodComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for family in FAMILIES:
+            infos = [info for info in MedXAILib.METHODS if info.family == family]
+            if not infos:
+                continue
+            if combo.count:
+                combo.insertSeparator(combo.count)
+            combo.addItem(FAMILY_TITLES.get(family, family))
+            combo.setItemData(combo.count - 1, 0, qt.Qt.UserRole - 1)  # item flags 0: a header
+            for info in infos:
+                combo.addItem("    " + info.title, info.name)
+                combo.setItemData(combo.count - 1, info.summary, qt.Qt.ToolTipRole)
+        combo.blockSignals(wasBlocked)
+
+    def _fillDemoComboBox(self) -> None:
+        combo = self.ui.demoModelComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        combo.addItem(_("(none)"), "")
+        for demo in demos.DEMO_MODELS.values():
+            combo.addItem(demo.title, demo.name)
+            combo.setItemData(combo.count - 1, demo.description, qt.Qt.ToolTipRole)
+        combo.blockSignals(wasBlocked)
+
+    def _fillDeviceComboBox(self, items) -> None:
+        combo = self.ui.deviceComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for value, label in items:
+            combo.addItem(label, value)
+        combo.blockSignals(wasBlocked)
+        self._updateGUIFromParameterNode()
+
+    def _refreshDevices(self) -> None:
+        """List the GPUs (imports torch: only once it is installed)."""
+        if devices.torchAvailable():
+            self._fillDeviceComboBox(devices.listDevices(queryTorch=True))
+
+    # -- module life cycle -------------------------------------------------------------------
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
-        pass
+        self._cancelRunning()
+        if self._elapsedTimer is not None:
+            self._elapsedTimer.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        """Called each time the user opens this module."""
+        # Make sure parameter node exists and observed
+        self.initializeParameterNode()
+        if "torch" in sys.modules:  # already imported by someone: listing the GPUs costs nothing
+            self._refreshDevices()
+
+    def exit(self) -> None:
+        """Called each time the user opens a different module."""
+        # Do not react to parameter node changes (GUI will be updated when the user enters into the module)
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUIFromParameterNode)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        """Called just before the scene is closed."""
+        self._cancelRunning()
+        # Parameter node will be reset, do not use it anymore
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        """Called just after the scene is closed."""
+        # If this module is shown while the scene is closed then recreate a new parameter node immediately
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def onReload(self) -> None:
+        """Reload the module's sub-packages too (Slicer reloads only MedXAI.py; `imp` is gone in 3.12)."""
+        import importlib
+
+        for name in sorted(sys.modules):
+            if name.startswith(("MedXAIBridge.", "MedXAIRuntime.")) and sys.modules[name] is not None:
+                importlib.reload(sys.modules[name])
+        ScriptedLoadableModuleWidget.onReload(self)
+
+    def initializeParameterNode(self) -> None:
+        """Ensure parameter node exists and observed."""
+        # Parameter node stores all user choices in parameter values, node selections, etc.
+        # so that when the scene is saved and reloaded, these settings are restored.
+        self.setParameterNode(self.logic.getParameterNode())
+
+        # Select default input nodes if nothing is selected yet to save a few clicks for the user
+        if not self._parameterNode.inputVolume:
+            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            inputs = [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode") and not v.GetAttribute(RESULT_ATTRIBUTE)]
+            if inputs:
+                self._parameterNode.inputVolume = inputs[0]
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        """Set and observe parameter node.
+        Observation is needed because when the parameter node is changed then the GUI must be updated immediately.
+        """
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUIFromParameterNode)
+        self._parameterNode = inputParameterNode
+        self._formMethod = None
+        if self._parameterNode:
+            # Note: in the .ui file, a Qt dynamic property called "SlicerParameterName" is set on each
+            # ui element that needs connection.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUIFromParameterNode)
+            self._updateGUIFromParameterNode()
+
+    # -- parameter node <-> widgets that connectGui does not handle --------------------------
+
+    def _updateGUIFromParameterNode(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p is None or self._updatingGUI:
+            return
+        self._updatingGUI = True
+        try:
+            if self.ui.modelPathLineEdit.currentPath != p.modelPath:
+                self.ui.modelPathLineEdit.currentPath = p.modelPath
+            self._selectData(self.ui.demoModelComboBox, p.demoModel)
+            self._selectData(self.ui.deviceComboBox, p.device, addMissing=True)
+            self._selectData(self.ui.methodComboBox, p.method, addMissing=True)
+            if self._formMethod != p.method:
+                self._buildForm(p.method)
+            elif self._form.specs:
+                info = MedXAILib.METHODS.get(p.method)
+                stored = forms.decodeMethodParameters(p.methodParameters).get(info.name)
+                self._form.setValues(forms.valuesForMethod(info.params, stored))
+            if self.ui.targetSegmentSelector.currentNode() != p.segmentation:
+                self.ui.targetSegmentSelector.setCurrentNode(p.segmentation)
+            if p.segmentation is not None and self.ui.targetSegmentSelector.currentSegmentID() != p.segmentId:
+                self.ui.targetSegmentSelector.setCurrentSegmentID(p.segmentId)
+            if self.ui.resultVolumeSelector.currentNode() != p.outputVolume:
+                self.ui.resultVolumeSelector.setCurrentNode(p.outputVolume)
+                self._showResultDetails(p.outputVolume)
+            kind = p.targetKind
+            for widgets, kinds in (
+                ((self.ui.targetSegmentLabel, self.ui.targetSegmentSelector), (TargetKind.segment,)),
+                ((self.ui.targetRoiLabel, self.ui.targetRoiSelector), (TargetKind.roi,)),
+                ((self.ui.targetPointLabel, self.ui.targetPointSelector), (TargetKind.point, TargetKind.component)),
+            ):
+                for widget in widgets:
+                    widget.visible = kind in kinds
+        finally:
+            self._updatingGUI = False
+        self._checkCanApply()
+
+    @staticmethod
+    def _selectData(combo, value, addMissing=False) -> None:
+        """Select the item whose data is `value` (adding it, e.g. a GPU a saved scene names)."""
+        index = combo.findData(value)
+        if index < 0 and addMissing and value:
+            combo.addItem(_("{value} (not available)").format(value=value), value)
+            index = combo.count - 1
+        if index >= 0 and combo.currentIndex != index:
+            combo.currentIndex = index
+
+    def _buildForm(self, method) -> None:
+        self._formMethod = method
+        try:
+            info = MedXAILib.METHODS.get(method)
+        except MedXAILib.UnknownNameError as error:
+            self._form.clear()
+            self.ui.methodDescriptionLabel.text = str(error)
+            return
+        stored = forms.decodeMethodParameters(self._parameterNode.methodParameters).get(info.name)
+        self._form.build(MedXAILib.param_specs(info.params), forms.valuesForMethod(info.params, stored))
+        self.ui.methodDescriptionLabel.text = _("{summary}<br><i>Models:</i> {tasks}. <i>Reference:</i> {reference}").format(
+            summary=info.summary, tasks=", ".join(info.tasks), reference=info.reference)
+
+    def onModelPathChanged(self, path) -> None:
+        if self._parameterNode and not self._updatingGUI:
+            self._parameterNode.modelPath = str(path).strip()
+
+    def onModelFolderButton(self) -> None:
+        start = self._parameterNode.modelPath if self._parameterNode else ""
+        folder = qt.QFileDialog.getExistingDirectory(self.parent, _("Choose a MONAI bundle folder"), start)
+        if folder and self._parameterNode:
+            self._parameterNode.modelPath = folder
+
+    def onDemoModelChanged(self, index) -> None:
+        if self._parameterNode and not self._updatingGUI:
+            self._parameterNode.demoModel = self.ui.demoModelComboBox.itemData(index) or ""
+
+    def onDeviceChanged(self, index) -> None:
+        if self._parameterNode and not self._updatingGUI:
+            self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
+
+    def onMethodChanged(self, index) -> None:
+        if self._parameterNode is None or self._updatingGUI:
+            return
+        name = self.ui.methodComboBox.itemData(index)
+        if name:
+            self._parameterNode.method = name
+        else:  # a family header: keep the current method
+            self._updateGUIFromParameterNode()
+
+    def onMethodParametersChanged(self) -> None:
+        p = self._parameterNode
+        if p is None or self._updatingGUI or not self._formMethod:
+            return
+        data = forms.decodeMethodParameters(p.methodParameters)
+        data[self._formMethod] = self._form.values()
+        p.methodParameters = forms.encodeMethodParameters(data)
+
+    def onSegmentChanged(self, *args) -> None:
+        p = self._parameterNode
+        if p is None or self._updatingGUI:
+            return
+        with slicer.util.NodeModify(p):
+            p.segmentation = self.ui.targetSegmentSelector.currentNode()
+            p.segmentId = self.ui.targetSegmentSelector.currentSegmentID() or ""
+
+    def onResultChanged(self, node) -> None:
+        p = self._parameterNode
+        if p is None or self._updatingGUI:
+            return
+        p.outputVolume = node
+        self._showResultDetails(node)
+        if node is not None:
+            try:
+                self.logic.showInSliceViews(node, p)
+            except Exception as error:
+                self._showError(_("Failed to show the result."), error)
+
+    def _showResultDetails(self, node) -> None:
+        from MedXAIBridge import results
+
+        table = self.ui.resultDetailsTableWidget
+        rows = []
+        if node is not None:
+            try:
+                rows = views.provenanceRows(results.attributionProvenance(node))
+            except MedXAILib.MedXAIError as error:
+                rows = [(_("Error"), str(error))]
+        table.setRowCount(len(rows))
+        for row, (key, value) in enumerate(rows):
+            table.setItem(row, 0, qt.QTableWidgetItem(key))
+            item = qt.QTableWidgetItem(value)
+            item.setToolTip(value)
+            table.setItem(row, 1, item)
+        table.resizeColumnToContents(0)
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        busy = self._busy()
+        reason = ""
+        if p is None:
+            reason = _("No parameter node")
+        elif busy:
+            reason = _("A computation is running")
+        elif not p.inputVolume:
+            reason = _("Select an input volume")
+        elif not p.modelPath:
+            reason = _("Select a model file or bundle folder, or load the demo")
+        self.ui.applyButton.enabled = not reason
+        self.ui.applyButton.toolTip = reason or _("Compute the attribution volume")
+        self.ui.loadDemoButton.enabled = not busy and bool(p and p.demoModel)
+        self.ui.applyDisplayButton.enabled = bool(p and p.outputVolume)
+
+    # -- Apply, progress, cancel -------------------------------------------------------------
+
+    def _busy(self) -> bool:
+        return self._running
+
+    def _confirmInstall(self, message, details) -> bool:
+        return slicer.util.confirmOkCancelDisplay(message, _("MedXAI: install Python packages"), detailedText=details)
+
+    def _ensureDependencies(self) -> bool:
+        try:
+            dependencies.ensureDependencies(self._confirmInstall)
+        except Exception as error:
+            self._showError(_("MedXAI cannot run until its Python packages are installed."), error)
+            return False
+        self._refreshDevices()
+        return True
+
+    def onApplyButton(self) -> None:
+        """Run processing when user clicks "Apply" button."""
+        if self._busy() or not self._ensureDependencies():
+            return
+        p = self._parameterNode
+        try:
+            request = self.logic.buildRequest(p)
+            family = MedXAILib.METHODS.get(request.method).family
+            mode = runners.chooseRunMode(p.runMode, family, request.voxelCount)
+            self._runner = runners.InProcessRunner() if mode == "inProcess" else runners.SubprocessRunner()
+            self._runInput = p.inputVolume  # the result goes on this grid even if the selection changes
+            self._setRunning(True)
+            logging.info(f"MedXAI: {request.method} on {request.image.shape} voxels x {request.image.n_channels} "
+                         f"channel(s), {mode}, device {request.device}")
+            self._runner.start(request, self._onProgress, self._onFinished)
+        except Exception as error:
+            self._runner = None
+            self._setRunning(False)
+            self._showError(_("Failed to start the explanation."), error)
+
+    def _onProgress(self, fraction, message, elapsedSeconds) -> None:
+        self.ui.progressBar.value = int(round(1000 * fraction))
+        self._lastMessage = message
+        self.ui.statusLabel.text = _("{message} ({seconds:.0f} s)").format(message=message, seconds=elapsedSeconds)
+
+    def _showElapsed(self) -> None:
+        if self._busy():
+            seconds = time.monotonic() - self._runStarted
+            self.ui.statusLabel.text = _("{message} ({seconds:.0f} s)").format(message=self._lastMessage, seconds=seconds)
+
+    def _onFinished(self, outcome) -> None:
+        self._runner = None
+        self._setRunning(False)
+        if outcome.cancelled:
+            self.ui.statusLabel.text = _("Cancelled after {seconds:.1f} s; nothing was created.").format(seconds=outcome.seconds)
+            return
+        if outcome.error is not None:
+            self.ui.statusLabel.text = _("Failed: {error}").format(error=outcome.error)
+            self._showError(_("The explanation failed."), outcome.error, outcome.log)
+            return
+        try:
+            node = self.logic.showResult(outcome.attribution, self._parameterNode, self._runInput)
+        except Exception as error:
+            self._showError(_("The result could not be shown."), error)
+            return
+        self.ui.progressBar.value = 1000
+        self.ui.statusLabel.text = _("Done in {seconds:.1f} s: {name}").format(seconds=outcome.seconds, name=node.GetName())
+
+    def onCancelButton(self) -> None:
+        self._cancelRunning()
+
+    def _cancelRunning(self) -> None:
+        for runner in (self._runner, self._demoRunner):
+            if runner is not None and runner.running:
+                runner.cancel()
+
+    def _setRunning(self, running, indeterminate=False) -> None:
+        self._running = running
+        self._lastMessage = _("Starting")
+        if running:
+            self._runStarted = time.monotonic()
+            self.ui.progressBar.setRange(0, 0 if indeterminate else 1000)
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.show()
+            self.ui.statusLabel.text = ""
+            self._elapsedTimer.start()
+        else:
+            self._elapsedTimer.stop()
+            self.ui.progressBar.setRange(0, 1000)
+            self.ui.progressBar.hide()
+        self.ui.cancelButton.enabled = running
+        self._checkCanApply()
+
+    def onApplyDisplayButton(self) -> None:
+        p = self._parameterNode
+        if p is None or p.outputVolume is None:
+            return
+        try:
+            with slicer.util.WaitCursor():
+                self.logic.applyDisplay(p.outputVolume, p)
+        except Exception as error:
+            self._showError(_("Failed to apply the display settings."), error)
+
+    def _showError(self, what, error, details="") -> None:
+        """The one place that shows an error dialog: the message, with the details in the log."""
+        trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        logging.error(f"{what}\n{trace}{details}")
+        slicer.util.errorDisplay(f"{what}\n\n{error}", detailedText=(details + "\n\n" + trace).strip())
+
+    # -- demo --------------------------------------------------------------------------------
+
+    def onLoadDemoButton(self) -> None:
+        p = self._parameterNode
+        demo = demos.DEMO_MODELS.get(p.demoModel) if p else None
+        if demo is None or self._busy() or not self._ensureDependencies():
+            return
+        folder = Path(slicer.app.temporaryPath) / "MedXAI" / "demo" / demo.name
+        outputs = demos.demoOutputs(folder)
+        if all(path.is_file() for path in outputs.values()):
+            self._loadDemo(demo, outputs)
+            return
+        self._demoRunner = runners.CommandRunner()
+        try:
+            self._demoRunner.start(demos.demoCommand(process.pythonExecutable(), folder),
+                                   lambda code, message: self._onDemoFinished(demo, outputs, code, message))
+        except Exception as error:
+            self._demoRunner = None
+            self._showError(_("Failed to start the demo."), error)
+            return
+        self._setRunning(True, indeterminate=True)
+        self._lastMessage = _("Training the demo model (a few seconds)")
+        self._showElapsed()
+
+    def _onDemoFinished(self, demo, outputs, code, message) -> None:
+        self._demoRunner = None
+        self._setRunning(False)
+        if code == process.EXIT_CANCELLED:
+            self.ui.statusLabel.text = _("Demo cancelled.")
+        elif code != 0:
+            self._showError(_("The demo failed."), RuntimeError(message))
+        else:
+            self._loadDemo(demo, outputs)
+
+    def _loadDemo(self, demo, outputs) -> None:
+        p = self._parameterNode
+        try:
+            volume = slicer.util.loadVolume(str(outputs["image"]), {"name": demo.name})
+        except Exception as error:
+            self._showError(_("The demo volume could not be loaded."), error)
+            return
+        with slicer.util.NodeModify(p):
+            p.inputVolume = volume
+            p.modelPath = str(outputs["model"])
+            p.demoModel = demo.name
+            p.targetKind = TargetKind.classScore
+            p.targetClass = demo.targetClass
+        slicer.util.setSliceViewerLayers(background=volume, fit=True)
+        self.ui.statusLabel.text = _("Demo ready: {title}. Click Apply.").format(title=demo.title)
 
 
 #
@@ -86,11 +645,9 @@ class MedXAIWidget(ScriptedLoadableModuleWidget):
 
 
 class MedXAILogic(ScriptedLoadableModuleLogic):
-    """This class should implement all the actual
-    computation done by your module.  The interface
-    should be such that other python code can import
-    this class and make use of the functionality without
-    requiring an instance of the Widget.
+    """Glue: parameter node -> Bridge (MRML to MedXAILib) -> runner -> Bridge (result nodes).
+
+    Can be used without the widget. MedXAILib errors (``MedXAILib.MedXAIError``) rise to the caller.
     Uses ScriptedLoadableModuleLogic base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
     """
@@ -98,6 +655,65 @@ class MedXAILogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         """Called when the logic class is instantiated. Can be used for initializing member variables."""
         ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return MedXAIParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def inputVolumeNodes(p) -> list:
+        return [node for node in (p.inputVolume, p.inputVolume2, p.inputVolume3, p.inputVolume4) if node is not None]
+
+    def buildRequest(self, p) -> jobs.ExplainRequest:
+        """The parameter node's nodes and choices as an :class:`ExplainRequest` (nothing is computed)."""
+        from MedXAIBridge import segments, volumes
+
+        if p.inputVolume is None:
+            raise InputError(_("Select the input volume."))
+        if not p.modelPath:
+            raise ModelError(_("Select a model file or MONAI bundle folder, or load the demo."))
+        info = MedXAILib.METHODS.get(p.method)
+        image = volumes.imageVolumeFromNodes(self.inputVolumeNodes(p))
+        kind = p.targetKind
+        target = targets.targetFromSettings(
+            kind, image.affine, image.shape, classIndex=p.targetClass, score=p.targetScore, reduction=p.targetReduction,
+            mask=segments.maskFromSegment(p.segmentation, p.segmentId, p.inputVolume)
+            if kind is TargetKind.segment and p.segmentation else None,
+            roiCornersRas=targets.roiCornersFromNode(p.targetRoi) if kind is TargetKind.roi and p.targetRoi else None,
+            pointRas=targets.pointFromNode(p.targetFiducial)
+            if kind in (TargetKind.point, TargetKind.component) and p.targetFiducial else None,
+            worldToImage=targets.worldToVolumeMatrix(p.inputVolume),
+        )
+        params = forms.valuesForMethod(info.params, forms.decodeMethodParameters(p.methodParameters).get(info.name))
+        return jobs.ExplainRequest(image=image, modelPath=p.modelPath, method=info.name, params=params, target=target,
+                                   device=p.device, seed=p.seed, trustBundle=p.trustBundle)
+
+    def showResult(self, attribution, p, inputVolume=None):
+        """A new result node for `attribution` on the grid of `inputVolume` (default: the selected input)."""
+        from MedXAIBridge import results
+
+        node = results.createAttributionNode(attribution, inputVolume or p.inputVolume)
+        p.outputVolume = node
+        self.applyDisplay(node, p)
+        return node
+
+    def applyDisplay(self, node, p) -> None:
+        """Colours, window, threshold, top-% outline, slice views and 3D for a result node."""
+        from MedXAIBridge import display
+
+        display.applyAttributionDisplay(node, p.colormap, p.opacity, p.symmetricWindow, p.thresholdPercentile)
+        if p.foregroundInAllViews:
+            self.showInSliceViews(node, p)
+        views.showTopOutline(node, p.topPercent)
+        views.showVolumeRendering(node, p.show3D)
+
+    def showInSliceViews(self, node, p) -> None:
+        from MedXAIBridge import display
+
+        display.showInSliceViews(node.GetScene(), node.GetNodeReference(INPUT_REFERENCE) or p.inputVolume, node, p.opacity)
+
+    def process(self, p):
+        """Explain in this process and return the result node (scripts and tests; errors rise)."""
+        return self.showResult(jobs.runInProcess(self.buildRequest(p)), p)
 
 
 #
@@ -120,6 +736,10 @@ class MedXAITest(ScriptedLoadableModuleTest):
         """Run as few or as many tests as needed here."""
         self.setUp()
         self.test_MedXAILibImports()
+        self.setUp()
+        self.test_ParameterNode()
+        self.setUp()
+        self.test_ExplainSyntheticVolume()
 
     def test_MedXAILibImports(self):
         """The library shipped beside the module (qt-scripted-modules/MedXAILib) imports."""
@@ -129,8 +749,100 @@ class MedXAITest(ScriptedLoadableModuleTest):
 
         self.assertTrue(hasattr(MedXAILib, "__version__"))
         logging.info(f"MedXAILib {MedXAILib.__version__} loaded from {MedXAILib.__file__}")
+        self.assertGreater(len(MedXAILib.METHODS), 0)
 
         logic = MedXAILogic()
         self.assertIsNotNone(logic)
 
         self.delayDisplay("Test passed")
+
+    def test_ParameterNode(self):
+        """Every choice round-trips through the parameter node, and the default method exists."""
+        p = MedXAILogic().getParameterNode()
+        self.assertIn(p.method, MedXAILib.METHODS)
+        self.assertIs(p.targetKind, TargetKind.classScore)
+        p.targetKind = TargetKind.roi
+        p.runMode = RunMode.subprocess
+        p.methodParameters = forms.encodeMethodParameters({"saliency": {"absolute": True}})
+        p.opacity = 0.8
+        again = MedXAILogic().getParameterNode()
+        self.assertIs(again.targetKind, TargetKind.roi)
+        self.assertIs(again.runMode, RunMode.subprocess)
+        self.assertEqual(forms.decodeMethodParameters(again.methodParameters), {"saliency": {"absolute": True}})
+        self.assertAlmostEqual(again.opacity, 0.8)
+        self.delayDisplay("Parameter node test passed")
+
+    def test_ExplainSyntheticVolume(self):
+        """Apply through the logic in process on a synthetic oblique volume with a tiny MONAI model."""
+        if not dependencies.dependenciesReady():
+            # pip_ensure installs nothing in testing mode; install torch and MONAI once with Apply.
+            logging.warning("MedXAITest: torch/MONAI are not installed; skipping the explanation test")
+            self.delayDisplay("Skipped: torch and MONAI are not installed")
+            return
+
+        import tempfile
+
+        import numpy as np
+        import torch
+        from monai.networks.nets import Classifier
+
+        from MedXAILib.model import save_spec_model
+
+        self.delayDisplay("Creating a synthetic volume and a tiny model")
+        shape = (20, 18, 12)  # I, J, K
+        rng = np.random.default_rng(0)
+        volumeNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "MedXAITestInput")
+        slicer.util.updateVolumeFromArray(volumeNode, rng.normal(size=shape[::-1]).astype(np.float32))  # (K, J, I)
+        angle = np.deg2rad(25.0)
+        ijkToRas = np.eye(4)
+        ijkToRas[:3, :3] = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0],
+                                     [0.0, 0.0, 1.0]]) @ np.diag([1.5, 0.9, 2.5])
+        ijkToRas[:3, 3] = (-20.0, 35.0, 12.5)
+        volumeNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijkToRas))
+
+        logic = MedXAILogic()
+        p = logic.getParameterNode()
+        with tempfile.TemporaryDirectory() as folder:
+            torch.manual_seed(0)
+            args = {"in_shape": [1, *shape], "classes": 2, "channels": [4, 8], "strides": [2, 2]}
+            spec = save_spec_model(Classifier(**args), "Classifier", args, Path(folder) / "tiny.json",
+                                   task="classification", class_names=["normal", "lesion"], in_channels=1)
+            p.inputVolume = volumeNode
+            p.modelPath = str(spec)
+            p.method = "integrated_gradients"
+            p.methodParameters = forms.encodeMethodParameters({"integrated_gradients": {"n_steps": 8}})
+            p.targetKind = TargetKind.classScore
+            p.targetClass = 1
+            p.device = "cpu"
+            self.delayDisplay("Explaining in process")
+            node = logic.process(p)
+
+            self.assertIs(p.outputVolume, node)
+            self.assertEqual(node.GetImageData().GetDimensions(), volumeNode.GetImageData().GetDimensions())
+            np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(self._ijkToRas(node)),
+                                       slicer.util.arrayFromVTKMatrix(self._ijkToRas(volumeNode)), atol=1e-6)
+            values = slicer.util.arrayFromVolume(node)
+            self.assertTrue(np.all(np.isfinite(values)))
+            self.assertGreater(float(np.abs(values).max()), 0.0)
+            self.assertEqual(node.GetAttribute("MedXAI.Method"), "integrated_gradients")
+
+            self.delayDisplay("Explaining in a background process")
+            request = logic.buildRequest(p)
+            outcomes = []
+            runner = runners.SubprocessRunner()
+            runner.start(request, lambda fraction, message, seconds: None, outcomes.append)
+            deadline = time.monotonic() + 300
+            while not outcomes and time.monotonic() < deadline:
+                slicer.app.processEvents()
+                time.sleep(0.05)
+            self.assertTrue(outcomes, "the background process did not finish in time")
+            self.assertIsNone(outcomes[0].error, outcomes[0].log)
+            np.testing.assert_allclose(outcomes[0].attribution.array[0], values.transpose(2, 1, 0), rtol=1e-4, atol=1e-6)
+
+        self.delayDisplay("Test passed")
+
+    @staticmethod
+    def _ijkToRas(volumeNode):
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        return matrix

@@ -1,0 +1,30 @@
+"""MedXAIRuntime: services of the Slicer application for the MedXAI module (layer L2).
+
+Modules (import the one you need, e.g. ``from MedXAIRuntime import runners``):
+
+- ``dependencies``: installs what MedXAILib needs on the first Apply, after the user confirms:
+  torch through the PyTorch extension (PyTorchUtils, never pip), the rest with pip under a
+  constraints file that pins the installed torch (and Slicer's numpy and SimpleITK).
+- ``devices``: the compute devices to offer (auto, CPU, each CUDA GPU with name and memory),
+  asked from torch only once torch is installed.
+- ``process``: Qt-free subprocess plumbing: the ``medxai explain`` command line, JSON-lines progress
+  parsing, a line reader on a thread, and killing a whole process tree.
+- ``jobs``: Qt-free explain jobs: :class:`~MedXAIRuntime.jobs.ExplainRequest`, the in-process run,
+  and :class:`~MedXAIRuntime.jobs.ExplainJob` (temporary NRRD files, ``python -m MedXAILib explain``,
+  reading the result back, removing the temporary folder).
+- ``runners``: :class:`~MedXAIRuntime.runners.InProcessRunner` and
+  :class:`~MedXAIRuntime.runners.SubprocessRunner`, the two ways the widget runs a request, with
+  progress and cancel; the subprocess one is polled with a ``qt.QTimer`` and never blocks.
+- ``forms``: the method parameter form generated from a parameter dataclass
+  (:func:`MedXAILib.params.param_specs`), and the JSON kept in the parameter node.
+- ``targets``: target kinds and the geometry that turns an ROI or a point into voxel indices.
+- ``views``: application-level display (3D volume rendering of a result).
+- ``demo``: the built-in demo (synthetic CT and a tiny classifier) behind the Model section.
+
+Rules (DESIGN.md, section 1): Slicer imports this package when it loads the module, before torch
+or MONAI may be installed, so nothing here imports torch, MONAI or a heavy MedXAILib module at
+module level. Qt is imported inside the functions that need it, which keeps the command-line,
+parsing and process code testable with plain pytest (``Testing/Runtime``).
+"""
+
+__all__ = ["dependencies", "devices", "process", "jobs", "runners", "forms", "targets", "views", "demo"]

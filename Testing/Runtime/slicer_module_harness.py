@@ -1,0 +1,287 @@
+"""Run MedXAI/MedXAI.py's parameter node and logic outside Slicer, on real MRML nodes.
+
+Usage: ``python slicer_module_harness.py SLICER_SOURCE_DIR OUT_JSON``
+
+slicer-core (the Qt-free MRML wheel of the test environment) has no ``slicer.parameterNodeWrapper``
+or ``slicer.ScriptedLoadableModule``; this script loads them from a Slicer source checkout
+(``SLICER_SOURCE_DIR/Base/Python/slicer``), puts inert stand-ins in place of the ``qt`` and ``ctk``
+modules (nothing GUI runs), imports MedXAI.py, and then:
+
+- checks that importing it loaded neither torch nor MONAI;
+- picks, with Slicer's own ``createGuiConnector``, the connector of every widget of MedXAI.ui that
+  carries a ``SlicerParameterName`` (a type / widget mismatch raises here as it would in Slicer);
+- runs the self-test's path: a synthetic oblique volume, a tiny MONAI classifier saved as a spec,
+  ``MedXAILogic.process`` in process and the same request through ``SubprocessRunner``;
+- builds ROI, point and segment targets from markups and segmentation nodes, with a parent
+  transform on the volume;
+- saves the scene to an MRML string, loads it into a new scene and reads the parameter node back.
+
+Results go to OUT_JSON; ``test_runtime_module_harness.py`` checks them. It runs in its own process
+because it sets ``slicer.mrmlScene`` and fake ``qt`` modules.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+import types
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE_DIR = ROOT / "MedXAI"
+
+
+# ------------------------------------------------------------------------------------------------
+# Inert qt / ctk
+
+
+class _Signal:
+    def connect(self, *args):
+        pass
+
+    def disconnect(self, *args):
+        pass
+
+
+class _Meta(type):
+    def __getattr__(cls, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        value = _Meta(name, (_Dummy,), {})
+        setattr(cls, name, value)
+        return value
+
+    def __or__(cls, other):
+        return cls
+
+    def __sub__(cls, other):
+        return 0
+
+
+class _Dummy(metaclass=_Meta):
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name == "currentIndex":
+            return -1
+        if name in ("value", "minimum", "maximum", "decimals", "singleStep"):
+            return 0
+        if name[0].islower() and name.endswith(("Changed", "toggled", "clicked")):
+            return _Signal()
+        return lambda *args, **kwargs: None
+
+
+class _FakeModule(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        value = _Meta(name, (_Dummy,), {})
+        setattr(self, name, value)
+        return value
+
+
+def _load(name: str, path: Path, package: bool = False):
+    import slicer
+
+    spec = importlib.util.spec_from_file_location(
+        name, path, submodule_search_locations=[str(path.parent)] if package else None
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    setattr(slicer, name.split(".")[-1], module)
+    return module
+
+
+def load_slicer_python(source: Path):
+    for name in ("qt", "ctk"):
+        sys.modules[name] = _FakeModule(name)
+    import slicer
+    import slicer.util  # noqa: F401  (slicer-core's util: NodeModify, VTKObservationMixin, arrays)
+
+    for name in ("qMRMLNodeComboBox", "qMRMLSliderWidget", "qMRMLSpinBox", "qMRMLRangeWidget", "qMRMLWidget",
+                 "qMRMLSubjectHierarchyTreeView", "qSlicerWidget"):
+        setattr(slicer, name, getattr(sys.modules["qt"], name))
+
+    class App:
+        def translate(self, context, text):
+            return text
+
+        def testingEnabled(self):
+            return True
+
+    slicer.app = App()
+    slicer.mrmlScene = slicer.vtkMRMLScene()
+    base = source / "Base" / "Python" / "slicer"
+    _load("slicer.i18n", base / "i18n.py")
+    _load("slicer.parameterNodeWrapper", base / "parameterNodeWrapper" / "__init__.py", package=True)
+    _load("slicer.ScriptedLoadableModule", base / "ScriptedLoadableModule.py")
+    return slicer
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def main(source: Path, out: Path) -> None:
+    sys.path[:0] = [str(MODULE_DIR), str(ROOT)]
+    slicer = load_slicer_python(source)
+    results: dict = {}
+
+    module = _load("MedXAI", MODULE_DIR / "MedXAI.py")
+    results["heavyAfterImport"] = sorted(m for m in ("torch", "monai", "SimpleITK") if m in sys.modules)
+
+    logic = module.MedXAILogic()
+    p = logic.getParameterNode()
+    results["parameters"] = sorted(p.allParameters)
+    results["defaults"] = {"method": p.method, "targetKind": p.targetKind.name, "runMode": p.runMode.name,
+                           "colormap": p.colormap, "device": p.device, "methodParameters": p.methodParameters}
+
+    # connectors chosen by Slicer's own code for every SlicerParameterName widget of the .ui
+    import ctk
+    import qt
+    from slicer.parameterNodeWrapper.guiConnectors import createGuiConnector
+
+    classes = {"QCheckBox": qt.QCheckBox, "QComboBox": qt.QComboBox, "QSpinBox": qt.QSpinBox,
+               "qMRMLNodeComboBox": slicer.qMRMLNodeComboBox, "ctkSliderWidget": ctk.ctkSliderWidget}
+    connectors = {}
+    for widget in ET.parse(MODULE_DIR / "Resources" / "UI" / "MedXAI.ui").getroot().iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                param = prop.find("string").text
+                connector = createGuiConnector(classes[widget.get("class")](), p.dataType(param))
+                connectors[param] = [widget.get("name"), type(connector).__name__]
+    results["connectors"] = connectors
+
+    # the self-test's path
+    import numpy as np
+    import torch
+    import vtk
+    from monai.networks.nets import Classifier, UNet
+
+    from MedXAIBridge import segments
+    from MedXAILib.model import save_spec_model
+    from MedXAIRuntime import forms, jobs, runners
+    from MedXAIRuntime.targets import TargetKind
+
+    scene = slicer.mrmlScene
+    shape = (20, 18, 12)
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "MedXAITestInput")
+    slicer.util.updateVolumeFromArray(volume, np.random.default_rng(0).normal(size=shape[::-1]).astype(np.float32))
+    angle = np.deg2rad(25.0)
+    ijkToRas = np.eye(4)
+    ijkToRas[:3, :3] = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]) \
+        @ np.diag([1.5, 0.9, 2.5])
+    ijkToRas[:3, 3] = (-20.0, 35.0, 12.5)
+    volume.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijkToRas))
+    folder = Path(tempfile.mkdtemp())
+    torch.manual_seed(0)
+    args = {"in_shape": [1, *shape], "classes": 2, "channels": [4, 8], "strides": [2, 2]}
+    spec = save_spec_model(Classifier(**args), "Classifier", args, folder / "tiny.json", task="classification",
+                           class_names=["normal", "lesion"], in_channels=1)
+    p.inputVolume = volume
+    p.modelPath = str(spec)
+    p.method = "integrated_gradients"
+    p.methodParameters = forms.encodeMethodParameters({"integrated_gradients": {"n_steps": 8}})
+    p.targetKind = TargetKind.classScore
+    p.targetClass = 1
+    p.device = "cpu"
+    p.topPercent = 5.0
+    node = logic.process(p)
+    m1, m2 = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m1)
+    volume.GetIJKToRASMatrix(m2)
+    values = slicer.util.arrayFromVolume(node)
+
+    def outlines():
+        nodes = slicer.util.getNodesByClass("vtkMRMLSegmentationNode", scene)
+        return sum(1 for n in nodes if n.GetAttribute("MedXAI.AttributionNodeID") == node.GetID())
+
+    results["inProcess"] = {
+        "sameDimensions": node.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions(),
+        "sameGeometry": bool(np.allclose(slicer.util.arrayFromVTKMatrix(m1), slicer.util.arrayFromVTKMatrix(m2))),
+        "finite": bool(np.isfinite(values).all()),
+        "nonZero": bool(np.abs(values).max() > 0),
+        "outputVolumeIsResult": p.outputVolume is node,
+        "method": node.GetAttribute("MedXAI.Method"),
+        "outlines": outlines(),
+    }
+    logic.applyDisplay(node, p)
+    results["inProcess"]["outlinesAfterReapply"] = outlines()
+
+    pending, outcomes = [], []
+    runner = runners.SubprocessRunner(scheduler=lambda ms, callback: pending.append(callback))
+    runner.start(logic.buildRequest(p), lambda *a: None, outcomes.append)
+    deadline = time.monotonic() + 300
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+        pending.pop(0)()
+    results["subprocess"] = {
+        "error": None if not outcomes or outcomes[0].error is None else str(outcomes[0].error),
+        "sameAsInProcess": bool(outcomes and outcomes[0].attribution is not None and np.allclose(
+            outcomes[0].attribution.array[0], values.transpose(2, 1, 0), rtol=1e-4, atol=1e-6)),
+    }
+
+    # ROI, point and segment targets (a segmenter; the volume under a linear transform)
+    unetArgs = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8], "strides": [2],
+                "num_res_units": 1}
+    torch.manual_seed(0)
+    unet = save_spec_model(UNet(**unetArgs), "UNet", unetArgs, folder / "unet.json", task="segmentation", in_channels=1)
+    p.modelPath, p.method, p.topPercent = str(unet), "saliency", 0.0
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    shift = np.eye(4)
+    shift[:3, 3] = (5.0, -3.0, 2.0)
+    transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(shift))
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    centreWorld = (shift @ ijkToRas @ np.array([10, 9, 6, 1.0]))[:3]
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    roi.SetCenterWorld(*centreWorld)
+    roi.SetSizeWorld(6.0, 6.0, 6.0)
+    p.targetRoi, p.targetKind = roi, TargetKind.roi
+    box = logic.buildRequest(p).target.box
+    points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    points.AddControlPointWorld(vtk.vtkVector3d(*centreWorld))
+    p.targetFiducial, p.targetKind = points, TargetKind.point
+    voxel = logic.buildRequest(p).target.voxel
+    volume.SetAndObserveTransformNodeID(None)
+    labels = np.zeros(shape, np.uint8)
+    labels[5:12, 4:10, 3:8] = 1
+    segmentation = segments.segmentationNodeFromLabelMap(scene, labels, volume, ["organ"], "seg")
+    p.segmentation, p.segmentId = segmentation, segmentation.GetSegmentation().GetNthSegmentID(0)
+    p.targetKind = TargetKind.segment
+    request = logic.buildRequest(p)
+    result = logic.showResult(jobs.runInProcess(request), p)
+    results["targets"] = {"box": list(box), "voxel": list(voxel), "maskVoxels": int(request.target.mask.sum()),
+                          "labelVoxels": int(labels.sum()), "segmentResult": result.GetName()}
+
+    # a saved scene restores the module's choices
+    scene.SetSaveToXMLString(1)
+    scene.Commit()
+    restored = slicer.vtkMRMLScene()
+    restored.SetLoadFromXMLString(1)
+    restored.SetSceneXMLString(scene.GetSceneXMLString())
+    restored.Import()
+    slicer.mrmlScene = restored
+    q = module.MedXAILogic().getParameterNode()
+    results["restored"] = {
+        "method": q.method, "targetKind": q.targetKind.name, "targetClass": q.targetClass, "device": q.device,
+        "modelPath": q.modelPath == str(unet), "inputVolume": q.inputVolume.GetName() if q.inputVolume else None,
+        "segmentation": q.segmentation.GetName() if q.segmentation else None, "segmentId": q.segmentId == p.segmentId,
+        "targetRoi": q.targetRoi is not None, "targetFiducial": q.targetFiducial is not None,
+        "outputVolume": q.outputVolume.GetName() if q.outputVolume else None,
+        "methodParameters": forms.decodeMethodParameters(q.methodParameters),
+    }
+    results["expectedOutputVolume"] = result.GetName()
+    out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    os._exit(0)  # skip VTK/MRML teardown order issues of a script that faked qt

@@ -1,0 +1,80 @@
+"""MedXAI.py's parameter node and logic on real MRML nodes, with Slicer's own parameterNodeWrapper.
+
+Needs a Slicer source checkout: set ``SLICER_SOURCE_DIR`` (e.g. a clone of Slicer/Slicer at tag
+v5.12.0 or v5.10.0); skipped otherwise, since tests never download anything. See
+``slicer_module_harness.py`` for what runs and docs/developer_guide/testing.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import runtime_paths
+
+SOURCE = os.environ.get("SLICER_SOURCE_DIR", "")
+HAVE_SOURCE = bool(SOURCE) and (Path(SOURCE) / "Base" / "Python" / "slicer" / "parameterNodeWrapper").is_dir()
+
+pytestmark = [
+    pytest.mark.mrml,
+    pytest.mark.slow,
+    pytest.mark.skipif(not HAVE_SOURCE, reason="set SLICER_SOURCE_DIR to a Slicer source checkout"),
+]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict:
+    pytest.importorskip("slicer", reason="needs slicer-core")
+    out = tmp_path_factory.mktemp("harness") / "results.json"
+    harness = Path(__file__).with_name("slicer_module_harness.py")
+    result = subprocess.run([sys.executable, str(harness), SOURCE, str(out)], capture_output=True, text=True,
+                            cwd=runtime_paths.ROOT, timeout=900)
+    assert result.returncode == 0 and out.is_file(), result.stdout[-3000:] + result.stderr[-6000:]
+    return json.loads(out.read_text())
+
+
+def test_module_imports_without_torch_or_monai(results):
+    assert results["heavyAfterImport"] == []
+    assert results["defaults"]["method"] == "integrated_gradients" and results["defaults"]["methodParameters"] == "{}"
+
+
+def test_every_bound_widget_gets_a_connector(results):
+    connectors = results["connectors"]
+    assert connectors["targetKind"][1] == "QComboBoxToEnumConnector"
+    assert connectors["opacity"][1] == "QDoubleSpinBoxCtkSliderWidgetToFloatIntConnector"
+    assert connectors["inputVolume"] == ["inputVolumeSelector", "qMRMLNodeComboBoxToNodeConnector"]
+    manual = {"demoModel", "device", "method", "methodParameters", "modelPath", "outputVolume", "segmentId", "segmentation"}
+    assert set(results["parameters"]) == set(connectors) | manual
+
+
+def test_in_process_result_has_the_input_geometry(results):
+    r = results["inProcess"]
+    assert r == {"sameDimensions": True, "sameGeometry": True, "finite": True, "nonZero": True,
+                 "outputVolumeIsResult": True, "method": "integrated_gradients", "outlines": 1,
+                 "outlinesAfterReapply": 1}
+
+
+def test_subprocess_gives_the_same_map(results):
+    assert results["subprocess"] == {"error": None, "sameAsInProcess": True}
+
+
+def test_markups_and_segment_targets(results):
+    t = results["targets"]
+    assert t["voxel"] == [10, 9, 6]
+    i0, j0, k0, i1, j1, k1 = t["box"]
+    assert i0 <= 10 <= i1 and j0 <= 9 <= j1 and k0 <= 6 <= k1 and (i1 - i0, k1 - k0) == (4, 2)
+    assert t["maskVoxels"] == t["labelVoxels"] > 0
+
+
+def test_saved_scene_restores_the_module(results):
+    r = results["restored"]
+    assert r["method"] == "saliency" and r["targetKind"] == "segment" and r["targetClass"] == 1 and r["device"] == "cpu"
+    assert r["modelPath"] and r["segmentId"] and r["targetRoi"] and r["targetFiducial"]
+    assert r["inputVolume"] == "MedXAITestInput" and r["segmentation"] == "seg"
+    assert r["outputVolume"] == results["expectedOutputVolume"]
+    assert r["methodParameters"] == {"integrated_gradients": {"n_steps": 8}}

@@ -1,0 +1,245 @@
+"""MedXAIRuntime.process: the explain command line, progress parsing and killing process trees."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import runtime_paths  # noqa: F401  (puts MedXAIRuntime and MedXAILib on sys.path)
+
+from MedXAILib.cli.main import build_parser
+from MedXAILib.cli.progress import json_lines
+from MedXAILib.target import Target
+from MedXAIRuntime import process
+from MedXAIRuntime.process import (
+    BackgroundProcess,
+    DoneEvent,
+    LogLine,
+    ProgressEvent,
+    explainCommand,
+    isProcessAlive,
+    killProcessTree,
+    lastErrorLine,
+    parseOutputLine,
+    targetArguments,
+)
+
+posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX process groups")
+
+
+# ------------------------------------------------------------------------------------------------
+# Parsing
+
+
+def test_parse_reads_what_the_cli_progress_sink_writes(tmp_path):
+    stream_path = tmp_path / "out.txt"
+    with open(stream_path, "w") as stream:
+        emit = json_lines(stream)
+        emit(0.25, "Integrated gradients: 8/32 path points")
+        emit(1.0, "done")
+        stream.write(json.dumps({"done": True, "outputs": ["/tmp/a.nrrd", "/tmp/s.json"]}) + "\n")
+    events = [parseOutputLine(line) for line in stream_path.read_text().splitlines()]
+    assert isinstance(events[0], ProgressEvent)
+    assert events[0].fraction == 0.25 and events[0].message.startswith("Integrated gradients")
+    assert events[0].elapsedSeconds >= 0
+    assert events[1].fraction == 1.0
+    assert events[2] == DoneEvent(("/tmp/a.nrrd", "/tmp/s.json"))
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["Warning: something from a library", "{not json", '{"other": 1}', '["progress", 0.5]', '{"progress": "half"}'],
+)
+def test_parse_keeps_anything_else_as_a_log_line(line):
+    assert parseOutputLine(line) == LogLine(line.strip())
+
+
+def test_parse_clamps_progress_and_skips_blank_lines():
+    assert parseOutputLine("   \n") is None
+    assert parseOutputLine('{"progress": 1.7, "message": "x"}').fraction == 1.0
+    assert parseOutputLine('{"progress": -1}').fraction == 0.0
+
+
+def test_last_error_line_prefers_the_cli_reason():
+    stderr = "usage: medxai explain ...\nmedxai: error: model not found: /x/model.ts\n"
+    assert lastErrorLine(stderr, 2) == "model not found: /x/model.ts"
+    traceback = "Traceback (most recent call last):\n  File ...\nRuntimeError: CUDA out of memory\n\n"
+    assert lastErrorLine(traceback, 1) == "RuntimeError: CUDA out of memory"
+    assert "exit code 1" in lastErrorLine("", 1)
+    assert "signal 9" in lastErrorLine("", -9)
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line: what we build, the real CLI parser accepts
+
+
+def _parse(command):
+    assert command[1:4] == ["-m", "MedXAILib", "explain"]
+    return build_parser().parse_args(command[3:])
+
+
+@pytest.mark.parametrize(
+    "target, check",
+    [
+        (None, lambda a: a.target_class is None and not a.target_predicted),
+        (Target(class_index=1), lambda a: a.target_class == 1 and a.target_mask is None),
+        (Target(class_index=2, region="predicted", score="probability", reduction="mean"),
+         lambda a: a.target_predicted and a.target_probability and a.target_mean),
+        (Target(class_index=1, region="mask", mask=np.ones((2, 2, 2), bool)), lambda a: a.target_mask == "/t/mask.nrrd"),
+        (Target(class_index=1, region="box", box=(0, 1, 2, 5, 6, 7)), lambda a: a.target_box == (0, 1, 2, 5, 6, 7)),
+        (Target(class_index=1, region="voxel", voxel=(3, 4, 5)), lambda a: a.target_voxel == (3, 4, 5)),
+        (Target(class_index=1, region="component", voxel=(3, 4, 5)), lambda a: a.target_component == (3, 4, 5)),
+    ],
+)
+def test_explain_command_parses_with_the_cli(target, check):
+    command = explainCommand(
+        "/usr/bin/python3", ["/t/image_0.nrrd", "/t/image 1.nrrd"], "/models/spec.json", "/t/out.nrrd",
+        summaryPath="/t/summary.json", method="integrated_gradients",
+        params={"n_steps": 8, "baseline": "zeros", "blur_sigma_mm": 2.5, "absolute": True},
+        target=target, maskPath="/t/mask.nrrd", device="cuda:0", seed=7, trustBundle=True,
+    )
+    args = _parse(command)
+    assert args.image == ["/t/image_0.nrrd", "/t/image 1.nrrd"]
+    assert args.model == "/models/spec.json" and args.trust_bundle
+    assert args.method == "integrated_gradients"
+    assert args.param == ["n_steps=8", "baseline=zeros", "blur_sigma_mm=2.5", "absolute=true"]
+    assert args.device == "cuda:0" and args.seed == 7
+    assert args.out == "/t/out.nrrd" and args.json == "/t/summary.json" and args.progress_json
+    assert check(args)
+
+
+def test_a_mask_target_needs_the_mask_file():
+    with pytest.raises(ValueError, match="mask"):
+        targetArguments(Target(class_index=1, region="mask", mask=np.ones((2, 2, 2), bool)))
+
+
+def test_child_environment_makes_the_library_importable(tmp_path):
+    env = process.childEnvironment({"PYTHONPATH": "/elsewhere", "PATH": os.environ.get("PATH", "")})
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(process.libraryRoot()), "/elsewhere"]
+    assert env["PYTHONUNBUFFERED"] == "1"
+    result = subprocess.run([sys.executable, "-c", "import MedXAILib, sys; print(MedXAILib.__file__)"],
+                            cwd=tmp_path, env=process.childEnvironment(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).resolve().parent == process.libraryRoot() / "MedXAILib"
+
+
+def test_python_executable_outside_slicer_is_this_interpreter():
+    assert process.pythonExecutable() == sys.executable
+
+
+# ------------------------------------------------------------------------------------------------
+# BackgroundProcess
+
+
+def _drain(background: BackgroundProcess, timeout: float = 30.0) -> tuple[list[str], int]:
+    lines, deadline = [], time.monotonic() + timeout
+    while True:
+        lines += background.readLines()
+        code = background.poll()
+        if code is not None:
+            return lines, code
+        assert time.monotonic() < deadline, "the process did not end"
+        time.sleep(0.02)
+
+
+def test_background_process_collects_stdout_and_keeps_stderr_apart(tmp_path):
+    script = "import sys\nfor i in range(3): print(f'line {i}', flush=True)\nsys.stderr.write('medxai: error: bad\\n')\nsys.exit(2)"
+    background = BackgroundProcess([sys.executable, "-c", script], stderrPath=tmp_path / "err.txt")
+    background.start()
+    lines, code = _drain(background)
+    assert lines == ["line 0", "line 1", "line 2"] and code == 2
+    assert lastErrorLine(background.stderrText(), code) == "bad"
+
+
+def test_poll_never_blocks_while_the_process_runs():
+    background = BackgroundProcess([sys.executable, "-c", "import time; print('hi', flush=True); time.sleep(5)"])
+    background.start()
+    try:
+        started = time.monotonic()
+        for _ in range(20):
+            background.readLines()
+            assert background.poll() is None
+        assert time.monotonic() - started < 1.0
+    finally:
+        background.kill(timeout=2)
+    assert background.popen.returncode is not None
+
+
+# ------------------------------------------------------------------------------------------------
+# Killing process trees: a launcher that starts the real worker as a child (as PythonSlicer does)
+
+LAUNCHER = textwrap.dedent(
+    """
+    import signal, subprocess, sys, time
+    worker = "import signal, time\\n"
+    if sys.argv[1] == "stubborn":
+        worker += "signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n"
+    worker += "print('ready', flush=True)\\ntime.sleep(120)\\n"
+    child = subprocess.Popen([sys.executable, "-c", worker], stdout=subprocess.PIPE, text=True)
+    child.stdout.readline()
+    print(child.pid, flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def _start_launcher(kind: str = "polite") -> tuple[BackgroundProcess, int]:
+    background = BackgroundProcess([sys.executable, "-c", LAUNCHER, kind])
+    background.start()
+    deadline = time.monotonic() + 30
+    lines: list[str] = []
+    while not lines:
+        lines = background.readLines()
+        assert time.monotonic() < deadline, "the launcher did not report its child"
+        time.sleep(0.02)
+    child = int(lines[0])
+    assert isProcessAlive(child)
+    return background, child
+
+
+@posix_only
+def test_killing_only_the_launcher_leaves_its_child_running():
+    background, child = _start_launcher()
+    try:
+        background.popen.kill()  # what proc.kill() does: the launcher only
+        background.popen.wait(10)
+        time.sleep(0.2)
+        assert isProcessAlive(child), "the pitfall this module exists for did not reproduce"
+    finally:
+        killProcessTree(background.popen, timeout=2)  # the leaderless process group still works
+    assert not isProcessAlive(child)
+
+
+@posix_only
+def test_kill_process_tree_ends_the_launcher_and_its_child():
+    background, child = _start_launcher()
+    started = time.monotonic()
+    killProcessTree(background.popen, timeout=5)
+    assert not isProcessAlive(child)
+    assert background.popen.returncode == -signal.SIGTERM
+    assert time.monotonic() - started < 5, "SIGTERM should have been enough"
+
+
+@posix_only
+def test_kill_process_tree_forces_a_child_that_ignores_sigterm():
+    background, child = _start_launcher("stubborn")
+    killProcessTree(background.popen, timeout=0.5)
+    assert not isProcessAlive(child)
+    assert background.popen.returncode is not None
+
+
+def test_kill_process_tree_of_an_ended_process_is_harmless():
+    background = BackgroundProcess([sys.executable, "-c", "pass"])
+    background.start()
+    _drain(background)
+    killProcessTree(background.popen, timeout=0.5)
+    assert background.popen.returncode == 0
