@@ -1,1 +1,396 @@
-"""(placeholder: implementation in progress)"""
+"""Perturbation-family attribution methods: occlusion, RISE, feature ablation and LIME.
+
+Every method here only runs the model forward: perturbed inputs are built in batches of
+``batch_size`` and evaluated under ``torch.no_grad()``, with a progress update (and cancel check)
+after each batch. Randomness comes only from the run's seeded generator (``ctx.generator``), drawn
+up front, so results do not depend on ``batch_size``.
+
+Maps are raw and signed, on the input grid. Multi-channel inputs: unless ``per_channel`` is set, all
+channels of a window/region are perturbed together and its attribution is split equally across the
+channels (the channel-summed map holds the whole attribution); with ``per_channel`` each channel is
+perturbed on its own, giving genuine per-channel maps at C times the cost.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ParameterError
+from .catalog.perturbation import FeatureAblationParams, LimeParams, OcclusionParams, RiseParams
+from .context import MethodContext
+from .gradient import make_baseline
+from .regions import Regions, build_regions, coalition_inputs, paint, parse_triple
+
+__all__ = [
+    "occlusion",
+    "rise",
+    "feature_ablation",
+    "lime",
+    "perturbation_baseline",
+    "run_batches",
+    "weighted_linear_fit",
+    "occlusion_geometry",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared machinery
+
+
+def perturbation_baseline(ctx: MethodContext, kind: str, blur_sigma_mm: float = 8.0) -> torch.Tensor:
+    """The value a perturbed voxel takes, (1, C, I, J, K) on the input's device.
+
+    ``zeros``; ``min`` / ``mean``: each channel's minimum / mean; ``blur``: a Gaussian blur of the
+    image with a width in mm (converted per axis with the voxel spacing).
+    """
+    x = ctx.x.detach()
+    if kind == "mean":
+        return x.mean(dim=(2, 3, 4), keepdim=True).expand_as(x).clone()
+    if kind in ("zeros", "min", "blur"):
+        return make_baseline(ctx, kind, blur_sigma_mm)
+    raise ParameterError(f"unknown baseline {kind!r}; use zeros, min, mean or blur")
+
+
+def run_batches(
+    ctx: MethodContext,
+    n: int,
+    batch_size: int,
+    make_batch: Callable[[int, int], torch.Tensor],
+    label: str,
+    on_batch: Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]] = None,
+    progress: tuple[float, float] = (0.0, 1.0),
+) -> torch.Tensor:
+    """Score `n` perturbed inputs, `batch_size` per forward pass, without autograd.
+
+    Args:
+        make_batch: ``(start, stop) -> (stop - start, C, I, J, K)`` perturbed inputs.
+        label: progress message prefix.
+        on_batch: called as ``on_batch(start, stop, inputs, scores)`` after each forward pass.
+        progress: the part of the method's progress [0, 1] this loop covers.
+
+    Returns:
+        The scores, shape (n,), on the input's device.
+    """
+    lo, hi = progress
+    scores = []
+    ctx.monitor.update(lo, f"{label}: {n} perturbed inputs")
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        with torch.no_grad():
+            batch = make_batch(start, stop)
+            batch_scores = ctx.score(batch).detach().reshape(-1)
+            if on_batch is not None:
+                on_batch(start, stop, batch, batch_scores)
+        scores.append(batch_scores)
+        del batch
+        ctx.monitor.update(lo + (hi - lo) * stop / n, f"{label}: {stop}/{n} perturbed inputs")
+    return torch.cat(scores) if scores else torch.zeros(0, device=ctx.x.device)
+
+
+def _score_input(ctx: MethodContext) -> torch.Tensor:
+    with torch.no_grad():
+        return ctx.score(ctx.x.detach()).detach().reshape(-1)[0]
+
+
+def weighted_linear_fit(
+    features: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+) -> tuple[np.ndarray, float, float]:
+    """Weighted least squares with an intercept, in float64 (``sklearn.linear_model.LinearRegression``).
+
+    The design and targets are centred with the weighted means, scaled by sqrt(weight) and solved
+    with the minimum-norm least-squares solver, so an under-determined fit (fewer samples than
+    features) gives the minimum-norm coefficients instead of failing.
+
+    Returns:
+        (coefficients (F,), intercept, weighted R^2).
+    """
+    X = features.detach().cpu().double().numpy()
+    y = targets.detach().cpu().double().numpy().reshape(-1)
+    w = weights.detach().cpu().double().numpy().reshape(-1)
+    w_sum = w.sum()
+    x_mean = (w[:, None] * X).sum(0) / w_sum
+    y_mean = float((w * y).sum() / w_sum)
+    root = np.sqrt(w)
+    coef, *_ = np.linalg.lstsq(root[:, None] * (X - x_mean), root * (y - y_mean), rcond=None)
+    intercept = y_mean - float(x_mean @ coef)
+    residual = y - (X @ coef + intercept)
+    total = float((w * (y - y_mean) ** 2).sum())
+    r2 = 1.0 - float((w * residual**2).sum()) / total if total > 0 else 1.0
+    return coef, intercept, r2
+
+
+def _regions_and_features(ctx: MethodContext, params, label: str) -> tuple[Regions, torch.Tensor, int]:
+    ctx.monitor.update(0.0, f"{label}: building {params.regions} regions")
+    regions = build_regions(ctx, params)
+    labels = torch.as_tensor(regions.labels, device=ctx.x.device)
+    n_features = regions.n * (ctx.x.shape[1] if params.per_channel else 1)
+    ctx.diagnostics["regions"] = regions.describe()
+    ctx.monitor.update(0.05, f"{label}: {regions.n} regions")
+    return regions, labels, n_features
+
+
+def _region_values(regions: Regions, values: np.ndarray, n_channels: int, per_channel: bool) -> dict:
+    """Per-structure values for the provenance when the regions are the labels of a label map."""
+    if regions.values is None:
+        return {}
+    if not per_channel:
+        return {str(v): float(a) for v, a in zip(regions.values, values)}
+    per = np.asarray(values).reshape(n_channels, -1)
+    return {
+        f"{v}/channel{c}": float(per[c, r]) for c in range(n_channels) for r, v in enumerate(regions.values)
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Occlusion
+
+
+def occlusion_geometry(
+    ctx: MethodContext, params: OcclusionParams
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Window and stride in voxels: converted from mm if asked, clipped to the image (with a warning)."""
+    shape = tuple(int(n) for n in ctx.x.shape[2:])
+    if params.unit == "mm":
+        spacing = np.asarray(ctx.spacing, dtype=np.float64)
+        to_voxels = lambda mm: tuple(max(1, int(round(v / s))) for v, s in zip(mm, spacing))  # noqa: E731
+        window = to_voxels(parse_triple(params.window, "window"))
+        stride = to_voxels(parse_triple(params.stride, "stride"))
+    else:
+        window = parse_triple(params.window, "window", integer=True)
+        stride = parse_triple(params.stride, "stride", integer=True)
+    clipped = tuple(min(w, n) for w, n in zip(window, shape))
+    if clipped != window:
+        ctx.warn(f"occlusion window {window} voxels exceeds the image {shape}; clipped to {clipped}")
+    window = clipped
+    fixed = tuple(min(s, w) if w < n else s for s, w, n in zip(stride, window, shape))
+    if fixed != stride:
+        ctx.warn(f"occlusion stride {stride} voxels exceeds the window {window}, which would leave "
+                 f"voxels never occluded; clipped to {fixed}")
+    return window, fixed
+
+
+def occlusion(ctx: MethodContext, params: OcclusionParams) -> torch.Tensor:
+    """Occlusion sensitivity (Zeiler & Fergus, ECCV 2014, arXiv:1311.2901).
+
+    A box of ``window`` voxels slides with ``stride`` (start positions 0, s, 2s, ... up to the first
+    one reaching the far border, the last box clipped there, exactly as Captum's ``Occlusion``);
+    inside the box the input takes the baseline. Each voxel's attribution is the mean of
+    ``score(x) - score(x with the box occluded)`` over the boxes that cover it, so the map equals
+    ``captum.attr.Occlusion`` with ``sliding_window_shapes=(C, *window)`` and ``strides=(1,
+    *stride)`` divided by C (the value is split across the channels occluded together) or, with
+    ``per_channel``, ``sliding_window_shapes=(1, *window)``, ``strides=(1, *stride)``.
+    """
+    x = ctx.x.detach()
+    n_channels, shape = int(x.shape[1]), tuple(int(n) for n in x.shape[2:])
+    window, stride = occlusion_geometry(ctx, params)
+    positions = [math.ceil((n - w) / s) + 1 for n, w, s in zip(shape, window, stride)]
+    channels = list(range(n_channels)) if params.per_channel else [None]
+    n_boxes = int(np.prod(positions))
+    n_features = n_boxes * len(channels)
+
+    def feature(index: int):
+        box, channel = divmod(index, len(channels))
+        corner = tuple(int(k) * s for k, s in zip(np.unravel_index(box, positions), stride))
+        return corner, channels[channel]
+
+    baseline = perturbation_baseline(ctx, params.baseline, params.blur_sigma_mm)
+    ctx.monitor.update(0.0, f"Occlusion: {n_boxes} box positions")
+    score = _score_input(ctx)
+
+    map_channels = n_channels if params.per_channel else 1
+    total = torch.zeros((map_channels, *shape), dtype=torch.float32, device=x.device)
+    count = torch.zeros((map_channels, *shape), dtype=torch.float32, device=x.device)
+
+    def where(index: int):
+        corner, channel = feature(index)
+        box = tuple(slice(c, min(c + w, n)) for c, w, n in zip(corner, window, shape))
+        return (slice(None) if channel is None else slice(channel, channel + 1),) + box
+
+    def make_batch(start: int, stop: int) -> torch.Tensor:
+        batch = x.repeat(stop - start, 1, 1, 1, 1)
+        for item in range(stop - start):
+            index = where(start + item)
+            batch[(item,) + index] = baseline[(0,) + index]
+        return batch
+
+    def accumulate(start: int, stop: int, _batch: torch.Tensor, scores: torch.Tensor) -> None:
+        drops = (score - scores).float()
+        for item in range(stop - start):
+            index = where(start + item)
+            total[index] += drops[item]
+            count[index] += 1
+
+    run_batches(ctx, n_features, params.batch_size, make_batch, "Occlusion", accumulate)
+    attribution = total / count
+    if not params.per_channel:
+        attribution = (attribution / n_channels).expand(n_channels, *shape)
+    ctx.diagnostics.update(
+        window_voxels=list(window),
+        stride_voxels=list(stride),
+        n_windows=n_boxes,
+        n_forward=n_features,
+        score_input=float(score),
+    )
+    return attribution.unsqueeze(0).contiguous()
+
+
+# ------------------------------------------------------------------------------------------------
+# RISE
+
+
+def rise(ctx: MethodContext, params: RiseParams) -> torch.Tensor:
+    """RISE (Petsiuk, Das, Saenko, BMVC 2018, arXiv:1806.07421).
+
+    ``n_masks`` binary grids of ``cells`` cells per axis (each cell kept with probability ``p``)
+    are upsampled trilinearly to ``(cells + 1) * cell_size`` voxels per axis (``cell_size =
+    ceil(size / cells)``) and cropped at a random shift in ``[0, cell_size)``, giving smooth masks
+    ``m_i`` in [0, 1]. The masked input is ``x * m + b * (1 - m)`` (``b`` the baseline; zeros is the
+    paper's ``x * m``). The saliency is the paper's Monte-Carlo estimate
+
+        S = sum_i score(x_i) * m_i / (N * p),
+
+    i.e. the expected score given that a voxel is kept, normalised by E[m] = p. It is not a
+    difference to a reference: a model whose score ignores the input gives a constant map equal to
+    that score, and every map carries an offset of about the mean score (recorded as
+    ``mean_score``). All grids and shifts are drawn up front from the seeded generator.
+    """
+    x = ctx.x.detach()
+    n_channels, shape = int(x.shape[1]), tuple(int(n) for n in x.shape[2:])
+    n, cells, p = int(params.n_masks), int(params.cells), float(params.probability)
+    mask_channels = n_channels if params.per_channel else 1
+    cell_size = [math.ceil(size / cells) for size in shape]
+    up_shape = [(cells + 1) * c for c in cell_size]
+    grids = torch.rand((n, mask_channels, cells + 1, cells + 1, cells + 1), generator=ctx.generator) < p
+    shifts = torch.stack([torch.randint(0, c, (n,), generator=ctx.generator) for c in cell_size], dim=1)
+    baseline = perturbation_baseline(ctx, params.baseline, params.blur_sigma_mm)
+    saliency = torch.zeros((mask_channels, *shape), dtype=torch.float64, device=x.device)
+    masks: dict[str, torch.Tensor] = {}
+
+    def make_batch(start: int, stop: int) -> torch.Tensor:
+        low = grids[start:stop].to(device=x.device, dtype=x.dtype)
+        up = F.interpolate(low, size=up_shape, mode="trilinear", align_corners=False)
+        m = torch.stack([
+            up[i, :, a : a + shape[0], b : b + shape[1], c : c + shape[2]]
+            for i, (a, b, c) in enumerate(shifts[start:stop].tolist())
+        ])
+        masks["current"] = m
+        return x * m + baseline * (1 - m)
+
+    def accumulate(start: int, stop: int, _batch: torch.Tensor, scores: torch.Tensor) -> None:
+        m = masks.pop("current")
+        saliency.add_((scores.view(-1, 1, 1, 1, 1).to(m.dtype) * m).sum(0).double())
+
+    scores = run_batches(ctx, n, params.batch_size, make_batch, "RISE", accumulate)
+    saliency /= n * p
+    attribution = saliency.float()
+    if not params.per_channel:
+        attribution = (attribution / n_channels).expand(n_channels, *shape)
+    ctx.diagnostics.update(
+        n_masks=n,
+        cell_size_voxels=cell_size,
+        mean_score=float(scores.double().mean()),
+        score_input=float(_score_input(ctx)),
+    )
+    return attribution.unsqueeze(0).contiguous()
+
+
+# ------------------------------------------------------------------------------------------------
+# Feature ablation over regions
+
+
+def feature_ablation(ctx: MethodContext, params: FeatureAblationParams) -> torch.Tensor:
+    """Feature ablation over regions (Captum ``FeatureAblation`` with a feature mask).
+
+    The attribution of a region is ``score(x) - score(x with the region replaced by the
+    baseline)``, painted on every voxel of the region (it is the region's value, not a density).
+    On a model additive over regions the regions' values sum to ``score(x) - score(baseline)``.
+    Occlusion of regions is the idea of Zeiler & Fergus (ECCV 2014, arXiv:1311.2901). For label-map
+    regions the value of every structure is recorded in the provenance (``region_values``).
+    """
+    x = ctx.x.detach()
+    n_channels = int(x.shape[1])
+    regions, labels, n_features = _regions_and_features(ctx, params, "Feature ablation")
+    baseline = perturbation_baseline(ctx, params.baseline, params.blur_sigma_mm)
+    score = _score_input(ctx)
+
+    def make_batch(start: int, stop: int) -> torch.Tensor:
+        z = torch.ones((stop - start, n_features), device=x.device)
+        z[torch.arange(stop - start), torch.arange(start, stop)] = 0
+        return coalition_inputs(x, baseline, labels, z, params.per_channel)
+
+    scores = run_batches(ctx, n_features, params.batch_size, make_batch, "Feature ablation",
+                         progress=(0.05, 1.0))
+    drops = (score - scores).float()
+    values = _region_values(regions, drops.cpu().numpy(), n_channels, params.per_channel)
+    ctx.diagnostics.update(score_input=float(score), n_features=n_features)
+    if values:
+        ctx.diagnostics["region_values"] = values
+    return paint(drops, labels, n_channels, params.per_channel)
+
+
+# ------------------------------------------------------------------------------------------------
+# LIME over regions
+
+
+def _similarity(x: torch.Tensor, batch: torch.Tensor, distance: str, kernel_width: float) -> torch.Tensor:
+    """Captum's default LIME kernel exp(-d^2 / (2 width^2)) between the input and each perturbed input."""
+    flat_x = x.reshape(1, -1).float()
+    flat = batch.reshape(batch.shape[0], -1).float()
+    if distance == "cosine":
+        d = 1 - F.cosine_similarity(flat, flat_x, dim=1)
+    else:
+        d = torch.linalg.vector_norm(flat - flat_x, dim=1)
+    return torch.exp(-(d.double() ** 2) / (2 * kernel_width**2))
+
+
+def lime(ctx: MethodContext, params: LimeParams) -> torch.Tensor:
+    """LIME over regions (Ribeiro, Singh, Guestrin, KDD 2016, arXiv:1602.04938).
+
+    ``n_samples`` coalitions are drawn with every region present with probability 1/2 (one
+    ``torch.bernoulli`` draw of shape (1, F) per sample from the seeded generator, as Captum's
+    ``Lime`` draws them from the global one); absent regions take the baseline. Each sample is
+    weighted by ``exp(-d^2 / (2 kernel_width^2))`` with ``d`` the cosine (or Euclidean) distance
+    between the input and the perturbed input (Captum's default similarity), and a weighted linear
+    regression with an intercept is fitted from presence indicators to scores. Each region's
+    coefficient is painted on its voxels (raw, signed). Captum's default surrogate is a Lasso
+    (alpha 0.01); MedXAI fits plain weighted least squares (minimum-norm when under-determined),
+    equal to Captum with ``interpretable_model=SkLearnLinearRegression()``. The fit's weighted R^2
+    is recorded as ``surrogate_r2``.
+    """
+    x = ctx.x.detach()
+    n_channels = int(x.shape[1])
+    regions, labels, n_features = _regions_and_features(ctx, params, "LIME")
+    n = int(params.n_samples)
+    half = torch.ones(1, n_features) * 0.5
+    coalitions = torch.cat([torch.bernoulli(half, generator=ctx.generator) for _ in range(n)]).long()
+    if n < n_features + 1:
+        ctx.warn(f"LIME: {n} samples for {n_features} features under-determine the fit (minimum-norm "
+                 "solution); raise n_samples or use fewer regions")
+    baseline = perturbation_baseline(ctx, params.baseline, params.blur_sigma_mm)
+    similarities = torch.zeros(n, dtype=torch.float64)
+
+    def make_batch(start: int, stop: int) -> torch.Tensor:
+        return coalition_inputs(x, baseline, labels, coalitions[start:stop].to(x.device), params.per_channel)
+
+    def weigh(start: int, stop: int, batch: torch.Tensor, _scores: torch.Tensor) -> None:
+        similarities[start:stop] = _similarity(x, batch, params.distance, params.kernel_width).cpu()
+
+    scores = run_batches(ctx, n, params.batch_size, make_batch, "LIME", weigh, progress=(0.05, 0.99))
+    if not float(similarities.max()) > 0:
+        raise ParameterError(
+            f"LIME: every sample's similarity weight is 0 with kernel_width={params.kernel_width} and the "
+            f"{params.distance} distance; raise kernel_width"
+        )
+    coef, intercept, r2 = weighted_linear_fit(coalitions.float(), scores.float(), similarities)
+    values = _region_values(regions, coef, n_channels, params.per_channel)
+    ctx.diagnostics.update(surrogate_r2=r2, surrogate_intercept=intercept, n_features=n_features,
+                           n_samples=n)
+    if values:
+        ctx.diagnostics["region_values"] = values
+    coef_t = torch.as_tensor(coef, dtype=torch.float32, device=x.device)
+    return paint(coef_t, labels, n_channels, params.per_channel)
