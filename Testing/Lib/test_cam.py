@@ -20,16 +20,15 @@ from MedXAILib import ImageVolume, ParameterError, Target, explain
 from MedXAILib.errors import ModelError
 from MedXAILib.methods.layers import candidate_layers, default_layer, default_layers
 from MedXAILib.model import Preprocessing, load_model
-from MedXAILib.scoring import resolve_target
 
 from conftest import oblique_affine
+
+from references import reference_function, relative_difference
 
 GRADIENT_CAMS = ("grad_cam", "grad_cam_pp", "hires_cam", "xgrad_cam", "layer_cam")
 ALL_CAMS = GRADIENT_CAMS + ("score_cam",)
 
 
-def relative_difference(ours: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.abs(ours - reference).max() / np.abs(reference).max())
 
 
 def hook_count(network: torch.nn.Module) -> int:
@@ -37,10 +36,6 @@ def hook_count(network: torch.nn.Module) -> int:
                for m in network.modules())
 
 
-def masked_target(volume, reduction="sum"):
-    mask = np.zeros(volume.shape, bool)
-    mask[4:12, 3:10, 2:8] = True
-    return Target(class_index=1, region="mask", mask=mask, reduction=reduction), mask
 
 
 class MaskedScores(torch.nn.Module):
@@ -57,6 +52,13 @@ class MaskedScores(torch.nn.Module):
         return total / self.mask.sum() if self.mean else total
 
 
+def masked_target(volume, reduction="sum"):
+    """The shared box mask as a target with its reduction, plus the mask itself."""
+    mask = np.zeros(volume.shape, bool)
+    mask[4:12, 3:10, 2:8] = True
+    return Target(class_index=1, region="mask", mask=mask, reduction=reduction), mask
+
+
 def trainable_copy(network):
     """A copy with parameter gradients on, as MONAI's CAMs expect (the adapter freezes its network)."""
     net = copy.deepcopy(network)
@@ -65,12 +67,6 @@ def trainable_copy(network):
     return net
 
 
-def _forward(adapter, volume, target):
-    bound = adapter.bind(volume.affine, volume.shape)
-    x = torch.as_tensor(volume.array).unsqueeze(0)
-    with torch.no_grad():
-        scorer = resolve_target(target, bound(x), adapter.task)
-    return (lambda batch: scorer(bound(batch))), x
 
 
 # ------------------------------------------------------------------------------------------------
@@ -83,7 +79,7 @@ def test_grad_cam_matches_captum_on_a_densenet(classifier, volume, layer, relu):
     from captum.attr import LayerAttribution, LayerGradCam
 
     target = Target(class_index=0)
-    forward, x = _forward(classifier, volume, target)
+    forward, x = reference_function(classifier, volume, target)
     module = dict(classifier.network.named_modules())[layer]
     ours = explain(volume, classifier, "grad_cam", target, {"layer": layer, "relu": relu})
     theirs = LayerGradCam(forward, module).attribute(x, relu_attributions=relu)
@@ -96,7 +92,7 @@ def test_grad_cam_matches_captum_on_a_unet_with_a_masked_target(segmenter, volum
     from captum.attr import LayerAttribution, LayerGradCam
 
     target, _ = masked_target(volume)
-    forward, x = _forward(segmenter, volume, target)
+    forward, x = reference_function(segmenter, volume, target)
     module = dict(segmenter.network.named_modules())[layer]
     ours = explain(volume, segmenter, "grad_cam", target, {"layer": layer, "relu": False}).array
     theirs = LayerGradCam(forward, module).attribute(x, relu_attributions=False)
@@ -143,7 +139,7 @@ def test_grad_cam_and_grad_cam_pp_match_monai_on_a_unet_with_a_masked_target(seg
 
 def _layer_and_gradient(adapter, volume, target, layer):
     """Activations and d score / d activations of `layer`, by plain torch hooks (no MedXAI code)."""
-    forward, x = _forward(adapter, volume, target)
+    forward, x = reference_function(adapter, volume, target)
     module = dict(adapter.network.named_modules())[layer]
     saved = {}
 

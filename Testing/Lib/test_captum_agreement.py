@@ -12,25 +12,14 @@ import torch
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 
 from MedXAILib import Target, explain
-from MedXAILib.scoring import resolve_target
+
+from references import masked_target, reference_function, relative_difference
 
 
-def relative_difference(ours: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.abs(ours - reference).max() / np.abs(reference).max())
 
 
-def reference_function(adapter, volume, target):
-    bound = adapter.bind(volume.affine, volume.shape)
-    x = torch.as_tensor(volume.array).unsqueeze(0)
-    with torch.no_grad():
-        scorer = resolve_target(target, bound(x), adapter.task)
-    return (lambda batch: scorer(bound(batch))), x
 
 
-def masked_target(volume):
-    mask = np.zeros(volume.shape, bool)
-    mask[4:12, 3:10, 2:8] = True
-    return Target(class_index=1, region="mask", mask=mask)
 
 
 CASES = {

@@ -27,15 +27,11 @@ from MedXAILib.errors import ModelError
 from MedXAILib.model import load_model
 from MedXAILib.scoring import resolve_target
 
-
-def relative_difference(ours: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.abs(ours - reference).max() / np.abs(reference).max())
+from references import masked_target, relative_difference
 
 
-def masked_target(volume) -> Target:
-    mask = np.zeros(volume.shape, bool)
-    mask[4:12, 3:10, 2:8] = True
-    return Target(class_index=1, region="mask", mask=mask)
+
+
 
 
 class Scored(torch.nn.Module):

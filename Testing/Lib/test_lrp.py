@@ -22,11 +22,11 @@ from MedXAILib.methods.lrp import _bias_free, _norm_linearised
 from MedXAILib.model import load_model
 from MedXAILib.params import make_params
 
+from references import relative_difference
+
 LRP_0 = {"rule": "epsilon", "epsilon": 0.0}  # only the 1e-9 stabiliser
 
 
-def relative_difference(ours: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.abs(ours - reference).max() / np.abs(reference).max())
 
 
 def debiased(net: nn.Module) -> nn.Module:

@@ -1,0 +1,34 @@
+"""Helpers for comparing MedXAI with independent reference implementations (Captum, MONAI, Quantus)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from MedXAILib import Target
+from MedXAILib.scoring import resolve_target
+
+
+def relative_difference(ours: np.ndarray, reference: np.ndarray) -> float:
+    """max |ours - reference| / max |reference|: the agreement measure of the reference tests."""
+    return float(np.abs(ours - reference).max() / np.abs(reference).max())
+
+
+def reference_function(adapter, volume, target):
+    """MedXAI's bound model followed by its resolved target reducer, for a reference library to attribute.
+
+    Both sides then explain the same function, so differences come from the attribution maths.
+    Returns ``(forward, x)`` with ``x`` the (1, C, I, J, K) input tensor.
+    """
+    bound = adapter.bind(volume.affine, volume.shape)
+    x = torch.as_tensor(volume.array).unsqueeze(0)
+    with torch.no_grad():
+        scorer = resolve_target(target, bound(x), adapter.task)
+    return (lambda batch: scorer(bound(batch))), x
+
+
+def masked_target(volume) -> Target:
+    """Class 1 summed over a fixed box-shaped mask: a segmenter target no peer supports natively."""
+    mask = np.zeros(volume.shape, bool)
+    mask[4:12, 3:10, 2:8] = True
+    return Target(class_index=1, region="mask", mask=mask)
