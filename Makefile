@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine with Python 3.10+:
-#   make demo   create .venv if missing, install MedXAILib, explain a built-in example into ./medxai-out
+#   make demo   create .venv if missing, install MedXAILib with its demo extra, explain a built-in example into ./medxai-out
 #   make test   create .venv if missing, install with the test extras (slicer-core, captum), run pytest
 # TORCH picks the PyTorch build: the default is the CPU wheel; for CUDA, e.g.
 #   make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
@@ -25,17 +25,24 @@ $(VENV)/.base-stamp: pyproject.toml $(VENV)/.torch-stamp
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
+# The tests also run the demo (MNI template, figures), hence the demo extra.
 $(VENV)/.test-stamp: pyproject.toml $(VENV)/.base-stamp
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,demo]"
 	touch $@
 
 install: $(VENV)/.base-stamp
 
-demo: $(VENV)/.base-stamp
+$(VENV)/.demo-stamp: pyproject.toml $(VENV)/.base-stamp
+	$(PY) -m pip install --quiet -e ".[demo]"
+	touch $@
+
+demo: $(VENV)/.demo-stamp
 	$(PY) -m MedXAILib demo --out $(OUT)
 
+# One torch thread: the tests run thousands of tiny models, where thread start-up dominates and
+# two threads on two cores are several times slower than one.
 test: $(VENV)/.test-stamp
-	$(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 bench: $(VENV)/.test-stamp
 	$(PY) Testing/benchmarks/bench_explain.py

@@ -14,6 +14,7 @@ from slicer import (
     vtkMRMLMarkupsROINode,
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
+    vtkMRMLTableNode,
 )
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -28,8 +29,11 @@ from slicer.util import VTKObservationMixin
 import MedXAILib
 from MedXAILib.errors import InputError, ModelError
 from MedXAILib.registry import FAMILIES
+from MedXAIRuntime import boundaryPanel, counterfactualPanel, evaluatePanel, layouts, statisticsPanel, tasks
 from MedXAIRuntime import demo as demos
 from MedXAIRuntime import dependencies, devices, forms, jobs, process, runners, targets, views
+from MedXAIRuntime.counterfactualPanel import CounterfactualGoal
+from MedXAIRuntime.evaluatePanel import EvaluateMode
 from MedXAIRuntime.runners import RunMode
 from MedXAIRuntime.targets import TargetKind
 
@@ -68,6 +72,19 @@ MedXAI builds on 3D Slicer, MONAI, PyTorch and Captum. The module layout follows
 template of 3D Slicer, originally developed by Jean-Christophe Fillion-Robin, Kitware Inc.,
 Andras Lasso, PerkLab, and Steve Pieper, Isomics, Inc.
 """)
+        # The relevance plugin of Segment Statistics, once every module is loaded (as the module
+        # templates register sample data and editor effects).
+        slicer.app.connect("startupCompleted()", registerSegmentStatisticsPlugin)
+
+
+def registerSegmentStatisticsPlugin() -> None:
+    """Add the MedXAI relevance measures to Segment Statistics (once; never fails Slicer's start-up)."""
+    try:
+        from MedXAIRuntime import segmentStatisticsPlugin
+
+        segmentStatisticsPlugin.registerPlugin()
+    except Exception:
+        logging.exception("MedXAI: the Segment Statistics plugin could not be registered")
 
 
 #
@@ -88,6 +105,19 @@ class MedXAIParameterNode:
     Display: colormap, opacity, symmetricWindow, thresholdPercentile, topPercent (outline),
         foregroundInAllViews, show3D.
     Results: outputVolume (the result shown).
+    Boundary: boundarySegmentation + boundarySegmentId (the structure; none: the predicted one),
+        boundaryClass, boundaryInnerMm, boundaryOuterMm, boundaryScore; profile: boundaryBinMm,
+        boundaryMaxMm, boundaryProfileTable; uncertainty: boundaryFlips, boundaryDropoutSamples,
+        boundaryUncertaintyMap, boundaryUncertaintyLevel (outline), boundaryUncertaintyVolume.
+    Statistics: statisticsAttribution, statisticsSegmentation, statisticsTopPercent,
+        statisticsBoundaryMm, statisticsCompareResults, statisticsTable.
+    Evaluate: evaluateMode, evaluateAttribution, evaluateMethods and evaluateMetrics (comma-separated
+        names), evaluateSegmentation + evaluateSegmentId (reference region), evaluateTable.
+    Counterfactual: counterfactualGoal, counterfactualClass, counterfactualTargetProbability (0: flip),
+        counterfactualTargetVolumeMl, counterfactualGenerator, counterfactualParameters (JSON:
+        {generator: {parameter: value}}), counterfactualSegmentation + counterfactualSegmentId (region),
+        counterfactualCustomBounds, counterfactualBoundsMin, counterfactualBoundsMax,
+        counterfactualOrientation (of the comparison views), counterfactualVolume (the result shown).
     """
 
     modelPath: str = ""
@@ -122,6 +152,50 @@ class MedXAIParameterNode:
     show3D: bool = False
 
     outputVolume: vtkMRMLScalarVolumeNode
+
+    boundarySegmentation: vtkMRMLSegmentationNode
+    boundarySegmentId: str = ""
+    boundaryClass: Annotated[int, WithinRange(0, 10000)] = 1
+    boundaryInnerMm: Annotated[float, WithinRange(0.0, 50.0)] = 2.0
+    boundaryOuterMm: Annotated[float, WithinRange(0.0, 50.0)] = 2.0
+    boundaryScore: Annotated[str, Choice(list(boundaryPanel.SCORES))] = "margin"
+    boundaryBinMm: Annotated[float, WithinRange(0.1, 10.0)] = 1.0
+    boundaryMaxMm: Annotated[float, WithinRange(1.0, 100.0)] = 10.0
+    boundaryFlips: bool = True
+    boundaryDropoutSamples: Annotated[int, WithinRange(0, 1000)] = 0
+    boundaryUncertaintyMap: Annotated[str, Choice(list(boundaryPanel.UNCERTAINTY_MAPS))] = "entropy"
+    boundaryUncertaintyLevel: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    boundaryProfileTable: vtkMRMLTableNode
+    boundaryUncertaintyVolume: vtkMRMLScalarVolumeNode
+
+    statisticsAttribution: vtkMRMLScalarVolumeNode
+    statisticsSegmentation: vtkMRMLSegmentationNode
+    statisticsTopPercent: Annotated[float, WithinRange(0.1, 50.0)] = 5.0
+    statisticsBoundaryMm: Annotated[float, WithinRange(0.0, 20.0)] = 2.0
+    statisticsCompareResults: bool = False
+    statisticsTable: vtkMRMLTableNode
+
+    evaluateMode: EvaluateMode = EvaluateMode.result
+    evaluateAttribution: vtkMRMLScalarVolumeNode
+    evaluateMethods: str = ""
+    evaluateMetrics: str = ",".join(evaluatePanel.DEFAULT_METRICS)
+    evaluateSegmentation: vtkMRMLSegmentationNode
+    evaluateSegmentId: str = ""
+    evaluateTable: vtkMRMLTableNode
+
+    counterfactualGoal: CounterfactualGoal = CounterfactualGoal.classProbability
+    counterfactualClass: Annotated[int, WithinRange(0, 10000)] = 1
+    counterfactualTargetProbability: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
+    counterfactualTargetVolumeMl: Annotated[float, WithinRange(0.0, 5000.0)] = 10.0
+    counterfactualGenerator: str = "gradient_search"
+    counterfactualParameters: str = "{}"
+    counterfactualSegmentation: vtkMRMLSegmentationNode
+    counterfactualSegmentId: str = ""
+    counterfactualCustomBounds: bool = False
+    counterfactualBoundsMin: Annotated[float, WithinRange(-100000.0, 100000.0)] = -1000.0
+    counterfactualBoundsMax: Annotated[float, WithinRange(-100000.0, 100000.0)] = 3000.0
+    counterfactualOrientation: Annotated[str, Choice(list(layouts.ORIENTATIONS))] = "Axial"
+    counterfactualVolume: vtkMRMLScalarVolumeNode
 
 
 #
@@ -163,6 +237,7 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runStarted = 0.0
         self._lastMessage = ""
         self._elapsedTimer = None
+        self._sections = []
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -211,6 +286,11 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.applyDisplayButton.connect("clicked(bool)", self.onApplyDisplayButton)
+
+        # Boundary, Statistics, Evaluate and Counterfactual sections: their glue lives in MedXAIRuntime
+        self._sections = [boundaryPanel.BoundarySection(self), statisticsPanel.StatisticsSection(self),
+                          evaluatePanel.EvaluateSection(self), counterfactualPanel.CounterfactualSection(self)]
+        registerSegmentStatisticsPlugin()  # in case the module was loaded after start-up
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
@@ -365,6 +445,8 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ):
                 for widget in widgets:
                     widget.visible = kind in kinds
+            for section in self._sections:
+                section.updateGUI(p)
         finally:
             self._updatingGUI = False
         self._checkCanApply()
@@ -503,21 +585,107 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Run processing when user clicks "Apply" button."""
         if self._busy() or not self._ensureDependencies():
             return
+        try:
+            request = self.logic.buildRequest(self._parameterNode)
+        except Exception as error:
+            self._showError(_("Failed to start the explanation."), error)
+            return
+        self.startExplain(request)
+
+    def startExplain(self, request) -> None:
+        """Run an explanation request with progress and Cancel; the result is shown on the input's grid."""
+        if self._busy() or not self._ensureDependencies():
+            return
         p = self._parameterNode
         try:
-            request = self.logic.buildRequest(p)
             family = MedXAILib.METHODS.get(request.method).family
             mode = runners.chooseRunMode(p.runMode, family, request.voxelCount)
-            self._runner = runners.InProcessRunner() if mode == "inProcess" else runners.SubprocessRunner()
             self._runInput = p.inputVolume  # the result goes on this grid even if the selection changes
-            self._setRunning(True)
             logging.info(f"MedXAI: {request.method} on {request.image.shape} voxels x {request.image.n_channels} "
                          f"channel(s), {mode}, device {request.device}")
-            self._runner.start(request, self._onProgress, self._onFinished)
+            if mode == "inProcess":
+                self._runner = runners.InProcessRunner()
+                self._setRunning(True)
+                self._runner.start(request, self._onProgress, self._onFinished)
+            elif tasks.cliCanExpress(request.target):
+                self._runner = runners.SubprocessRunner()
+                self._setRunning(True)
+                self._runner.start(request, self._onProgress, self._onFinished)
+            else:  # boundary bands and margins: the task worker takes the Target itself
+                self._runner = tasks.SubprocessTaskRunner()
+                self._setRunning(True)
+                self._runner.start(tasks.explainAsTask(request), self._onProgress, self._onExplainTaskFinished)
         except Exception as error:
             self._runner = None
             self._setRunning(False)
             self._showError(_("Failed to start the explanation."), error)
+
+    def _onExplainTaskFinished(self, outcome) -> None:
+        converted = jobs.RunOutcome(error=outcome.error, cancelled=outcome.cancelled, seconds=outcome.seconds,
+                                    log=outcome.log)
+        if outcome.result is not None:
+            try:
+                converted.attribution = tasks.attributionFromResult(outcome.result)
+            except Exception as error:
+                converted.error = error
+        self._onFinished(converted)
+
+    def runAnalysis(self, request, onResult, what: str) -> None:
+        """Run an analysis (:class:`MedXAIRuntime.tasks.TaskRequest`) with progress and Cancel.
+
+        `onResult(TaskResult)` turns the result into nodes and returns the text for the status line.
+        """
+        if self._busy() or not self._ensureDependencies():
+            return
+        p = self._parameterNode
+        try:
+            mode = tasks.chooseTaskRunMode(p.runMode, request.kind, request.voxelCount)
+            self._runner = tasks.TaskRunner() if mode == "inProcess" else tasks.SubprocessTaskRunner()
+            logging.info(f"MedXAI: {what} on {request.image.shape} voxels, {mode}, device {request.device}")
+            self._setRunning(True)
+            self._runner.start(request, self._onProgress,
+                               lambda outcome: self._onAnalysisFinished(outcome, onResult, what))
+        except Exception as error:
+            self._runner = None
+            self._setRunning(False)
+            self._showError(_("Failed to start the {what}.").format(what=what), error)
+
+    def _onAnalysisFinished(self, outcome, onResult, what: str) -> None:
+        self._runner = None
+        self._setRunning(False)
+        if outcome.cancelled:
+            self.ui.statusLabel.text = _("Cancelled after {seconds:.1f} s; nothing was created.").format(seconds=outcome.seconds)
+            return
+        if outcome.error is not None:
+            self.ui.statusLabel.text = _("Failed: {error}").format(error=outcome.error)
+            self._showError(_("The {what} failed.").format(what=what), outcome.error, outcome.log)
+            return
+        try:
+            with slicer.util.WaitCursor():
+                shown = onResult(outcome.result)
+        except Exception as error:
+            self._showError(_("The {what} could not be shown.").format(what=what), error)
+            return
+        self.ui.progressBar.value = 1000
+        self.ui.statusLabel.text = _("Done in {seconds:.1f} s: {name}").format(seconds=outcome.seconds, name=shown)
+
+    # -- what the sections use (MedXAIRuntime.*Panel) ----------------------------------------
+
+    def parameterNode(self):
+        return self._parameterNode
+
+    def updating(self) -> bool:
+        """True while the GUI is being updated from the parameter node (ignore widget signals then)."""
+        return self._updatingGUI
+
+    def busy(self) -> bool:
+        return self._busy()
+
+    def showError(self, what, error, details="") -> None:
+        self._showError(what, error, details)
+
+    def setStatus(self, text: str) -> None:
+        self.ui.statusLabel.text = text
 
     def _onProgress(self, fraction, message, elapsedSeconds) -> None:
         self.ui.progressBar.value = int(round(1000 * fraction))
@@ -570,7 +738,10 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.setRange(0, 1000)
             self.ui.progressBar.hide()
         self.ui.cancelButton.enabled = running
-        self._checkCanApply()
+        if self._parameterNode is None:
+            self._checkCanApply()
+        else:
+            self._updateGUIFromParameterNode()  # the buttons of every section follow the busy state
 
     def onApplyDisplayButton(self) -> None:
         p = self._parameterNode
@@ -663,8 +834,11 @@ class MedXAILogic(ScriptedLoadableModuleLogic):
     def inputVolumeNodes(p) -> list:
         return [node for node in (p.inputVolume, p.inputVolume2, p.inputVolume3, p.inputVolume4) if node is not None]
 
-    def buildRequest(self, p) -> jobs.ExplainRequest:
-        """The parameter node's nodes and choices as an :class:`ExplainRequest` (nothing is computed)."""
+    def buildRequest(self, p, target=None) -> jobs.ExplainRequest:
+        """The parameter node's nodes and choices as an :class:`ExplainRequest` (nothing is computed).
+
+        `target` replaces the Explain section's target (the Boundary section's band, for example).
+        """
         from MedXAIBridge import segments, volumes
 
         if p.inputVolume is None:
@@ -673,6 +847,10 @@ class MedXAILogic(ScriptedLoadableModuleLogic):
             raise ModelError(_("Select a model file or MONAI bundle folder, or load the demo."))
         info = MedXAILib.METHODS.get(p.method)
         image = volumes.imageVolumeFromNodes(self.inputVolumeNodes(p))
+        if target is not None:
+            params = forms.valuesForMethod(info.params, forms.decodeMethodParameters(p.methodParameters).get(info.name))
+            return jobs.ExplainRequest(image=image, modelPath=p.modelPath, method=info.name, params=params,
+                                       target=target, device=p.device, seed=p.seed, trustBundle=p.trustBundle)
         kind = p.targetKind
         target = targets.targetFromSettings(
             kind, image.affine, image.shape, classIndex=p.targetClass, score=p.targetScore, reduction=p.targetReduction,
@@ -740,6 +918,8 @@ class MedXAITest(ScriptedLoadableModuleTest):
         self.test_ParameterNode()
         self.setUp()
         self.test_ExplainSyntheticVolume()
+        self.setUp()
+        self.test_AnalysisPanels()
 
     def test_MedXAILibImports(self):
         """The library shipped beside the module (qt-scripted-modules/MedXAILib) imports."""
@@ -765,7 +945,13 @@ class MedXAITest(ScriptedLoadableModuleTest):
         p.runMode = RunMode.subprocess
         p.methodParameters = forms.encodeMethodParameters({"saliency": {"absolute": True}})
         p.opacity = 0.8
+        p.boundaryScore = "logit"
+        p.evaluateMode = EvaluateMode.compare
+        p.counterfactualGoal = CounterfactualGoal.structureVolume
         again = MedXAILogic().getParameterNode()
+        self.assertEqual(again.boundaryScore, "logit")
+        self.assertIs(again.evaluateMode, EvaluateMode.compare)
+        self.assertIs(again.counterfactualGoal, CounterfactualGoal.structureVolume)
         self.assertIs(again.targetKind, TargetKind.roi)
         self.assertIs(again.runMode, RunMode.subprocess)
         self.assertEqual(forms.decodeMethodParameters(again.methodParameters), {"saliency": {"absolute": True}})
@@ -840,6 +1026,61 @@ class MedXAITest(ScriptedLoadableModuleTest):
             np.testing.assert_allclose(outcomes[0].attribution.array[0], values.transpose(2, 1, 0), rtol=1e-4, atol=1e-6)
 
         self.delayDisplay("Test passed")
+
+    def test_AnalysisPanels(self):
+        """Statistics, the Segment Statistics plugin and the comparison layout on a synthetic result (no torch)."""
+        import numpy as np
+
+        from MedXAIBridge import results, segments, volumes
+        from MedXAILib.attribution import Attribution
+        from SegmentStatistics import SegmentStatisticsLogic
+
+        self.delayDisplay("Creating a volume, two segments and an attribution result")
+        shape = (24, 20, 12)
+        volumeNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "MedXAITestInput")
+        slicer.util.updateVolumeFromArray(volumeNode, np.random.default_rng(0).normal(size=shape[::-1]).astype(np.float32))
+        volumeNode.SetSpacing(1.5, 0.9, 2.5)
+        labels = np.zeros(shape, np.uint8)
+        labels[4:12, 5:12, 3:8] = 1
+        labels[15:20, 2:6, 2:5] = 2
+        segmentation = segments.segmentationNodeFromLabelMap(slicer.mrmlScene, labels, volumeNode, ["tumour", "vessel"],
+                                                             "anatomy")
+        attribution = np.where(labels == 1, 2.0, 0.1).astype(np.float32)  # (I, J, K), relevance in the tumour
+        affine = volumes.imageVolumeFromNode(volumeNode).affine
+        resultNode = results.createAttributionNode(
+            Attribution(array=attribution[np.newaxis], affine=affine, provenance={"method": "saliency"}), volumeNode)
+
+        self.delayDisplay("Statistics per structure")
+        p = MedXAILogic().getParameterNode()
+        p.statisticsAttribution, p.statisticsSegmentation = resultNode, segmentation
+        table, node = statisticsPanel.computeStatistics(p)
+        statisticsPanel.showStatistics(p, table, node)
+        self.assertEqual(p.statisticsTable.GetTable().GetNumberOfRows(), 3)
+        self.assertEqual(table["pointing_hit"][1:], [True, False])
+
+        self.delayDisplay("Segment Statistics with the MedXAI relevance plugin")
+        registerSegmentStatisticsPlugin()
+        logic = SegmentStatisticsLogic()
+        logic.getParameterNode().SetParameter("Segmentation", segmentation.GetID())
+        logic.getParameterNode().SetParameter("ScalarVolume", resultNode.GetID())
+        logic.computeStatistics()
+        statistics = logic.getStatistics()
+        tumour = segmentation.GetSegmentation().GetNthSegmentID(0)
+        key = "MedXAIRelevanceSegmentStatisticsPlugin.share_abs"
+        self.assertAlmostEqual(statistics[tumour, key], table["share_abs"][1], places=6)
+        logic.getParameterNode().SetParameter("ScalarVolume", volumeNode.GetID())  # not an attribution: no columns
+        logic.computeStatistics()
+        self.assertNotIn((tumour, key), logic.getStatistics())
+
+        self.delayDisplay("Comparison layout: original, counterfactual, difference")
+        layouts.showComparisonLayout("Coronal")
+        layoutManager = slicer.app.layoutManager()
+        self.assertEqual(layoutManager.layout, layouts.COMPARISON_LAYOUT_ID)
+        for view in layouts.COMPARISON_VIEWS:
+            self.assertIsNotNone(layoutManager.sliceWidget(view.layoutName), view.layoutName)
+        self.assertEqual(layouts.setComparisonLayers(slicer.mrmlScene, volumeNode, resultNode, resultNode), 3)
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+        self.delayDisplay("Analysis panels test passed")
 
     @staticmethod
     def _ijkToRas(volumeNode):

@@ -1,66 +1,157 @@
-"""The built-in demo: a synthetic CT-like volume and a tiny lesion classifier trained on the spot.
+"""The built-in demo: the main job end to end on a CT phantom with the shipped demo models.
 
-``medxai demo`` (and ``make demo``) runs it end to end without any download: it draws phantoms
-with and without a spherical lesion, trains a small MONAI classifier on them for a few seconds
-(deterministic with the seed), explains the lesion class on a held-out phantom with three methods
-and writes the image, the attribution volumes, the model and a summary into the output folder.
+``medxai demo [--out DIR]`` (and ``make demo``) runs without any download, in a few minutes on a
+laptop CPU:
+
+1. draws a CT phantom (:func:`MedXAILib.samples.ct_phantom`) with one liver lesion of known centre
+   and radius, on held-out seeds (never a training phantom);
+2. segments it with the shipped ``phantom_segmenter`` and classifies it with
+   ``lesion_classifier_ct`` (``Resources/Models``, see their model cards);
+3. explains both with integrated gradients, Grad-CAM and saliency: the classifier's ``lesion``
+   logit, and the segmenter's ``lesion`` score summed over the predicted lesion component at the
+   lesion centre;
+4. measures how much relevance falls in the true lesion compared with its share of the volume,
+   and runs the cascading randomisation sanity check for saliency on the classifier;
+5. writes into DIR: ``image.nrrd``, ``lesion_mask.nrrd`` (truth), ``segmentation.seg.nrrd`` (the
+   predicted label map with class names), one ``attribution_<model>_<method>.nrrd`` per map (input
+   geometry, provenance in the header), ``figures/*.png``, ``summary.json``, ``report.html``
+   and ``scene.mrb`` (3D Slicer: the CT with the classifier's integrated gradients as foreground
+   and the segmentation as segments).
+
+Without the shipped weights it falls back to a tiny classifier trained on the spot on a simpler
+phantom (no segmenter) and says so. ``small=True`` takes fewer integration steps (what the tests
+run). The phantom stays the same: the segmenter pads a smaller grid to its 96 x 96 x 64 window,
+so a smaller grid would save little and change what the models see.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from .volume import ImageVolume
 
-__all__ = ["synthetic_ct", "train_tiny_classifier", "run_demo"]
+__all__ = ["DemoCase", "DemoModel", "demo_case", "display_limit", "load_demo_models", "lesion_statistics",
+           "run_demo", "synthetic_ct", "train_tiny_classifier"]
 
-SHAPE = (32, 32, 24)
-SPACING = (1.5, 1.5, 2.5)
-WINDOW = (-200.0, 300.0)
-CLASSIFIER_ARGS = {"in_shape": [1, *SHAPE], "classes": 2, "channels": [4, 8, 16], "strides": [2, 2, 2]}
+SEGMENTER, CLASSIFIER = "phantom_segmenter", "lesion_classifier_ct"
+CT_WINDOW = (-160.0, 240.0)  # display window (abdomen, W 400 / L 40)
+PHANTOM_SEED = 3_000_000  # + seed: held out (training seeds < 1_000_000; evaluation 1_000_000 and 2_000_000 on)
+METHODS = ("integrated_gradients", "grad_cam", "saliency")
+COLOURS = {1: (0.89, 0.76, 0.62), 2: (0.72, 0.33, 0.22), 3: (0.55, 0.30, 0.62), 4: (0.95, 0.80, 0.20),
+           5: (0.55, 0.75, 0.95), 6: (0.98, 0.98, 0.86), 7: (0.10, 0.95, 0.25)}
+Log = Callable[[str], None]
+
+
+@dataclass
+class DemoCase:
+    """The input: a CT volume, its true labels and lesion (mask, centre voxel, description)."""
+
+    image: ImageVolume
+    labels: np.ndarray
+    class_names: list[str]
+    lesion: np.ndarray
+    centre_ijk: np.ndarray
+    info: dict[str, Any]
+
+
+@dataclass
+class DemoModel:
+    """A loaded demo model and what the report says about it."""
+
+    role: str  # "classifier" or "segmenter"
+    adapter: Any
+    name: str
+    title: str
+    card: Optional[Path] = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    fallback: bool = False
+
+
+# ------------------------------------------------------------------------------------------------
+# Data and models
+
+
+def demo_case(seed: int = 0) -> DemoCase:
+    """A held-out CT phantom (96 x 96 x 64 voxels of 2 x 2 x 3 mm) with one liver lesion (radius 9 mm, -45 HU)."""
+    from .samples import Lesion, ct_phantom
+
+    image, labels, info = ct_phantom(PHANTOM_SEED + int(seed), lesions=[Lesion("liver", radius_mm=9.0,
+                                                                               contrast_hu=-45.0)])
+    lesion = labels == info["class_names"].index("lesion")
+    centre = np.asarray(info["lesions"][0]["centre_ijk"], dtype=float)
+    return DemoCase(image, labels, list(info["class_names"]), lesion, centre, info["lesions"][0])
+
+
+def _card(folder: Path, name: str) -> tuple[str, dict[str, Any]]:
+    card = folder / f"{name}.md"
+    title = name
+    if card.is_file():
+        first = card.read_text(encoding="utf-8").splitlines()[0]
+        title = first.lstrip("# ").split(" (`")[0] or name
+    metrics_file = folder / f"{name}.metrics.json"
+    metrics = json.loads(metrics_file.read_text())["metrics"] if metrics_file.is_file() else {}
+    return title, metrics
+
+
+def load_demo_models(model_dir: Optional[Path] = None, log: Log = print) -> dict[str, DemoModel]:
+    """The shipped segmenter and CT classifier found in `model_dir` (default ``Resources/Models``)."""
+    from .model import load_model
+    from .training.demo_models import default_model_dir
+
+    folder = Path(model_dir) if model_dir is not None else default_model_dir()
+    models = {}
+    for role, name in (("segmenter", SEGMENTER), ("classifier", CLASSIFIER)):
+        spec = folder / f"{name}.json"
+        if spec.is_file():
+            title, metrics = _card(folder, name)
+            card = folder / f"{name}.md"
+            models[role] = DemoModel(role, load_model(spec, device="cpu"), name, title,
+                                     card if card.is_file() else None, metrics)
+        else:
+            log(f"  (no shipped {role}: {spec} is missing)")
+    return models
 
 
 def synthetic_ct(rng: np.random.Generator, lesion: bool) -> tuple[ImageVolume, np.ndarray]:
-    """A body-like ellipsoid of soft tissue in air, optionally with a bright spherical lesion.
-
-    Returns the volume (HU-like values, anisotropic spacing, non-zero origin) and the lesion mask.
-    """
-    ii, jj, kk = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in SHAPE], indexing="ij")
-    centre = (np.array(SHAPE) - 1) / 2
+    """The fallback phantom: a soft-tissue ellipsoid in air (32 x 32 x 24), optionally with a bright lesion."""
+    shape, spacing = (32, 32, 24), (1.5, 1.5, 2.5)
+    ii, jj, kk = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+    centre = (np.array(shape) - 1) / 2
     body = ((ii - centre[0]) / 14) ** 2 + ((jj - centre[1]) / 12) ** 2 + ((kk - centre[2]) / 11) ** 2 <= 1
-    array = np.where(body, 40.0, -1000.0) + rng.normal(0, 12, SHAPE)
-    mask = np.zeros(SHAPE, bool)
+    array = np.where(body, 40.0, -1000.0) + rng.normal(0, 12, shape)
+    mask = np.zeros(shape, bool)
     if lesion:
         radius = rng.uniform(2.5, 4.0)
         c = centre + rng.uniform(-5, 5, 3) * np.array([1, 1, 0.6])
-        mask = ((ii - c[0]) ** 2 + (jj - c[1]) ** 2 + ((kk - c[2]) * SPACING[2] / SPACING[0]) ** 2) <= radius**2
+        mask = ((ii - c[0]) ** 2 + (jj - c[1]) ** 2 + ((kk - c[2]) * spacing[2] / spacing[0]) ** 2) <= radius**2
         mask &= body
         array = np.where(mask, array + 110.0, array)
-    affine = np.diag([*SPACING, 1.0])
+    affine = np.diag([*spacing, 1.0])
     affine[:3, 3] = (-24.0, -30.0, 15.0)
     return ImageVolume(array.astype(np.float32)[None], affine, channel_names=["CT"], meta={"source": "synthetic"}), mask
 
 
-def train_tiny_classifier(seed: int = 0, steps: int = 200, log=None):
-    """Train a MONAI ``Classifier`` to tell phantoms with a lesion from phantoms without one."""
+def train_tiny_classifier(seed: int = 0, steps: int = 200, log: Optional[Log] = None):
+    """The fallback model: a MONAI ``Classifier`` trained for seconds on :func:`synthetic_ct` phantoms."""
     import torch
     from monai.networks.nets import Classifier
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = Classifier(**CLASSIFIER_ARGS)
+    net = Classifier(in_shape=[1, 32, 32, 24], classes=2, channels=[4, 8, 16], strides=[2, 2, 2])
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
-    lo, hi = WINDOW
     for step in range(steps):
         labels = rng.integers(0, 2, 8)
         batch = np.stack([synthetic_ct(rng, bool(y))[0].array for y in labels])
-        x = torch.as_tensor(np.clip((batch - lo) / (hi - lo), 0, 1))
+        x = torch.as_tensor(np.clip((batch + 200.0) / 500.0, 0, 1))
         loss = torch.nn.functional.cross_entropy(net(x), torch.as_tensor(labels))
         optimiser.zero_grad()
         loss.backward()
@@ -70,48 +161,316 @@ def train_tiny_classifier(seed: int = 0, steps: int = 200, log=None):
     return net.eval()
 
 
-def run_demo(out: Path, quiet: bool = False, seed: int = 0) -> int:
-    """Train, explain and write everything into `out`; print what to open."""
-    from .engine import explain
-    from .io import write_image
-    from .model import Preprocessing, load_model, save_spec_model
+def _fallback(seed: int, out: Path, log: Log) -> tuple[DemoModel, DemoCase]:
+    from .model import load_model, save_spec_model
+
+    log("  Shipped weights are missing: FALLING BACK to a tiny classifier trained now on a simple phantom "
+        "(no segmenter). Run `python -m MedXAILib.training` to create Resources/Models.")
+    net = train_tiny_classifier(seed, log=log)
+    spec = save_spec_model(
+        net, "Classifier", {"in_shape": [1, 32, 32, 24], "classes": 2, "channels": [4, 8, 16], "strides": [2, 2, 2]},
+        out / "fallback_classifier.json", task="classification", class_names=["no lesion", "lesion"], in_channels=1,
+        preprocessing=[{"kind": "scale_intensity_range", "a_min": -200.0, "a_max": 300.0, "b_min": 0.0,
+                        "b_max": 1.0, "clip": True}])
+    image, mask = synthetic_ct(np.random.default_rng(seed + 1000), lesion=True)
+    centre = np.argwhere(mask).mean(axis=0)
+    info = {"organ": "body", "centre_ijk": centre.round(3).tolist(), "n_voxels": int(mask.sum())}
+    case = DemoCase(image, mask.astype(np.uint8), ["background", "lesion"], mask, centre, info)
+    model = DemoModel("classifier", load_model(spec, device="cpu"), "fallback_classifier",
+                      "Tiny lesion classifier trained on the spot (fallback)", fallback=True)
+    return model, case
+
+
+# ------------------------------------------------------------------------------------------------
+# Prediction, targets, explanations and statistics
+
+
+def _predict(model: DemoModel, image: ImageVolume) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        x = torch.as_tensor(image.array[np.newaxis])
+        return model.adapter.bind(image.affine, image.shape)(x)[0].float().numpy()
+
+
+def _segmenter_target(predicted: np.ndarray, case: DemoCase, lesion_class: int):
+    """The predicted lesion component nearest to the true lesion centre (or the true lesion as a mask)."""
     from .target import Target
+
+    voxels = np.argwhere(predicted == lesion_class)
+    if len(voxels) == 0:
+        return Target(lesion_class, region="mask", mask=case.lesion), "the true lesion (the segmenter found none)"
+    spacing = case.image.spacing
+    nearest = voxels[np.argmin((((voxels - case.centre_ijk) * spacing) ** 2).sum(axis=1))]
+    return (Target(lesion_class, region="component", voxel=tuple(int(v) for v in nearest)),
+            f"the predicted lesion component containing voxel {tuple(int(v) for v in nearest)}")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (float, np.floating)):
+        return None if not np.isfinite(value) else round(float(value), 6)
+    return int(value) if isinstance(value, np.integer) else value
+
+
+def lesion_statistics(attribution: np.ndarray, case: DemoCase) -> dict[str, Any]:
+    """Where the relevance lies relative to the true structures, the lesion in particular.
+
+    Per structure of the true label map: :func:`MedXAILib.statistics.structure_statistics` (share of
+    |relevance|, density ratio, rank accuracy, pointing game, ...). For the lesion also the share of
+    the *positive* relevance (evidence for the target) and the ratios share / volume share
+    (1 = no more than its size; higher = concentrated in the lesion), and the distance (mm) from
+    the lesion centre to the voxel of largest relevance.
+    """
+    from .statistics import structure_statistics
+
+    a = np.asarray(attribution, dtype=np.float64)
+    labels = np.where(case.lesion, len(case.class_names) - 1, case.labels)  # the lesion is the last class
+    table = structure_statistics(a, labels, case.class_names, case.image.affine)
+    rows = {name: {col: _clean(table[col][i]) for col in table if col != "structure"}
+            for i, name in enumerate(table["structure"])}
+    lesion = rows[case.class_names[-1]]
+    volume_share = lesion["voxels"] / a.size
+    positive = float(np.clip(a, 0, None).sum())
+    pos_share = float(lesion["positive_mass"] or 0.0) / positive if positive > 0 else 0.0
+    peak = np.array(np.unravel_index(int(np.argmax(a)), a.shape), dtype=float)
+    distance = float(np.linalg.norm(case.image.affine[:3, :3] @ (peak - case.centre_ijk)))
+    return {"lesion_volume_share": round(volume_share, 6), "positive_share_in_lesion": round(pos_share, 6),
+            "positive_ratio": round(pos_share / volume_share, 3),
+            "abs_share_in_lesion": lesion["share_abs"], "abs_ratio": lesion["density_ratio"],
+            "rank_accuracy": lesion["rank_accuracy"], "pointing_hit": lesion["pointing_hit"],
+            "top_dice": lesion["top_dice"], "peak_distance_mm": round(distance, 2),
+            "structures": {name: {k: row[k] for k in ("voxels", "share_abs", "density_ratio", "rank_accuracy")}
+                           for name, row in rows.items()}}
+
+
+def _explain(model: DemoModel, case: DemoCase, target, small: bool, seed: int, log: Log) -> dict[str, Any]:
+    from .engine import explain
+
+    results = {}
+    for method in METHODS:
+        params = {"n_steps": 8 if small else 32} if method == "integrated_gradients" else {}
+        started = time.perf_counter()
+        results[method] = explain(case.image, model.adapter, method, target, params, seed=seed)
+        log(f"  {model.role:10s} {method:22s} {time.perf_counter() - started:6.1f} s")
+    return results
+
+
+def _randomisation(model: DemoModel, case: DemoCase, small: bool, seed: int) -> list[dict[str, Any]]:
+    from .evaluation.randomisation import cascading_randomisation
+    from .target import Target
+
+    _, steps = cascading_randomisation(case.image, model.adapter, "saliency", Target(class_index=1),
+                                       stages=3 if small else 5, seed=seed)
+    return [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in vars(step).items()} for step in steps]
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def display_limit(attribution: np.ndarray) -> float:
+    """The symmetric display window's half-width: the 99.9th percentile of |a| (a few extreme voxels
+    saturate instead of washing out the rest of the map), or max |a| when that is 0."""
+    magnitude = np.abs(np.asarray(attribution, dtype=np.float64))
+    return float(np.percentile(magnitude, 99.9)) or float(magnitude.max()) or 1.0
+
+
+def _segments(class_names: list[str], labels: np.ndarray) -> list[tuple[int, str, tuple[float, float, float]]]:
+    return [(v, name, COLOURS.get(v if len(class_names) > 2 else 7, (0.8, 0.8, 0.2)))
+            for v, name in enumerate(class_names) if v and np.any(labels == v)]
+
+
+def _label(method: str, model: DemoModel) -> str:
+    from .methods import METHODS as REGISTRY
+
+    return f"{REGISTRY.get(method).title}: {model.role}"
+
+
+def _scene(out: Path, case: DemoCase, labels: np.ndarray, class_names: list[str],
+           results: list[tuple[DemoModel, str, Any]]) -> Path:
+    from .attribution import PROVENANCE_KEY
+    from .report.mrb import SceneSegmentation, SceneVolume, write_mrb
+
+    volumes = [SceneVolume("CT phantom", case.image, CT_WINDOW)]
+    foreground = None
+    for model, method, attribution in results:
+        m = display_limit(attribution.summed)
+        provenance = attribution.provenance_json()
+        volumes.append(SceneVolume(_label(method, model), attribution.to_volume(), (-m, m), "diverging", {
+            "MedXAI.Result": "attribution", PROVENANCE_KEY: provenance, "MedXAI.Method": method,
+            "MedXAI.MethodTitle": attribution.provenance["method_title"], "MedXAI.Model": model.name,
+            "MedXAI.Target": str(attribution.provenance.get("target_name")),
+            "MedXAI.Created": attribution.provenance["created"], "MedXAI.Display.Colormap": "diverging",
+            "MedXAI.Display.Window": f"{-m!r} {m!r}", "MedXAI.Display.Threshold": "0.0"},
+            {PROVENANCE_KEY: provenance}))
+        if foreground is None and model.role == "classifier" and method == "integrated_gradients":
+            foreground = len(volumes) - 1
+    segmentation = SceneSegmentation("segmentation", labels, case.image.affine, _segments(class_names, labels))
+    focus = (case.image.affine @ np.append(case.centre_ijk, 1.0))[:3]
+    return write_mrb(out / "scene.mrb", volumes, segmentation, 0, foreground, 0.5, focus)
+
+
+def _figures(out: Path, case: DemoCase, labels: np.ndarray, class_names: list[str],
+             results: list[tuple[DemoModel, str, Any]], log: Log) -> dict[str, str]:
+    from .errors import MedXAIError
+    from .report import figures
+
+    folder = out / "figures"
+    folder.mkdir(exist_ok=True)
+    paths = {}
+    try:
+        names = dict(enumerate(class_names))
+        colours = {v: c for v, _, c in _segments(class_names, labels)}
+        figures.prediction_figure(folder / "prediction.png", case.image, labels, colours, names, case.centre_ijk,
+                                  "Input CT phantom and predicted segmentation (planes through the lesion centre)",
+                                  CT_WINDOW, case.lesion)
+        paths["prediction"] = "figures/prediction.png"
+        for model, method, attribution in results:
+            target = attribution.provenance.get("target_name")
+            path = folder / f"{model.role}_{method}.png"
+            figures.attribution_figure(path, case.image, attribution.summed, case.centre_ijk,
+                                       f"{_label(method, model)} ({model.name}), target '{target}'", CT_WINDOW,
+                                       case.lesion, "green outline: true lesion; colours saturate beyond the 99.9th "
+                                       "percentile of |relevance|", display_limit(attribution.summed))
+            paths[f"{model.role}/{method}"] = f"figures/{path.name}"
+    except MedXAIError as error:  # matplotlib missing: everything else is still written
+        log(f"  figures skipped: {error}")
+    return paths
+
+
+def _model_entry(model: DemoModel, out: Path) -> dict[str, Any]:
+    entry = {"name": model.name, "title": model.title, "task": model.adapter.task, "fallback": model.fallback,
+             "class_names": model.adapter.class_names, "sha256": model.adapter.sha256, "metrics": {
+                 k: v for k, v in model.metrics.items() if k in ("dice", "mean_dice_foreground", "auc", "accuracy",
+                                                                  "n", "n_positive")}}
+    if model.card is not None:
+        (out / "model_cards").mkdir(exist_ok=True)
+        shutil.copyfile(model.card, out / "model_cards" / model.card.name)
+        entry["card"] = f"model_cards/{model.card.name}"
+        text = model.card.read_text(encoding="utf-8").split("\n\n")
+        entry["card_summary"] = text[1].strip() if len(text) > 1 else ""
+    return entry
+
+
+def run_demo(out: Path, quiet: bool = False, seed: int = 0, small: bool = False,
+             model_dir: Optional[Path] = None) -> int:
+    """Segment, classify and explain a phantom, and write files, figures, report and scene into `out`.
+
+    Args:
+        out: output folder (created; files of an earlier run are replaced).
+        quiet: print nothing.
+        seed: picks the phantom (a held-out one) and seeds every method.
+        small: quicker settings for tests: 8 instead of 32 integration steps, 3 randomisation stages.
+        model_dir: where the demo models are (default ``Resources/Models``).
+
+    Returns:
+        0 (the CLI's exit code).
+    """
+    from . import __version__
+    from .io import write_image
+    from .provenance import library_versions, timestamp
+    from .report.html import write_report
+    from .report.mrb import SceneSegmentation, write_seg_nrrd
+    from .target import Target
+    from .training.metrics import dice_per_class
 
     log = (lambda *_: None) if quiet else (lambda text: print(text, flush=True))
     started = time.perf_counter()
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    log("MedXAI demo: training a tiny lesion classifier on synthetic CT phantoms ...")
-    net = train_tiny_classifier(seed, log=log)
-    spec = save_spec_model(
-        net, "Classifier", CLASSIFIER_ARGS, out / "demo_classifier.json",
-        task="classification", class_names=["no lesion", "lesion"], in_channels=1,
-        preprocessing=[{"kind": "scale_intensity_range", "a_min": WINDOW[0], "a_max": WINDOW[1],
-                        "b_min": 0.0, "b_max": 1.0, "clip": True}],
-    )
-    model = load_model(spec, device="cpu")
-    image, mask = synthetic_ct(np.random.default_rng(seed + 1000), lesion=True)
-    write_image(image, out / "image.nrrd")
-    write_image(image.with_array(mask.astype(np.float32)), out / "lesion_mask.nrrd")
-    summary: dict = {"image": "image.nrrd", "lesion_mask": "lesion_mask.nrrd", "model": spec.name, "methods": {}}
-    for method, params in (("saliency", {}), ("input_x_gradient", {}), ("integrated_gradients", {"baseline": "min"})):
-        log(f"Explaining the 'lesion' class with {method} ...")
-        attribution = explain(image, model, method, Target(class_index=1), params, seed=seed)
-        path = out / f"attribution_{method}.nrrd"
-        attribution.save(path)
-        inside = float(np.abs(attribution.summed)[mask].sum() / max(np.abs(attribution.summed).sum(), 1e-12))
-        summary["methods"][method] = {
-            "file": path.name,
-            "share_of_abs_relevance_in_lesion": round(inside, 4),
-            "lesion_share_of_volume": round(float(mask.mean()), 4),
-            "prediction": attribution.provenance["prediction"],
-            "diagnostics": attribution.provenance["diagnostics"],
-        }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    log(f"\nDone in {time.perf_counter() - started:.1f} s. Open in 3D Slicer: {out / 'image.nrrd'} with an "
-        f"attribution_*.nrrd as foreground; the summary is {out / 'summary.json'}.")
-    for method, info in summary["methods"].items():
-        log(f"  {method:22s} lesion holds {info['share_of_abs_relevance_in_lesion']:.1%} of |relevance| "
-            f"({info['lesion_share_of_volume']:.1%} of the volume)")
+    log("MedXAI demo: segment, classify and explain a CT phantom with a liver lesion (nothing is downloaded)")
+    models, notes = load_demo_models(model_dir, log), []
+    if "classifier" in models:
+        case = demo_case(seed)
+    else:
+        models["classifier"], case = _fallback(seed, out, log)
+        models.pop("segmenter", None)
+        notes.append("FALLBACK: the shipped weights (Resources/Models) are missing; a tiny classifier was trained "
+                     "on the spot on a simple phantom, and there is no segmenter.")
+    classifier, segmenter = models["classifier"], models.get("segmenter")
+    logits = _predict(classifier, case.image)
+    probabilities = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    names = list(classifier.adapter.class_names or ["no lesion", "lesion"])
+    prediction: dict[str, Any] = {"classifier": {
+        "probabilities": {n: round(float(p), 4) for n, p in zip(names, probabilities)},
+        "predicted": names[int(np.argmax(probabilities))]}}
+    log(f"  classifier: P(lesion) = {probabilities[1]:.3f}")
+    if segmenter is not None:
+        labels = np.argmax(_predict(segmenter, case.image), axis=0).astype(np.uint8)
+        class_names = list(segmenter.adapter.class_names)
+        dice = dice_per_class(labels, case.labels, len(class_names))
+        prediction["segmentation"] = {
+            "file": "segmentation.seg.nrrd", "class_names": class_names,
+            "voxels_per_class": {n: int((labels == v).sum()) for v, n in enumerate(class_names)},
+            "dice_vs_truth": {n: None if np.isnan(d) else round(float(d), 4) for n, d in zip(class_names, dice)}}
+        log(f"  segmenter: lesion Dice {prediction['segmentation']['dice_vs_truth']['lesion']}")
+    else:
+        labels, class_names = case.lesion.astype(np.uint8), ["background", "lesion (truth)"]
+        notes.append("No segmenter: segmentation.seg.nrrd holds the TRUE lesion, not a prediction.")
+
+    log("Explaining ...")
+    targets = [(classifier, Target(class_index=1), "the classifier's 'lesion' logit")]
+    if segmenter is not None:
+        target, text = _segmenter_target(labels, case, class_names.index("lesion"))
+        targets.append((segmenter, target, f"the segmenter's 'lesion' logit summed over {text}"))
+    results, records = [], []
+    for model, target, text in targets:
+        for method, attribution in _explain(model, case, target, small, seed, log).items():
+            results.append((model, method, attribution))
+            file = f"attribution_{model.role}_{method}.nrrd"
+            attribution.save(out / file)
+            p = attribution.provenance
+            records.append({"model": model.role, "model_name": model.name, "method": method,
+                            "method_title": p["method_title"], "reference": p.get("reference"), "target": text,
+                            "target_spec": p["target"], "parameters": p["parameters"], "file": file,
+                            "seconds": p["seconds"], "diagnostics": p["diagnostics"],
+                            "display_limit": display_limit(attribution.summed),
+                            "statistics": lesion_statistics(attribution.summed, case)})
+    log("Sanity check: cascading randomisation of the classifier (saliency) ...")
+    randomisation = _randomisation(classifier, case, small, seed)
+
+    log("Writing files, figures, report and scene ...")
+    write_image(case.image, out / "image.nrrd", metadata={"MedXAI.Source": str(case.image.meta.get("source"))})
+    write_image(case.image.with_array(case.lesion.astype(np.float32)), out / "lesion_mask.nrrd")
+    write_seg_nrrd(out / "segmentation.seg.nrrd", SceneSegmentation("segmentation", labels, case.image.affine,
+                                                                    _segments(class_names, labels)))
+    figure_paths = _figures(out, case, labels, class_names, results, log)
+    for record in records:
+        record["figure"] = figure_paths.get(f"{record['model']}/{record['method']}")
+    _scene(out, case, labels, class_names, results)
+    centre_ras = (case.image.affine @ np.append(case.centre_ijk, 1.0))[:3]
+    summary = {
+        "medxai_version": __version__, "created": timestamp(), "seed": seed, "small": small,
+        "fallback": classifier.fallback, "notes": notes,
+        "image": {"file": "image.nrrd", "source": case.image.meta.get("source"), "shape": list(case.image.shape),
+                  "spacing_mm": [round(float(v), 4) for v in case.image.spacing], "display_window_hu": CT_WINDOW},
+        "lesion": {"file": "lesion_mask.nrrd", **{k: case.info[k] for k in ("organ", "radius_mm", "contrast_hu")
+                                                 if k in case.info},
+                   "centre_ijk": [round(float(v), 3) for v in case.centre_ijk],
+                   "centre_ras": [round(float(v), 3) for v in centre_ras], "n_voxels": int(case.lesion.sum()),
+                   "volume_share": round(float(case.lesion.mean()), 6)},
+        "models": {role: _model_entry(model, out) for role, model in models.items()},
+        "prediction": prediction, "attributions": records,
+        "randomisation": {"model": "classifier", "method": "saliency", "steps": randomisation},
+        "figures": figure_paths, "scene": "scene.mrb", "report": "report.html", "versions": library_versions(),
+    }
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    write_report(out / "report.html", summary)
+    log(f"\nDone in {summary['seconds']:.0f} s.")
+    for note in notes:
+        log(f"  NOTE: {note}")
+    log("Share of positive relevance in the true lesion, relative to its share of the volume:")
+    for r in records:
+        s = r["statistics"]
+        log(f"  {r['model']:10s} {r['method']:22s} {s['positive_ratio']:7.1f} x  "
+            f"({s['positive_share_in_lesion']:.1%} of positive relevance, {s['lesion_volume_share']:.2%} of voxels)")
+    log(f"\nOpen:\n  {out / 'report.html'}   in a web browser: figures, numbers, model cards, provenance\n"
+        f"  {out / 'scene.mrb'}     in 3D Slicer (drag and drop): the CT with the classifier's integrated "
+        "gradients as foreground, the segmentation as segments\n"
+        f"  {out / 'summary.json'}  everything above as JSON")
     return 0
 
 

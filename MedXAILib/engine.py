@@ -83,7 +83,7 @@ def explain(
         )
     if info.tasks and adapter.task not in info.tasks:
         raise TargetError(f"method '{info.name}' does not support {adapter.task} models")
-    scorer = resolve_target(target, output, adapter.task, adapter.output_activation)
+    scorer = resolve_target(target, output, adapter.task, adapter.output_activation, spacing=image.spacing)
 
     ctx = MethodContext(x=x, model=bound, scorer=scorer, image=image, monitor=monitor, generator=generator)
     with monitor.stage(0.02, 1.0):

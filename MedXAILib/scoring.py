@@ -1,14 +1,15 @@
 """Turn a :class:`~MedXAILib.target.Target` into a differentiable scalar per batch item.
 
 One reducer serves every method: it is resolved once against the model's output for the unperturbed
-input (to fix the predicted class, the predicted structure or the connected component), then applied
-to any batch of outputs. Resolved regions are constants, so perturbing the input never moves them.
+input (to fix the predicted class, the predicted structure, the connected component or the boundary
+band), then applied to any batch of outputs. Resolved regions are constants, so perturbing the input
+never moves them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ import torch
 from .errors import TargetError
 from .target import Target
 
-__all__ = ["TargetScorer", "resolve_target"]
+__all__ = ["TargetScorer", "resolve_target", "margin"]
 
 
 @dataclass
@@ -33,7 +34,10 @@ class TargetScorer:
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         if self.target.score == "probability":
             output = torch.softmax(output, 1) if self.activation == "softmax" else torch.sigmoid(output)
-        channel = output[:, self.class_index]
+        if self.target.score == "margin":
+            channel = margin(output, self.class_index, self.activation)
+        else:
+            channel = output[:, self.class_index]
         if self.task == "classification":
             return channel
         region = self.region.to(channel.dtype)
@@ -46,18 +50,44 @@ class TargetScorer:
         return out
 
 
+def margin(output: torch.Tensor, class_index: int, activation: str = "softmax") -> torch.Tensor:
+    """Per-item (and per-voxel) logit margin of a class over its strongest competitor.
+
+    ``z_c - max_{k != c} z_k`` over the channel axis 1 of `output` ((B, K) or (B, K, I, J, K)):
+    positive where the class wins, zero on the decision boundary, negative where another class
+    wins. The gradient flows into channel c and into the competitor that attains the maximum.
+    Channels of a sigmoid (multi-label) model do not compete, and a one-channel output has no
+    competitor; there the margin is the logit itself (against "not c" at logit 0).
+    """
+    channel = output[:, class_index]
+    if activation == "sigmoid" or output.shape[1] == 1:
+        return channel
+    others = [k for k in range(output.shape[1]) if k != class_index]
+    competitor = output[:, others].amax(dim=1)
+    return channel - competitor
+
+
 def resolve_target(
-    target: Target, output: torch.Tensor, task: str, activation: str = "softmax"
+    target: Target,
+    output: torch.Tensor,
+    task: str,
+    activation: str = "softmax",
+    spacing: Optional[Sequence[float]] = None,
 ) -> TargetScorer:
     """Check `target` against the model output for the unperturbed input and fix its region.
 
     Args:
         target: what to explain.
-        output: the model output for the unperturbed input, (1, K) or (1, K, I, J, K).
+        output: the model output for the unperturbed input, (1, K) or (1, K, I, J, K), on the
+            input grid.
         task: ``"classification"`` or ``"segmentation"``.
+        activation: ``"softmax"`` or ``"sigmoid"`` (how the predicted structure is read).
+        spacing: the input grid's voxel spacing in mm (``ImageVolume.spacing``); needed by
+            ``region="boundary"``, whose band is measured in mm (other regions ignore it).
 
     Raises:
-        TargetError: class out of range, region unsuitable for the task, or empty region.
+        TargetError: class out of range, region unsuitable for the task, empty region, or a
+            boundary target without a spacing.
     """
     n_classes = int(output.shape[1])
     if task == "classification":
@@ -93,6 +123,8 @@ def resolve_target(
             )
         labels, _ = ndimage.label(predicted)
         region = labels == labels[tuple(target.voxel)]
+    elif target.region == "boundary":
+        region = _boundary_region(target, output, index, activation, shape, spacing)
     else:
         region = target.region_mask(shape)
     return TargetScorer(
@@ -103,6 +135,34 @@ def resolve_target(
         torch.as_tensor(region, device=output.device),
         int(np.count_nonzero(region)),
     )
+
+
+def _boundary_region(target: Target, output: torch.Tensor, index: int, activation: str,
+                     shape: tuple[int, ...], spacing: Optional[Sequence[float]]) -> np.ndarray:
+    from .boundary import boundary_band
+
+    if spacing is None:
+        raise TargetError("a boundary target is measured in mm: pass the image spacing "
+                          "(resolve_target(..., spacing=image.spacing))")
+    if target.mask is not None:
+        structure = target.checked_mask(shape)
+        if not structure.any():
+            raise TargetError("the boundary target's mask covers no voxel; its structure is empty")
+    else:
+        structure = _predicted_mask(output, index, activation)
+        if not structure.any():
+            raise TargetError(f"the model predicts no voxel of class {index}, so it has no boundary; "
+                              "choose another class or give the structure as a mask")
+    if structure.all():
+        raise TargetError(f"the structure fills the whole grid {tuple(shape)}, so it has no boundary "
+                          "inside the image")
+    inner, outer = target.band_mm
+    band = boundary_band(structure, spacing, inner, outer)
+    if not band.any():
+        raise TargetError(f"a band of {inner:g} mm inside and {outer:g} mm outside holds no voxel centre at "
+                          f"spacing {', '.join(f'{s:g}' for s in spacing)} mm (the nearest centres lie half "
+                          "a voxel from the surface); widen band_mm")
+    return band
 
 
 def _predicted_mask(output: torch.Tensor, index: int, activation: str) -> np.ndarray:

@@ -3,8 +3,9 @@
 One target system serves every method. For a classifier the target is a class logit (default) or
 probability. For a segmenter it is the class score reduced (sum by default, or mean) over a region of
 the output grid: the whole predicted structure, a user mask, the connected component of the
-predicted structure that contains a voxel, a box, or a single voxel. Regions are given on the
-*input* grid, because the model adapter maps the output back onto it.
+predicted structure that contains a voxel, a box, a single voxel, or the boundary band of a
+structure. Regions are given on the *input* grid, because the model adapter maps the output back
+onto it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from .errors import TargetError
 
 __all__ = ["Target", "REGIONS", "SCORES", "REDUCTIONS"]
 
-REGIONS = ("class", "predicted", "mask", "component", "box", "voxel")
-SCORES = ("logit", "probability")
+REGIONS = ("class", "predicted", "mask", "component", "box", "voxel", "boundary")
+SCORES = ("logit", "probability", "margin")
 REDUCTIONS = ("sum", "mean")
 
 
@@ -31,14 +32,22 @@ class Target:
         class_index: output channel. ``None`` for a classifier means the predicted (top) class.
         region: ``"class"`` (classifiers: the class score itself; segmenters: the whole output
             volume), ``"predicted"`` (voxels whose argmax is the class), ``"mask"``, ``"component"``
-            (connected component of the predicted structure containing ``voxel``), ``"box"`` or
-            ``"voxel"``.
-        score: ``"logit"`` (default, the raw network output) or ``"probability"`` (softmax over
-            channels, or sigmoid for multi-label models).
+            (connected component of the predicted structure containing ``voxel``), ``"box"``,
+            ``"voxel"`` or ``"boundary"`` (the band ``band_mm`` around the structure: the voxels
+            predicted as the class, or ``mask`` when one is given; see
+            :func:`MedXAILib.boundary.boundary_band`).
+        score: ``"logit"`` (default, the raw network output), ``"probability"`` (softmax over
+            channels, or sigmoid for multi-label models) or ``"margin"`` (per voxel, the class
+            logit minus the strongest competing logit, ``z_c - max_{k != c} z_k``: "why this class
+            here and not another"; for sigmoid (multi-label) or one-channel models, whose channels
+            do not compete, the margin is the logit itself, i.e. against "not c" at logit 0).
         reduction: ``"sum"`` or ``"mean"`` over the region's voxels.
-        mask: boolean (I, J, K) array on the input grid, for ``region="mask"``.
+        mask: boolean (I, J, K) array on the input grid, for ``region="mask"``; for
+            ``region="boundary"`` it is the structure whose band is taken (optional).
         box: ``(i0, j0, k0, i1, j1, k1)`` inclusive voxel corners on the input grid.
         voxel: ``(i, j, k)`` on the input grid, for ``"voxel"`` and ``"component"``.
+        band_mm: ``(inner, outer)`` thickness in mm of the ``"boundary"`` band inside and outside
+            the structure's surface, measured with the true (possibly anisotropic) voxel spacing.
     """
 
     class_index: Optional[int] = None
@@ -48,6 +57,7 @@ class Target:
     mask: Optional[np.ndarray] = field(default=None, repr=False)
     box: Optional[tuple[int, int, int, int, int, int]] = None
     voxel: Optional[tuple[int, int, int]] = None
+    band_mm: tuple[float, float] = (2.0, 2.0)
 
     def __post_init__(self) -> None:
         for value, allowed, what in (
@@ -71,6 +81,22 @@ class Target:
                 raise TargetError(f"box corner (i1,j1,k1) must not be below (i0,j0,k0); got {self.box}")
         if self.voxel is not None and len(self.voxel) != 3:
             raise TargetError(f"a voxel needs three indices i,j,k; got {self.voxel}")
+        self._check_band()
+
+    def _check_band(self) -> None:
+        try:
+            band = tuple(float(v) for v in self.band_mm)
+        except (TypeError, ValueError):
+            band = ()
+        if len(band) != 2 or not all(np.isfinite(band)) or min(band) < 0:
+            raise TargetError(
+                f"band_mm must be two finite thicknesses >= 0 in mm (inner, outer); got {self.band_mm!r}"
+            )
+        if self.region == "boundary" and max(band) == 0:
+            raise TargetError(
+                "a boundary band of 0 mm on both sides is empty; give band_mm=(inner, outer) > 0"
+            )
+        self.band_mm = band  # type: ignore[assignment]
 
     def region_mask(self, shape: tuple[int, int, int]) -> Optional[np.ndarray]:
         """The fixed region for mask, box and voxel targets on a grid of `shape` (None otherwise).
@@ -79,12 +105,7 @@ class Target:
             TargetError: the region lies outside the grid or is empty.
         """
         if self.region == "mask":
-            mask = np.asarray(self.mask).astype(bool)
-            if mask.shape != tuple(shape):
-                raise TargetError(
-                    f"the target mask has shape {mask.shape} but the image grid is {tuple(shape)}; "
-                    "resample the mask onto the image first (MedXAILib.io.read_label_map does)"
-                )
+            mask = self.checked_mask(shape)
         elif self.region == "box":
             lo = np.maximum(np.array(self.box[:3]), 0)
             hi = np.minimum(np.array(self.box[3:]), np.array(shape) - 1)
@@ -100,6 +121,22 @@ class Target:
         if not mask.any():
             raise TargetError(
                 f"the target {self.region} covers no voxel of the image grid {tuple(shape)}"
+            )
+        return mask
+
+    def checked_mask(self, shape: tuple[int, int, int]) -> np.ndarray:
+        """The user mask as a boolean array, checked against a grid of `shape`.
+
+        Raises:
+            TargetError: no mask, or a mask on another grid.
+        """
+        if self.mask is None:
+            raise TargetError(f"a '{self.region}' target has no mask")
+        mask = np.asarray(self.mask).astype(bool)
+        if mask.shape != tuple(shape):
+            raise TargetError(
+                f"the target mask has shape {mask.shape} but the image grid is {tuple(shape)}; "
+                "resample the mask onto the image first (MedXAILib.io.read_label_map does)"
             )
         return mask
 
@@ -121,4 +158,7 @@ class Target:
             out["voxel"] = [int(v) for v in self.voxel]
         if self.mask is not None:
             out["mask_voxels"] = int(np.count_nonzero(self.mask))
+        if self.region == "boundary":
+            out["band_mm"] = [float(v) for v in self.band_mm]
+            out["structure"] = "mask" if self.mask is not None else "predicted"
         return out

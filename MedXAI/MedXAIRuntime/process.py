@@ -166,10 +166,14 @@ def targetArguments(target: Optional[Target], maskPath: Optional[Union[str, Path
         args.append(f"--target-voxel={_indices(target.voxel)}")
     elif region == "component":
         args.append(f"--target-component={_indices(target.voxel)}")
+    elif region == "boundary":
+        if target.mask is not None:  # the explain command bands only predicted structures
+            raise ValueError("a boundary band around a user mask runs through the task worker, not 'explain'")
+        args.append(f"--target-boundary={float(target.band_mm[0])},{float(target.band_mm[1])}")
     elif region != "class":
         raise ValueError(f"unknown target region {region!r}")
-    if target.score == "probability":
-        args.append("--target-probability")
+    if target.score in ("probability", "margin"):
+        args.append(f"--target-{target.score}")
     if target.reduction == "mean":
         args.append("--target-mean")
     return args

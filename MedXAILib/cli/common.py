@@ -118,7 +118,12 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     region.add_argument("--target-voxel", metavar="I,J,K", type=ints(3, "--target-voxel"))
     region.add_argument("--target-component", metavar="I,J,K", type=ints(3, "--target-component"),
                         help="the connected component of the predicted class containing this voxel")
-    group.add_argument("--target-probability", action="store_true", help="explain the probability, not the logit")
+    region.add_argument("--target-boundary", metavar="INNER,OUTER", type=floats(2, "--target-boundary"),
+                        help="the band (mm inside, mm outside) around the predicted structure's boundary")
+    score = group.add_mutually_exclusive_group()
+    score.add_argument("--target-probability", action="store_true", help="explain the probability, not the logit")
+    score.add_argument("--target-margin", action="store_true",
+                       help="explain the margin: the class logit minus the strongest other logit")
     group.add_argument("--target-mean", action="store_true", help="average the score over the region (default sum)")
 
 
@@ -158,8 +163,8 @@ def target_from_args(args: argparse.Namespace, image: Any) -> Any:
     from ..io import read_label_map
     from ..target import Target
 
-    common = dict(class_index=args.target_class, score="probability" if args.target_probability else "logit",
-                  reduction="mean" if args.target_mean else "sum")
+    score = "probability" if args.target_probability else "margin" if args.target_margin else "logit"
+    common = dict(class_index=args.target_class, score=score, reduction="mean" if args.target_mean else "sum")
     if args.target_mask:
         mask = read_label_map(args.target_mask, reference=image).array[0] != 0
         return Target(region="mask", mask=mask, **common)
@@ -169,6 +174,8 @@ def target_from_args(args: argparse.Namespace, image: Any) -> Any:
         return Target(region="voxel", voxel=args.target_voxel, **common)
     if args.target_component:
         return Target(region="component", voxel=args.target_component, **common)
+    if args.target_boundary:
+        return Target(region="boundary", band_mm=args.target_boundary, **common)
     return Target(region="predicted" if args.target_predicted else "class", **common)
 
 

@@ -10,8 +10,9 @@ from typing import Callable, TextIO
 __all__ = ["terminal_bar", "json_lines", "silent"]
 
 
-def terminal_bar(stream: TextIO = sys.stderr, width: int = 30) -> Callable[[float, str], None]:
-    """A one-line bar redrawn in place: ``[#####-----]  45%  message  (3.2 s)``."""
+def terminal_bar(stream: TextIO | None = None, width: int = 30) -> Callable[[float, str], None]:
+    """A one-line bar redrawn in place on stderr: ``[#####-----]  45%  message  (3.2 s)``."""
+    stream = stream or sys.stderr  # looked up now, not at import, so redirection works
     started = time.monotonic()
 
     def show(fraction: float, message: str) -> None:
@@ -25,8 +26,9 @@ def terminal_bar(stream: TextIO = sys.stderr, width: int = 30) -> Callable[[floa
     return show
 
 
-def json_lines(stream: TextIO = sys.stdout) -> Callable[[float, str], None]:
-    """One JSON object per update: ``{"progress": 0.45, "message": "...", "elapsed_s": 3.2}``."""
+def json_lines(stream: TextIO | None = None) -> Callable[[float, str], None]:
+    """One JSON object per update on stdout: ``{"progress": 0.45, "message": "...", "elapsed_s": 3.2}``."""
+    stream = stream or sys.stdout  # looked up now, not at import, so redirection works
     started = time.monotonic()
 
     def emit(fraction: float, message: str) -> None:

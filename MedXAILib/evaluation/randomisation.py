@@ -153,7 +153,7 @@ def _fixed_target(image: ImageVolume, model: ModelAdapter, target: Target) -> Ta
     bound = model.bind(image.affine, image.shape)
     with torch.no_grad():
         output = bound(torch.as_tensor(image.array, device=model.device)[None])
-    scorer = resolve_target(target, output, model.task, model.output_activation)
+    scorer = resolve_target(target, output, model.task, model.output_activation, spacing=image.spacing)
     if model.task == "classification":
         return dataclasses.replace(target, class_index=scorer.class_index)
     mask = scorer.region.bool().cpu().numpy()

@@ -170,3 +170,13 @@ def test_python_m_progress_json_and_ctrl_c_cancels_without_output(files):
     assert "cancelled" in err and "Traceback" not in err
     assert {"progress", "message", "elapsed_s"} <= set(records[-1])
     assert not out.exists() and not list(files["dir"].glob("*attr*"))
+
+
+def test_boundary_band_and_margin_targets_from_the_command_line(files, capsys):
+    out = files["dir"] / "band.nrrd"
+    code = main(explain_args(files, "--method", "saliency", "--target-class", "1", "--target-boundary", "1.5,2",
+                             "--target-margin", "--out", str(out)))
+    assert code == 0, capsys.readouterr().err
+    provenance = json.loads(read_image(out).meta["header"][PROVENANCE_KEY])
+    assert provenance["target"]["region"] == "boundary" and provenance["target"]["score"] == "margin"
+    assert provenance["target"]["band_mm"] == [1.5, 2.0]

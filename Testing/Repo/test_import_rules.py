@@ -57,6 +57,13 @@ LIGHT_MODULES: tuple[str, ...] = (
     "methods",  # methods/__init__.py: the method registry, populated by the catalog below
     "methods.catalog",  # catalog/__init__.py
     "methods.catalog.*",  # one module per family: parameter dataclasses and registry entries
+    "counterfactual",  # the generator registry, goals and report: listed by the GUI before torch exists
+    "counterfactual.catalog",
+    "counterfactual.goals",
+    "counterfactual.report",
+    "evaluation",  # the metric registry: listed by the GUI before torch exists
+    "evaluation.metrics",
+    "evaluation.compare",
 )
 
 # Third-party packages that the light core must not load (a GUI lists methods before they exist).

@@ -14,7 +14,10 @@ modules (nothing GUI runs), imports MedXAI.py, and then:
   ``MedXAILogic.process`` in process and the same request through ``SubprocessRunner``;
 - builds ROI, point and segment targets from markups and segmentation nodes, with a parent
   transform on the volume;
-- saves the scene to an MRML string, loads it into a new scene and reads the parameter node back.
+- runs the logic of the Boundary, Statistics, Evaluate and Counterfactual panels (boundary band
+  explanation, uncertainty, profile, overlay, statistics, evaluation, counterfactual) in process;
+- saves the scene to an MRML string, loads it into a new scene and reads the parameter node back;
+- runs Slicer's Segment Statistics logic (from the source checkout) with the MedXAI relevance plugin.
 
 Results go to OUT_JSON; ``test_runtime_module_harness.py`` checks them. It runs in its own process
 because it sets ``slicer.mrmlScene`` and fake ``qt`` modules.
@@ -261,6 +264,48 @@ def main(source: Path, out: Path) -> None:
     results["targets"] = {"box": list(box), "voxel": list(voxel), "maskVoxels": int(request.target.mask.sum()),
                           "labelVoxels": int(labels.sum()), "segmentResult": result.GetName()}
 
+    # the Boundary, Statistics, Evaluate and Counterfactual panels' logic with the real parameter node
+    from MedXAIRuntime import boundaryPanel, counterfactualPanel, evaluatePanel, statisticsPanel, tasks
+
+    segmentId = segmentation.GetSegmentation().GetNthSegmentID(0)
+    p.boundarySegmentation, p.boundarySegmentId = segmentation, segmentId
+    p.boundaryInnerMm, p.boundaryOuterMm, p.boundaryClass = 1.5, 3.0, 2
+    boundaryRequest = boundaryPanel.buildBoundaryRequest(logic, p)
+    boundaryResult = logic.showResult(jobs.runInProcess(boundaryRequest), p)
+    outcomes = []
+    tasks.TaskRunner(processEvents=lambda: None).start(boundaryPanel.buildUncertaintyRequest(logic, p),
+                                                       lambda *a: None, outcomes.append)
+    uncertainty = boundaryPanel.showUncertainty(p, outcomes[0].result, volume)
+    profile = boundaryPanel.computeProfile(p, p.outputVolume)
+    boundaryPanel.showProfile(p, p.outputVolume, profile)
+    overlay = boundaryPanel.showBoundaryOverlay(p, volume, p.outputVolume, p.boundaryUncertaintyVolume)
+    p.statisticsAttribution, p.statisticsSegmentation, p.statisticsTopPercent = boundaryResult, segmentation, 10.0
+    table, attributionNode = statisticsPanel.computeStatistics(p)
+    statisticsPanel.showStatistics(p, table, attributionNode)
+    p.evaluateAttribution, p.evaluateMetrics = boundaryResult, "sparseness,deletion"
+    evaluation = tasks.runTask(evaluatePanel.buildEvaluateRequest(logic, p))
+    evaluatePanel.showScores(p, evaluation, boundaryResult)
+    p.modelPath = str(spec)  # the classifier
+    p.counterfactualGoal = counterfactualPanel.CounterfactualGoal.classProbability
+    p.counterfactualClass, p.counterfactualTargetProbability = 1, 0.0
+    p.counterfactualParameters = forms.encodeMethodParameters({"gradient_search": {"max_steps": 3}})
+    counterfactual = tasks.runTask(counterfactualPanel.buildCounterfactualRequest(logic, p))
+    cfNode, differenceNode = counterfactualPanel.showCounterfactual(p, counterfactual, volume)
+    p.modelPath = str(unet)
+    p.evaluateMode = evaluatePanel.EvaluateMode.compare
+    results["panels"] = {
+        "boundaryTarget": [boundaryRequest.target.region, boundaryRequest.target.score,
+                           list(boundaryRequest.target.band_mm), int(boundaryRequest.target.mask.sum())],
+        "boundaryResult": boundaryResult.GetName(),
+        "uncertaintyMaps": sorted(uncertainty), "uncertaintyShown": p.boundaryUncertaintyVolume.GetName(),
+        "profileRows": p.boundaryProfileTable.GetNumberOfRows(), "profileBins": len(profile["distance_mm"]),
+        "bandOutline": overlay["band"] is not None,
+        "statisticsRows": p.statisticsTable.GetNumberOfRows(), "statisticsStructures": table["structure"],
+        "evaluationMetrics": sorted(evaluation.data["scores"]), "evaluateTable": p.evaluateTable.GetName(),
+        "counterfactual": cfNode.GetName(), "difference": differenceNode.GetName(),
+        "counterfactualSteps": counterfactual.data["provenance"]["parameters"]["max_steps"],
+    }
+
     # a saved scene restores the module's choices
     scene.SetSaveToXMLString(1)
     scene.Commit()
@@ -277,9 +322,81 @@ def main(source: Path, out: Path) -> None:
         "targetRoi": q.targetRoi is not None, "targetFiducial": q.targetFiducial is not None,
         "outputVolume": q.outputVolume.GetName() if q.outputVolume else None,
         "methodParameters": forms.decodeMethodParameters(q.methodParameters),
+        "boundary": [q.boundaryInnerMm, q.boundaryOuterMm, q.boundaryClass, q.boundaryScore,
+                     q.boundarySegmentId == p.boundarySegmentId, q.boundarySegmentation is not None],
+        "boundaryNodes": [q.boundaryUncertaintyVolume.GetName() if q.boundaryUncertaintyVolume else None,
+                          q.boundaryProfileTable is not None],
+        "statistics": [q.statisticsTopPercent, q.statisticsTable.GetName() if q.statisticsTable else None],
+        "evaluate": [q.evaluateMode.name, q.evaluateMetrics, q.evaluateTable is not None],
+        "counterfactual": [q.counterfactualGoal.name, forms.decodeMethodParameters(q.counterfactualParameters),
+                           q.counterfactualVolume.GetName() if q.counterfactualVolume else None],
     }
-    results["expectedOutputVolume"] = result.GetName()
+    results["expectedOutputVolume"] = boundaryResult.GetName()
+    results["segmentStatistics"] = segment_statistics(source, slicer)
     out.write_text(json.dumps(results, indent=1))
+
+
+def segment_statistics(source: Path, slicer) -> dict:
+    """Slicer's own Segment Statistics logic with the MedXAI relevance plugin registered.
+
+    Its plugin base class builds option widgets, so from here on the inert Qt returns inert objects
+    from calls too; ``vtkITK`` (not in slicer-core) is only needed by the label map plugin, which is
+    switched off; slicer-core has the segmentation core classes in ``slicer`` itself.
+    """
+    import numpy as np
+
+    from MedXAIBridge import results as resultNodes
+    from MedXAIBridge import segments, volumes
+    from MedXAILib.attribution import Attribution
+
+    inert = _Dummy.__getattr__
+
+    def returning_inert(self, name):
+        value = inert(self, name)
+        return (lambda *a, **k: _Dummy()) if callable(value) and not isinstance(value, (_Signal, type)) else value
+
+    _Dummy.__getattr__ = returning_inert
+    sys.modules.setdefault("vtkITK", _FakeModule("vtkITK"))
+    sys.modules.setdefault("vtkSegmentationCorePython", slicer)
+    sys.path.insert(0, str(source / "Modules" / "Scripted" / "SegmentStatistics"))
+    import SegmentStatistics
+
+    from MedXAIRuntime import segmentStatisticsPlugin
+
+    slicer.mrmlScene = scene = slicer.vtkMRMLScene()
+    shape = (20, 16, 10)
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
+    slicer.util.updateVolumeFromArray(volume, np.zeros(shape[::-1], np.float32))
+    volume.SetSpacing(1.5, 0.9, 2.5)
+    labels = np.zeros(shape, np.uint8)
+    labels[3:9, 4:10, 2:6] = 1
+    labels[12:16, 2:5, 1:4] = 2
+    segmentation = segments.segmentationNodeFromLabelMap(scene, labels, volume, ["tumour", "vessel"], "anatomy")
+    attribution = np.where(labels == 1, 2.0, 0.1).astype(np.float32)
+    result = resultNodes.createAttributionNode(
+        Attribution(array=attribution[np.newaxis], affine=volumes.imageVolumeFromNode(volume).affine,
+                    provenance={"method": "saliency"}), volume)
+    registered = [segmentStatisticsPlugin.registerPlugin(), segmentStatisticsPlugin.registerPlugin()]
+
+    def compute(scalarVolume) -> dict:
+        logic = SegmentStatistics.SegmentStatisticsLogic()
+        parameters = logic.getParameterNode()
+        for plugin in ("LabelmapSegmentStatisticsPlugin", "ClosedSurfaceSegmentStatisticsPlugin"):
+            parameters.SetParameter(plugin + ".enabled", "False")
+        parameters.SetParameter("Segmentation", segmentation.GetID())
+        parameters.SetParameter("ScalarVolume", scalarVolume.GetID())
+        logic.computeStatistics()
+        table = scene.AddNewNodeByClass("vtkMRMLTableNode")
+        logic.exportToTable(table)
+        statistics = logic.getStatistics()
+        rows = {}
+        for segmentId in statistics["SegmentIDs"]:
+            rows[statistics[segmentId, "Segment"]] = {key.split(".", 1)[1]: value for (sid, key), value in
+                                                      ((k, v) for k, v in statistics.items() if isinstance(k, tuple))
+                                                      if sid == segmentId and key.startswith("MedXAI")}
+        return {"rows": rows, "columns": [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]}
+
+    return {"registered": registered, "attribution": compute(result), "image": compute(volume)}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """MedXAI.py's parameter node and logic on real MRML nodes, with Slicer's own parameterNodeWrapper.
 
 Needs a Slicer source checkout: set ``SLICER_SOURCE_DIR`` (e.g. a clone of Slicer/Slicer at tag
-v5.12.0 or v5.10.0); skipped otherwise, since tests never download anything. See
+v5.12.0 or v5.10.0; ``Base/Python`` and ``Modules/Scripted/SegmentStatistics`` are used); skipped
+otherwise, since tests never download anything. See
 ``slicer_module_harness.py`` for what runs and docs/developer_guide/testing.md.
 """
 
@@ -48,7 +49,15 @@ def test_every_bound_widget_gets_a_connector(results):
     assert connectors["targetKind"][1] == "QComboBoxToEnumConnector"
     assert connectors["opacity"][1] == "QDoubleSpinBoxCtkSliderWidgetToFloatIntConnector"
     assert connectors["inputVolume"] == ["inputVolumeSelector", "qMRMLNodeComboBoxToNodeConnector"]
-    manual = {"demoModel", "device", "method", "methodParameters", "modelPath", "outputVolume", "segmentId", "segmentation"}
+    assert connectors["evaluateMode"][1] == "QComboBoxToEnumConnector"
+    assert connectors["boundaryScore"][1] == "QComboBoxToStringableConnector"
+    assert connectors["counterfactualVolume"] == ["counterfactualResultSelector", "qMRMLNodeComboBoxToNodeConnector"]
+    manual = {"demoModel", "device", "method", "methodParameters", "modelPath", "outputVolume", "segmentId", "segmentation",
+              # the analysis panels: segment selectors, generated forms, checkable lists and result nodes
+              "boundarySegmentation", "boundarySegmentId", "boundaryProfileTable", "boundaryUncertaintyVolume",
+              "evaluateMethods", "evaluateMetrics", "evaluateSegmentation", "evaluateSegmentId",
+              "counterfactualGenerator", "counterfactualParameters", "counterfactualSegmentation",
+              "counterfactualSegmentId"}
     assert set(results["parameters"]) == set(connectors) | manual
 
 
@@ -78,3 +87,33 @@ def test_saved_scene_restores_the_module(results):
     assert r["inputVolume"] == "MedXAITestInput" and r["segmentation"] == "seg"
     assert r["outputVolume"] == results["expectedOutputVolume"]
     assert r["methodParameters"] == {"integrated_gradients": {"n_steps": 8}}
+    assert r["boundary"] == [1.5, 3.0, 2, "margin", True, True]
+    assert r["boundaryNodes"] == [results["panels"]["uncertaintyShown"], True]
+    assert r["statistics"][0] == 10.0 and r["statistics"][1]
+    assert r["evaluate"] == ["compare", "sparseness,deletion", True]
+    assert r["counterfactual"] == ["classProbability", {"gradient_search": {"max_steps": 3}},
+                                   results["panels"]["counterfactual"]]
+
+
+def test_analysis_panels_run_on_the_real_parameter_node(results):
+    r = results["panels"]
+    assert r["boundaryTarget"] == ["boundary", "margin", [1.5, 3.0], results["targets"]["labelVoxels"]]
+    assert r["uncertaintyMaps"] == ["entropy", "probability", "variance"] and "entropy" in r["uncertaintyShown"]
+    assert r["profileRows"] == r["profileBins"] > 0 and r["bandOutline"]
+    assert r["statisticsRows"] == 2 and r["statisticsStructures"][1] == "organ"
+    assert r["evaluationMetrics"] == ["deletion", "sparseness"] and r["evaluateTable"]
+    assert r["difference"].startswith(r["counterfactual"]) and r["counterfactualSteps"] == 3
+
+
+def test_segment_statistics_reports_relevance_for_attributions_only(results):
+    r = results["segmentStatistics"]
+    assert r["registered"] == [True, False]  # registered once
+    tumour, vessel = r["attribution"]["rows"]["tumour"], r["attribution"]["rows"]["vessel"]
+    # the map is 2 inside the tumour (6 x 6 x 4 voxels) and 0.1 elsewhere in a 20 x 16 x 10 grid
+    inside, total = 2.0 * 144, 2.0 * 144 + 0.1 * (3200 - 144)
+    assert tumour["share_abs"] == pytest.approx(inside / total)
+    assert tumour["density_ratio"] == pytest.approx(inside / total / (144 / 3200))
+    assert (tumour["rank_accuracy"], tumour["pointing_hit"], vessel["rank_accuracy"], vessel["pointing_hit"]) == (
+        1.0, 1, 0.0, 0)
+    assert "Relevance share" in r["attribution"]["columns"] and "Mean" in r["attribution"]["columns"]
+    assert r["image"]["rows"]["tumour"] == {} and "Relevance share" not in r["image"]["columns"]
