@@ -63,6 +63,10 @@ interpolation; module-based guided backpropagation and DeepLIFT in the peers onl
 ``nn.ReLU`` (the UNet uses PReLU); Captum's DeepLIFT routes max pooling through ``max_unpool``,
 which drops all but one contribution where pooling windows overlap.
 
+CPU timing on a shared machine: the script sets ``OMP_WAIT_POLICY=PASSIVE`` (unless already set) before
+starting the measuring processes, because spinning OpenMP threads inflated times 3-10x while other
+processes used the cores; ``--threads`` sets torch's thread count; the header prints the load average.
+
 pytorch-grad-cam imports ``torchvision`` at package level (only its image and box utilities use
 it). torchvision cannot be installed beside this CPU torch without replacing torch, so when it is
 missing the benchmark registers an inert stand-in module (every function in it raises) before the
@@ -616,8 +620,25 @@ def make_run(s: SimpleNamespace, row: str, impl: str, quick: bool):
         return run
     params = method_params(row, quick)
     if impl == "medxai":
-        return lambda: explain(s.image, s.adapter, row, s.target, params).array
+        return lambda: explain(s.image, s.adapter, row, s.target, params)  # the Attribution
     return REFERENCES[(row, impl)].make(s, params)
+
+
+def diagnostics_note(diagnostics: dict) -> str:
+    """The checks explain() records, in a few words: completeness / conservation errors, warnings."""
+    parts = []
+    for key, label in (("completeness_relative_error", "completeness err"),
+                       ("conservation_relative_error", "conservation err")):
+        if isinstance(diagnostics.get(key), (int, float)):
+            parts.append(f"{label} {diagnostics[key]:.1%}")
+    for key in ("surrogate_r2",):
+        if isinstance(diagnostics.get(key), (int, float)):
+            parts.append(f"R^2 {diagnostics[key]:.2f}")
+    warnings_ = diagnostics.get("warnings") or []
+    if warnings_:
+        more = f" (+{len(warnings_) - 1})" if len(warnings_) > 1 else ""
+        parts.append(f"WARNING: {warnings_[0][:90]}{more}")
+    return "; ".join(parts)
 
 
 def _proc_kb(key: str):
@@ -689,7 +710,8 @@ def measure(case_name: str, data: dict, row: str, impl: str, repeats: int, devic
     result = dict(seconds=min(times), median_seconds=statistics.median(times), times=times, runs=runs,
                   peak_mb=peak_mb, layer=s.layer, weights=s.weights)
     if impl == "medxai":
-        result["map"] = _as_map(out, s.x.shape[1:])
+        result["map"] = _as_map(out.array, s.x.shape[1:])
+        result["diagnostics"] = diagnostics_note(out.provenance.get("diagnostics", {}))
     elif impl != "torch":
         ref = REFERENCES[(row, impl)]
         if ref.params is not None or reference is None:  # the medxai map at the peer's settings (untimed)
@@ -850,8 +872,9 @@ def main(argv=None) -> int:
         for r in rows:
             if isinstance(r.get("seconds"), float) and isinstance(fb, float):
                 r["ratio_fwd_bwd"] = r["seconds"] / fb
-            if r["implementation"] == "medxai" and r["method"] in BENCH_PARAMS:
-                r["note"] = ", ".join(f"{k}={v}" for k, v in bench_params(r["method"], args.quick).items())
+            if r["implementation"] == "medxai":
+                settings = ", ".join(f"{k}={v}" for k, v in bench_params(r["method"], args.quick).items())
+                r["note"] = "; ".join(n for n in (settings, r.pop("diagnostics", "")) if n) or None
         region = f" over the lesion mask ({data['lesion_voxels']} voxels)"
         print(f"{case_name}: {case.task}, {'x'.join(map(str, shape))} voxels of "
               f"{'x'.join(map(str, spacing))} mm, target class {case.class_index}"
