@@ -261,6 +261,27 @@ class ComparisonResult:
         return buffer.getvalue()
 
 
+def _given_attributions(attributions: Optional[Mapping[str, "Attribution"]], names: Sequence[str],
+                        method_params: Mapping[str, Any]) -> dict[str, "Attribution"]:
+    """The precomputed maps by registry name, checked against the compared methods and their provenance."""
+    from ..methods import METHODS
+
+    given = {}
+    for key, attribution in (attributions or {}).items():
+        name = METHODS.get(key).name
+        if name not in names:
+            raise ParameterError(f"a map was given for method '{key}', which is not compared "
+                                 f"(compared: {', '.join(names)})")
+        made_by = (getattr(attribution, "provenance", None) or {}).get("method")
+        if made_by != name:
+            raise ParameterError(f"the map given for '{name}' was made by {made_by or 'an unknown method'}; "
+                                 "give each method its own map, or leave it out to compute it")
+        if any(METHODS.get(k).name == name for k in method_params):
+            raise ParameterError(f"give either parameters or a precomputed map for '{name}', not both")
+        given[name] = attribution
+    return given
+
+
 def compare_methods(
     image: "ImageVolume",
     model: "ModelAdapter",
@@ -272,6 +293,7 @@ def compare_methods(
     monitor: Optional["Monitor"] = None,
     seed: int = 0,
     metric_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    attributions: Optional[Mapping[str, "Attribution"]] = None,
 ) -> ComparisonResult:
     """Explain `image` with each method, grade every map with the same metrics, and rank the methods.
 
@@ -287,6 +309,9 @@ def compare_methods(
         monitor: progress over all methods and cancel (``Cancelled`` propagates; nothing returned).
         seed: the seed of every explanation and of every metric's random draws.
         metric_params: ``{metric: {param: value}}`` as :func:`evaluate`'s ``params``.
+        attributions: ``{method: Attribution}`` maps already computed for this image, model and
+            target (e.g. by :func:`MedXAILib.explain`); those methods are graded without being run
+            again, with the parameters recorded in each map's provenance.
 
     Returns:
         A :class:`ComparisonResult`.
@@ -314,10 +339,13 @@ def compare_methods(
         if METHODS.get(key).name not in names:
             raise ParameterError(f"parameters were given for method '{key}', which is not compared "
                                  f"(compared: {', '.join(names)})")
+    given = _given_attributions(attributions, names, method_params)
     checked = {}
     for name in names:
         info = METHODS.get(name)
         value = next((v for k, v in method_params.items() if METHODS.get(k).name == name), None)
+        if name in given:
+            value = given[name].provenance.get("parameters")
         checked[name] = value if isinstance(value, info.params) else make_params(info.params, value)
     infos = _resolve_metrics(metrics, mask is not None, True)
     metric_names_ = [i.name for i in infos]
@@ -333,7 +361,8 @@ def compare_methods(
     for index, name in enumerate(names):
         with monitor.stage(index / len(names), (index + 1) / len(names)):
             with monitor.stage(0.0, 0.25):
-                attribution = explain(image, adapter, name, target, checked[name], seed=seed, monitor=monitor)
+                attribution = given.get(name) or explain(image, adapter, name, target, checked[name], seed=seed,
+                                                         monitor=monitor)
             with monitor.stage(0.25, 1.0):
                 results[name] = evaluate(image, adapter, attribution, target, metric_names_, mask, name,
                                          parsed_metric_params, monitor, seed, method_params=checked[name])

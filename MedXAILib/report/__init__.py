@@ -6,6 +6,8 @@
 - :mod:`.mrb`: a ``.mrb`` scene written without Slicer (see docs/adr/0002-scene-files-without-slicer.md).
 """
 
-from .mrb import DIVERGING_TABLE_NAME, SceneSegmentation, SceneVolume, diverging_rgba, write_mrb, write_seg_nrrd
+from .mrb import (DIVERGING_TABLE_NAME, SceneSegmentation, SceneVolume, diverging_rgba, table_name, write_mrb,
+                  write_seg_nrrd)
 
-__all__ = ["DIVERGING_TABLE_NAME", "SceneSegmentation", "SceneVolume", "diverging_rgba", "write_mrb", "write_seg_nrrd"]
+__all__ = ["DIVERGING_TABLE_NAME", "SceneSegmentation", "SceneVolume", "diverging_rgba", "table_name", "write_mrb",
+           "write_seg_nrrd"]

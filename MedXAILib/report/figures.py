@@ -165,6 +165,7 @@ def attribution_figure(
     contour: Optional[np.ndarray] = None,
     note: str = "",
     limit: Optional[float] = None,
+    quantity: str = "relevance (raw, signed)",
 ) -> Path:
     """Write the six-panel figure of `attribution` (an (I, J, K) map on `image`'s grid) as a PNG.
 
@@ -178,6 +179,7 @@ def attribution_figure(
         contour: optional boolean (I, J, K) mask drawn as an outline (e.g. the true lesion).
         note: an extra line under the title.
         limit: the colour window is ``[-limit, limit]`` (larger magnitudes saturate); default max |a|.
+        quantity: what the colours show, for the colour bar (e.g. ``"change in HU"`` for a counterfactual).
     """
     _, Figure = _matplotlib()
     from matplotlib import colormaps
@@ -206,7 +208,7 @@ def attribution_figure(
         axes[1, col].set_title(f"{view} signed max-|a| projection", fontsize=10)
         _corner_labels(axes[1, col], view)
     bar = fig.colorbar(ScalarMappable(norm=Normalize(-m, m), cmap=cmap), ax=axes, shrink=0.85, pad=0.01)
-    bar.set_label(f"relevance (raw, signed; window ±{m:.3g})")
+    bar.set_label(f"{quantity}; window ±{m:.3g}")
     fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=12)
     path = Path(path)
     fig.savefig(path, dpi=DPI, facecolor="white")

@@ -114,10 +114,14 @@ def _overview(summary: dict[str, Any]) -> str:
         s = r["statistics"]
         rows.append((r["model"], r["method_title"], _ratio(s["positive_ratio"]), _percent(s["positive_share_in_lesion"]),
                      _ratio(s["abs_ratio"] or 0.0), s["rank_accuracy"], "yes" if s["pointing_hit"] else "no",
-                     s["peak_distance_mm"], r["seconds"]))
+                     s["peak_distance_mm"], _shares(r.get("channel_shares")), r["seconds"]))
     return _table(("model", "method", "positive relevance in lesion / volume share",
                    "lesion's share of positive relevance", "|relevance| ratio", "rank accuracy", "max |a| in lesion",
-                   "max a to lesion centre (mm)", "seconds"), rows)
+                   "max a to lesion centre (mm)", "share of |relevance| per channel", "seconds"), rows)
+
+
+def _shares(shares: Optional[dict[str, float]]) -> str:
+    return ", ".join(f"{name} {_percent(value)}" for name, value in (shares or {}).items())
 
 
 def _structures(statistics: dict[str, Any]) -> str:
@@ -164,6 +168,48 @@ def _randomisation(summary: dict[str, Any]) -> str:
             + _table(("stage", "layers randomised", "down to layer", "Spearman", "Spearman |·|", "SSIM |·|"), rows))
 
 
+def _comparison(summary: dict[str, Any]) -> str:
+    comparison = summary.get("comparison")
+    if not comparison:
+        return ""
+    info, table = comparison["metric_info"], comparison["table"]
+    ranks = {r["method"]: r["mean_rank"] for r in comparison["ranking"]}
+    arrows = {True: " ↑", False: " ↓", None: ""}
+    header = ["method"] + [info[m]["title"] + arrows[info[m]["higher_is_better"]] for m in comparison["metrics"]]
+    rows = [[method] + [table[m][row] for m in comparison["metrics"]] + [ranks[method]]
+            for row, method in enumerate(comparison["methods"])]
+    files = comparison["files"]
+    plots = "".join(f'<img src="{escape(files[name], quote=True)}" alt="{escape(name)}">'
+                    for name in ("curves.png", "metrics.png") if name in files)
+    order = " > ".join(escape(r["method"]) for r in comparison["ranking"])
+    return ("<h2>Method comparison</h2><p>The classifier's maps graded with the same metrics (MedXAILib.evaluation; "
+            "localisation against the true lesion; ↑ higher is better, ↓ lower is better). Ranking: "
+            f"<b>{order}</b>.</p>" + _table(header + ["mean rank"], rows)
+            + f'<p class="muted">{escape(comparison["ranking_rule"])}</p>{plots}'
+            + "<p>" + ", ".join(_link(f) for f in files.values()) + "</p>")
+
+
+def _counterfactual(summary: dict[str, Any]) -> str:
+    cf = summary.get("counterfactual")
+    if not cf:
+        return ""
+    proximity = cf["proximity"]
+    rows = [("generator", cf["generator"]), ("P(lesion) before", cf["probability_before"]),
+            ("P(lesion) after", cf["probability_after"]),
+            ("prediction", f"{cf['predicted_before']} → {cf['predicted_after']}"),
+            ("goal reached (P(lesion) below 0.5)", "yes" if cf["reached"] else "no"),
+            ("voxels changed", cf["changed_voxels"]),
+            ("L1 / L2 / max |Δ| (HU)", ", ".join(f"{proximity[k]:.4g}" for k in ("l1", "l2", "max_abs")
+                                                 if k in proximity)),
+            ("time", f"{cf['seconds']} s")]
+    rows += [("warning", w) for w in cf.get("warnings", [])]
+    figure = f'<img src="{escape(cf["figure"], quote=True)}" alt="counterfactual">' if cf.get("figure") else ""
+    return (f"<h2>Counterfactual</h2><p>{escape(cf['question'])} The true lesion, grown by {cf['grow_mm']:g} mm, "
+            "is replaced in every channel by harmonic filling from the surrounding tissue with its noise (the "
+            "<code>inpaint</code> generator), and the classifier runs again.</p>" + _table(None, rows) + figure
+            + "<p>" + ", ".join(_link(f) for f in cf["files"].values()) + "</p>")
+
+
 def write_report(path: str | Path, summary: dict[str, Any]) -> Path:
     """Write ``report.html`` for a demo `summary` (see :func:`MedXAILib.demo.run_demo`); returns the path."""
     notes = "".join(f'<p class="warn">{escape(n)}</p>' for n in summary.get("notes", []))
@@ -177,6 +223,8 @@ def write_report(path: str | Path, summary: dict[str, Any]) -> Path:
     if seg:
         files.insert(2, ("predicted segmentation (.seg.nrrd)", seg["file"]))
     files += [(f"attribution: {r['model']} {r['method']}", r["file"]) for r in summary["attributions"]]
+    files += [(f"method comparison: {name}", f) for name, f in (summary.get("comparison") or {}).get("files", {}).items()]
+    files += [(f"counterfactual: {name}", f) for name, f in (summary.get("counterfactual") or {}).get("files", {}).items()]
     versions = ", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items())
     body = f"""<main>
 <h1>MedXAI demo report</h1>
@@ -185,8 +233,8 @@ in {summary.get('seconds')} s; seed {summary.get('seed')}{' (small grid)' if sum
 Synthetic phantom and demo models: for demonstration and testing only, never for patients.</p>
 {notes}
 <p>Open <b>{_link(summary['scene'])}</b> in 3D Slicer to browse the volumes: the CT with the classifier's integrated
-gradients as a coloured foreground layer (opacity 0.5; red = evidence for the lesion, blue = against) and the
-segmentation as segments. The image is {escape(' x '.join(map(str, summary['image']['shape'])))} voxels of
+gradients as a coloured foreground layer (opacity 0.5; red = evidence for the lesion, blue = against; relevance
+below 10 % of the colour window is transparent) and the segmentation as segments (outlines). The image is {escape(' x '.join(map(str, summary['image']['shape'])))} voxels of
 {escape(' x '.join(f'{v:g}' for v in summary['image']['spacing_mm']))} mm ({escape(str(summary['image']['source']))}).</p>
 <h2>Prediction</h2>{_prediction(summary)}
 <h2>Models</h2>{_models(summary)}
@@ -199,6 +247,8 @@ projections over the mean image projection. Diverging colours symmetric around 0
 negative), radiological convention (patient's right on the left), millimetre aspect ratio.</p>
 {explanations}
 {_randomisation(summary)}
+{_comparison(summary)}
+{_counterfactual(summary)}
 <h2>Files</h2>{_table(("what", "file"), ((w, _Raw(_link(f))) for w, f in files))}
 <h2>Provenance</h2><p>{escape(versions)}. Every attribution file carries its full provenance (method, parameters,
 target, model and weights hash, versions, seed, device, time) in its NRRD header under

@@ -8,8 +8,9 @@ folder with a ``.mrml`` XML scene and the data files it names; this module write
   with a ``VolumeArchetypeStorage`` node, a ``Volume`` node and a ``VolumeDisplay`` node (window
   and level, colour node);
 - the diverging colour map as a ``ColorTable`` node stored in a ``.ctbl`` colour file (the
-  format every Slicer 5 reads): the same 256-entry cool-to-warm table, transparent at its centre,
-  that the MedXAI module creates (``MedXAI Diverging``), so zero relevance leaves the image unaltered;
+  format every Slicer 5 reads): the 256-entry cool-to-warm table of the MedXAI module
+  (``MedXAI Diverging``), transparent at its centre so zero relevance leaves the image unaltered,
+  and by default also where |a| is below 10 % of the window, so weak relevance does not veil it;
 - a segmentation as a ``.seg.nrrd`` file: a label map with the ``Segment<N>_*`` and
   ``Segmentation_*`` header fields of Slicer's ``vtkMRMLSegmentationStorageNode``, plus
   ``Segmentation``, ``SegmentationDisplay`` and ``SegmentationStorage`` nodes;
@@ -37,7 +38,8 @@ import numpy as np
 from ..errors import InputError
 from ..volume import ImageVolume
 
-__all__ = ["SceneVolume", "SceneSegmentation", "write_mrb", "write_seg_nrrd", "diverging_rgba", "DIVERGING_TABLE_NAME"]
+__all__ = ["DIVERGING_TABLE_NAME", "SceneSegmentation", "SceneVolume", "diverging_rgba", "table_name", "write_mrb",
+           "write_seg_nrrd"]
 
 DIVERGING_TABLE_NAME = "MedXAI Diverging"  # the name MedXAIBridge.display gives the same table
 _ENTRIES = 256
@@ -83,14 +85,26 @@ class SceneSegmentation:
     segments: Sequence[tuple[int, str, tuple[float, float, float]]]
 
 
-def diverging_rgba() -> np.ndarray:
-    """(256, 4) RGBA in [0, 1] of the diverging table; its two centre entries are transparent."""
+def diverging_rgba(hidden: float = 0.0) -> np.ndarray:
+    """(256, 4) RGBA in [0, 1] of the diverging table.
+
+    The two centre entries are transparent, and so is every entry whose value lies within
+    ``hidden`` (a fraction of the window's half-width) of zero: Slicer's slice views show an entry
+    either fully or not at all (the colour table's alpha is combined with a logical AND), so weak
+    relevance can only be hidden, not faded.
+    """
     x = (np.arange(_ENTRIES) + 0.5) / _ENTRIES
     positions = [p for p, _ in _DIVERGING]
     rgb = np.stack([np.interp(x, positions, [c[ch] for _, c in _DIVERGING]) for ch in range(3)], axis=1)
     rgba = np.concatenate([rgb, np.ones((_ENTRIES, 1))], axis=1)
     rgba[_ENTRIES // 2 - 1 : _ENTRIES // 2 + 1, 3] = 0.0
+    rgba[np.abs(2 * x - 1) < hidden, 3] = 0.0
     return rgba
+
+
+def table_name(hidden: float) -> str:
+    """The colour table's name: ``MedXAI Diverging``, with the hidden band when there is one."""
+    return DIVERGING_TABLE_NAME + (f" (|a| < {hidden:.0%} hidden)" if hidden > 0 else "")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,13 +218,16 @@ class _Scene:
                  ijkToRASDirections=_numbers(item.volume.direction), **attrs)
         return node_id
 
-    def colour_table(self, filename: str) -> str:
+    def colour_table(self, filename: str, hidden: float) -> str:
         node_id = self.new_id("ColorTableNode")
         storage = self.storage("ColorTableStorage", "ColorTableStorageNode", filename)
-        self.add("ColorTable", node_id, DIVERGING_TABLE_NAME, hideFromEditors="false", type="13",
+        # the module's own shared table is "diverging"; a banded one must not be taken for it
+        kind = "diverging" if hidden == 0 else "diverging-band"
+        self.add("ColorTable", node_id, table_name(hidden), hideFromEditors="false", type="13",
                  numcolors=str(_ENTRIES), references=_references({"storage": storage}),
-                 attributes=_attributes({"MedXAI.ColorTable": "diverging", "Category": "MedXAI"}),
-                 description="MedXAI: cool-to-warm diverging map for signed relevance, transparent at zero")
+                 attributes=_attributes({"MedXAI.ColorTable": kind, "Category": "MedXAI"}),
+                 description="MedXAI: cool-to-warm diverging map for signed relevance in a symmetric window, "
+                             f"transparent where |a| < {hidden:.0%} of the window")
         return node_id
 
     def segmentation(self, name: str, filename: str, reference_id: str) -> str:
@@ -260,6 +277,7 @@ def write_mrb(
     foreground: Optional[int] = None,
     foreground_opacity: float = 0.5,
     focus_ras: Optional[Sequence[float]] = None,
+    hidden: float = 0.1,
 ) -> Path:
     """Write a Slicer scene bundle holding `volumes` (and `segmentation`), ready to look at.
 
@@ -272,6 +290,9 @@ def write_mrb(
         foreground_opacity: the foreground layer's opacity in the slice views.
         focus_ras: RAS point (mm) the three slice planes pass through (each view stays centred on
             the background volume); default: the background's centre.
+        hidden: diverging volumes are transparent where |a| is below this fraction of their window's
+            half-width (weak relevance would otherwise veil the image in light grey); 0 hides only
+            the two centre entries, as the MedXAI module's ``MedXAI Diverging`` table does.
 
     Returns:
         The path written.
@@ -287,6 +308,8 @@ def write_mrb(
         raise InputError("a scene needs at least one volume and valid background/foreground indices")
     if not 0.0 <= float(foreground_opacity) <= 1.0:
         raise InputError(f"foreground opacity must be in [0, 1]; got {foreground_opacity}")
+    if not 0.0 <= float(hidden) < 1.0:
+        raise InputError(f"the hidden band must be a fraction in [0, 1); got {hidden}")
     from ..io import write_image
 
     base = volumes[background].volume
@@ -303,8 +326,8 @@ def write_mrb(
         scene = _Scene()
         colour_ids = {"grey": "vtkMRMLColorTableNodeGrey"}
         if any(v.colour == "diverging" for v in volumes):
-            _write_ctbl(folder / "Data" / "MedXAI_Diverging.ctbl", diverging_rgba())
-            colour_ids["diverging"] = scene.colour_table("Data/MedXAI_Diverging.ctbl")
+            _write_ctbl(folder / "Data" / "MedXAI_Diverging.ctbl", diverging_rgba(float(hidden)))
+            colour_ids["diverging"] = scene.colour_table("Data/MedXAI_Diverging.ctbl", float(hidden))
         files: set[str] = set()
         ids: dict[int, str] = {}
         for index in [background] + [i for i in range(len(volumes)) if i != background]:

@@ -22,6 +22,6 @@ def train_all(*args, **kwargs):
 
 def main(argv=None) -> int:
     """Entry point of ``python -m MedXAILib.training``."""
-    from .__main__ import main as _main
+    from .cli import main as _main
 
     return _main(argv)

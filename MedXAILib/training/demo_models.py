@@ -15,6 +15,10 @@ every voxel. Each spec still starts with a ``spacing`` step to 2 x 2 x 3 mm (a n
 phantom), so the models also run on volumes of another spacing, and the segmenter has a
 ``roi_size`` of the phantom grid, so larger volumes run window by window.
 
+The segmenter learns from class-balanced 64 x 64 x 32 crops (batch norm, so a crop and the whole
+volume see the same function at inference); the classifiers learn from whole volumes in pairs, the
+same phantom with and without its lesion, so that the lesion is the only thing that tells them apart.
+
 :func:`train_all` writes, per model, ``<name>.json`` + ``<name>.pt`` (through
 :func:`MedXAILib.model.save_spec_model`), a model card ``<name>.md`` and ``<name>.metrics.json``
 (the held-out metrics and the seeds they were measured on). The evaluation functions here are
@@ -34,7 +38,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..samples.pet import pet_channel
-from ..samples.phantom import CLASS_NAMES, Lesion, ct_phantom
+from ..samples.phantom import CLASS_NAMES, ct_phantom
 from ..volume import ImageVolume
 from .metrics import accuracy, dice_per_class, roc_auc
 
@@ -47,10 +51,13 @@ Log = Callable[[str], None]
 PHANTOM_SHAPE = (96, 96, 64)
 PHANTOM_SPACING = (2.0, 2.0, 3.0)
 CT_WINDOW = (-200.0, 300.0)  # mapped linearly to [0, 1], not clipped: lung, air and bone keep contrast
+LIVER_WINDOW = (-50.0, 150.0)  # the CT classifier's window, clipped: soft tissue only
 PET_SCALE = 10.0  # SUV divided by this
 SPACING_STEP = {"kind": "spacing", "pixdim": list(PHANTOM_SPACING), "mode": "bilinear"}
 CT_STEP = {"kind": "scale_intensity_range", "a_min": CT_WINDOW[0], "a_max": CT_WINDOW[1], "b_min": 0.0,
            "b_max": 1.0, "clip": False}
+LIVER_STEP = {"kind": "scale_intensity_range", "a_min": LIVER_WINDOW[0], "a_max": LIVER_WINDOW[1], "b_min": 0.0,
+              "b_max": 1.0, "clip": True}
 PETCT_STEP = {"kind": "normalize_intensity", "subtrahend": [CT_WINDOW[0], 0.0],
               "divisor": [CT_WINDOW[1] - CT_WINDOW[0], PET_SCALE], "channel_wise": True}
 
@@ -115,8 +122,11 @@ SEGMENTER = DemoModel(
     description="Demo only, trained on synthetic CT phantoms (MedXAILib.samples.ct_phantom); not for clinical use.",
 )
 
+# a ResNet-10 with a 3^3 stem of stride 2 and no max-pool (a 5 mm lesion survives to the first block),
+# instance norm (train and eval behave alike), and ReLUs that are not in place (safe for attribution hooks)
 _RESNET = {"block": "basic", "layers": [1, 1, 1, 1], "block_inplanes": [8, 16, 32, 64], "spatial_dims": 3,
-           "conv1_t_size": 3, "conv1_t_stride": 2, "num_classes": 2}
+           "conv1_t_size": 3, "conv1_t_stride": 2, "no_max_pool": True, "num_classes": 2,
+           "norm": ["instance", {"affine": True}], "act": "relu"}
 
 CLASSIFIER_CT = DemoModel(
     name="lesion_classifier_ct",
@@ -126,11 +136,11 @@ CLASSIFIER_CT = DemoModel(
     task="classification",
     class_names=["no lesion", "lesion"],
     channels=("CT",),
-    preprocessing=[SPACING_STEP, CT_STEP],
-    steps=120,
-    batch_size=8,
+    preprocessing=[SPACING_STEP, LIVER_STEP],
+    steps=600,
+    batch_size=4,
     learning_rate=3e-3,
-    n_train_phantoms=48,
+    n_train_phantoms=96,
     description="Demo only, trained on synthetic CT phantoms (MedXAILib.samples.ct_phantom); not for clinical use.",
 )
 
@@ -143,10 +153,10 @@ CLASSIFIER_PETCT = DemoModel(
     class_names=["no lesion", "lesion"],
     channels=("CT", "PET"),
     preprocessing=[SPACING_STEP, PETCT_STEP],
-    steps=120,
-    batch_size=8,
+    steps=300,
+    batch_size=4,
     learning_rate=3e-3,
-    n_train_phantoms=48,
+    n_train_phantoms=96,
     description="Demo only, trained on synthetic PET/CT phantoms (MedXAILib.samples.pet_ct_phantom); "
                 "not for clinical use.",
 )
@@ -182,16 +192,14 @@ def segmenter_case(seed: int, train: bool = False) -> tuple[ImageVolume, np.ndar
 def classifier_case(seed: int, lesion: Optional[bool] = None, train: bool = False) -> tuple[ImageVolume, int]:
     """A two-channel (CT, PET) phantom and its label (1 = one liver lesion, 0 = none).
 
-    The lesion (radius 5-10 mm, contrast -60 to -25 HU, SUV 6-10) is drawn from `seed`; by default
-    odd seeds have one. With and without the lesion, one seed gives the same anatomy and noise, so
+    The lesion is drawn from `seed` as :func:`~MedXAILib.samples.ct_phantom` draws a liver lesion
+    (radius 5-12 mm, contrast -70 to -35 HU, SUV 6-10); by default odd seeds have one. With and without the lesion, one seed gives the same anatomy and noise, so
     training pairs differ only in the lesion. Training phantoms are also rotated by up to 8 degrees.
     """
     label = int(seed) % 2 if lesion is None else int(bool(lesion))
     rng = np.random.default_rng([int(seed), 2])
-    spec = Lesion(organ="liver", radius_mm=float(rng.uniform(5.0, 10.0)), contrast_hu=float(rng.uniform(-60.0, -25.0)),
-                  suv=float(rng.uniform(6.0, 10.0)))
     rotation = float(rng.uniform(-8.0, 8.0)) if train else 0.0
-    ct, labels, info = ct_phantom(seed, lesions=[spec] if label else [], rotation_deg=rotation)
+    ct, labels, info = ct_phantom(seed, n_lesions=label, lesion_organs=("liver",), rotation_deg=rotation)
     pet = pet_channel(labels, info)
     volume = ImageVolume(np.concatenate([ct.array, pet.array]), ct.affine, channel_names=["CT", "PET"],
                          meta={"source": f"classifier_case({seed})"})
@@ -463,6 +471,19 @@ def _reproduce(seed: int, scale: float) -> str:
     return f"python -m MedXAILib.training --out Resources/Models --seed {seed}{extra}"
 
 
+def _describe_intensity(model: DemoModel) -> str:
+    step = model.preprocessing[-1]
+    if step["kind"] == "scale_intensity_range" and step["clip"]:
+        return (f"CT is mapped linearly from [{step['a_min']:g}, {step['a_max']:g}] HU to [0, 1] and clipped (a "
+                "soft-tissue window: fat, air, lung and bone saturate and get no gradient; the hypodense lesion "
+                "stands out).")
+    if step["kind"] == "scale_intensity_range":
+        return (f"CT is mapped linearly from [{step['a_min']:g}, {step['a_max']:g}] HU to [0, 1] without clipping "
+                "(air, lung and bone keep their contrast and every voxel gets a gradient).")
+    return (f"Channel-wise `(x - subtrahend) / divisor`: CT (HU + {-step['subtrahend'][0]:g}) / {step['divisor'][0]:g} "
+            f"(the [-200, 300] HU window, unclipped), PET SUV / {step['divisor'][1]:g}.")
+
+
 def _write_card(model: DemoModel, out: Path, metrics: dict[str, Any], train: dict[str, Any], seed: int,
                 scale: float) -> Path:
     weights = out / f"{model.name}.pt"
@@ -496,8 +517,8 @@ def _write_card(model: DemoModel, out: Path, metrics: dict[str, Any], train: dic
         lines += [
             f"Training: {train['n_train_phantoms'] // 2} pairs `MedXAILib.training.demo_models.classifier_case(s, "
             f"lesion=True/False, train=True)`, seeds {train['train_seeds'][0]} to {train['train_seeds'][1]}: "
-            "the same phantom (anatomy and noise) with and without one liver lesion of radius 5-10 mm, CT "
-            "contrast -60 to -25 HU and SUV 6-10, grid rotations of up to 8 degrees; PET from "
+            "the same phantom (anatomy and noise) with and without one liver lesion (drawn as `ct_phantom` "
+            "does: radius 5-12 mm, CT contrast -70 to -35 HU, SUV 6-10), grid rotations of up to 8 degrees; PET from "
             "`MedXAILib.samples.pet_channel` (6 mm PSF, Poisson noise) on the CT grid.",
             f"Evaluation: `classifier_case(s)` for the held-out seeds {metrics['seeds'][0]} to {metrics['seeds'][-1]} "
             f"({metrics['n_positive']} with a lesion: the odd seeds; {metrics['n'] - metrics['n_positive']} "
@@ -511,16 +532,17 @@ def _write_card(model: DemoModel, out: Path, metrics: dict[str, Any], train: dic
     lines += ["## Preprocessing (in the spec; differentiable, run by MedXAILib)", "", "```json",
               json.dumps(model.preprocessing, indent=2), "```", "",
               "The `spacing` step is a no-op on the phantom grid and resamples other volumes to 2 x 2 x 3 mm. "
-              "CT is mapped linearly from [-200, 300] HU to [0, 1] without clipping (air, lung and bone keep "
-              "their contrast and every voxel gets a gradient)"
-              + ("; PET (SUV) is divided by 10." if "PET" in model.channels else "."), ""]
+              + _describe_intensity(model), ""]
     lines += ["## Training", "",
               f"Adam, learning rate {model.learning_rate:g} with cosine decay to 1/20 of it, "
               f"{train['steps']} steps of batch {model.batch_size}"
-              + (" (pairs: the same phantoms with and without their lesion)" if model.task == "classification"
-                 else "")
-              + ", loss " + ("Dice + cross-entropy (MONAI `DiceCELoss`)" if model.task == "segmentation"
-                             else "cross-entropy") + ". "
+              + (" (pairs: the same phantoms with and without their lesion; whole volumes)"
+                 if model.task == "classification" else
+                 f" crops of {SEG_CROP[0]} x {SEG_CROP[1]} x {SEG_CROP[2]} voxels ({SEG_FOREGROUND:.0%} centred on a "
+                 f"voxel of a random structure, lesions {SEG_LESION_BOOST:g} times as likely as one organ; the "
+                 "others anywhere)")
+              + ", loss " + (f"Dice + cross-entropy (MONAI `DiceCELoss(batch=True)`, class weights "
+                             f"{list(SEG_CLASS_WEIGHTS)})" if model.task == "segmentation" else "cross-entropy") + ". "
               f"CPU, 2 threads, `torch.manual_seed({seed})`, `torch.use_deterministic_algorithms(True)`. "
               f"Training took {train['train_seconds']:.0f} s (including drawing the phantoms) on "
               f"{platform.machine()} with " + ", ".join(f"{k} {v}" for k, v in train["versions"].items()) + ".",

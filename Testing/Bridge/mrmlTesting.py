@@ -100,6 +100,22 @@ def newScene():
     return scene
 
 
+def readBundle(scene, path, cacheFolder):
+    """Load the scene bundle `path` as Slicer does (ReadFromMRB, importing into the existing scene)."""
+    cacheFolder = Path(cacheFolder)
+    cache = slicer.vtkCacheManager()
+    (cacheFolder / "cache").mkdir(parents=True, exist_ok=True)
+    cache.SetRemoteCacheDirectory(str(cacheFolder / "cache"))
+    manager = slicer.vtkDataIOManager()
+    manager.SetCacheManager(cache)
+    scene.SetDataIOManager(manager)
+    scene.SetCacheManager(cache)
+    messages = slicer.vtkMRMLMessageCollection()
+    ok = scene.ReadFromMRB(str(path), False, messages)
+    assert ok, f"Slicer could not read {Path(path).name}: {messages.GetAllMessagesAsString()}"
+    scene._medxaiKeepAlive = (scene._medxaiKeepAlive, manager, cache)
+
+
 # ------------------------------------------------------------------------------------------------
 # A headless slice view
 

@@ -12,7 +12,8 @@ Slicer's has. Then:
   as foreground with opacity 0.5; the slice planes pass through the focus point;
 - the segmentation node holds the named segments;
 - a rendered slice view (slicer-core's slice logic, off screen) shows the attribution's colours:
-  red at the positive hot spot, blue at the negative one, plain grey where the map is zero.
+  red at the positive hot spot, blue at the negative one, plain grey where the map is zero (for
+  the demo's scene: reddish relevance within 15 mm of the lesion centre).
 
 The second test does the same with the demo's own ``scene.mrb`` (the small demo run of
 Testing/Lib/test_demo.py, made once per session). Example views are written to
@@ -28,11 +29,11 @@ import zipfile
 import numpy as np
 import pytest
 import slicer
-from mrmlTesting import attributesOf, ijkArray, ijkToRasOf, obliqueAffine
+from mrmlTesting import attributesOf, ijkArray, ijkToRasOf, obliqueAffine, readBundle
 
 from MedXAILib.attribution import PROVENANCE_KEY
 from MedXAILib.io import read_image
-from MedXAILib.report.mrb import DIVERGING_TABLE_NAME, SceneSegmentation, SceneVolume, write_mrb
+from MedXAILib.report.mrb import SceneSegmentation, SceneVolume, table_name, write_mrb
 from MedXAILib.volume import ImageVolume
 
 pytestmark = pytest.mark.mrml
@@ -41,21 +42,6 @@ SHAPE = (48, 40, 16)
 AFFINE = obliqueAffine(spacing=(1.5, 1.2, 3.0), origin=(-30.0, 12.0, -410.0), angles=(0.0, 0.0, 25.0))
 HOT, COLD, QUIET = (14, 14, 8), (34, 26, 8), (24, 34, 8)
 EXAMPLE = "/tmp/medxai_demo_scene.png"
-
-
-def _readBundle(scene, path, tmp_path):
-    """Load `path` as Slicer does (ReadFromMRB, importing into the existing scene)."""
-    cache = slicer.vtkCacheManager()
-    (tmp_path / "cache").mkdir(exist_ok=True)
-    cache.SetRemoteCacheDirectory(str(tmp_path / "cache"))
-    manager = slicer.vtkDataIOManager()
-    manager.SetCacheManager(cache)
-    scene.SetDataIOManager(manager)
-    scene.SetCacheManager(cache)
-    messages = slicer.vtkMRMLMessageCollection()
-    ok = scene.ReadFromMRB(str(path), False, messages)
-    assert ok, f"Slicer could not read {path.name}: {messages.GetAllMessagesAsString()}"
-    scene._medxaiKeepAlive = (scene._medxaiKeepAlive, manager, cache)
 
 
 def _nodes(scene, cls):
@@ -94,10 +80,16 @@ def _checkLayers(scene, background, foreground, opacity=0.5):
         assert composite.GetForegroundOpacity() == pytest.approx(opacity), layout
 
 
-def _checkDiverging(node, m):
+def _checkDiverging(node, m, hidden=0.1):
     display = node.GetDisplayNode()
-    assert display.GetColorNode().GetName() == DIVERGING_TABLE_NAME
-    assert display.GetColorNode().GetNumberOfColors() == 256
+    colours = display.GetColorNode()
+    assert colours.GetName() == table_name(hidden) and colours.GetAttribute("MedXAI.ColorTable") == "diverging-band"
+    assert colours.GetNumberOfColors() == 256
+    lookup = colours.GetLookupTable()
+    alpha = [lookup.GetTableValue(i)[3] for i in range(256)]  # entry i shows values near (i + 0.5) / 128 - 1 of m
+    assert alpha[127] == alpha[128] == 0.0 and alpha[140] == 0.0, "weak relevance (< 10 % of m) is hidden"
+    assert alpha[0] == alpha[255] == alpha[100] == alpha[160] == 1.0, "stronger relevance is shown"
+    assert lookup.GetTableValue(255)[0] > 0.6 > lookup.GetTableValue(255)[2], "positive end: red"
     assert not display.GetAutoWindowLevel()
     assert display.GetWindowLevelMin() == pytest.approx(-m, rel=1e-5)
     assert display.GetWindowLevelMax() == pytest.approx(m, rel=1e-5)
@@ -163,7 +155,7 @@ def test_bundle_opens_with_geometry_colours_layers_and_segments(scene, sliceView
         SceneSegmentation("prediction", labels, AFFINE, [(1, "body", (0.9, 0.7, 0.5)), (7, "lesion", (0.1, 0.9, 0.2))]),
         background=0, foreground=1, foreground_opacity=0.5, focus_ras=_ras(HOT))
 
-    _readBundle(scene, path, tmp_path)
+    readBundle(scene, path, tmp_path)
 
     ctNode, relevanceNode = _byName(scene, "CT"), _byName(scene, "relevance")
     _checkVolume(ctNode, image, _volumeFromBundle(path, "Data/CT.nrrd", tmp_path))
@@ -191,12 +183,15 @@ def test_bundle_opens_with_geometry_colours_layers_and_segments(scene, sliceView
 def test_the_demo_scene_opens_with_the_attribution_over_the_ct(scene, sliceView, tmp_path, tmp_path_factory):
     out = demo_output(tmp_path_factory)
     summary = json.loads((out / "summary.json").read_text())
-    _readBundle(scene, out / "scene.mrb", tmp_path)
+    readBundle(scene, out / "scene.mrb", tmp_path)
 
     image = read_image(out / "image.nrrd")
     ctNode = _byName(scene, "CT phantom")
     _checkVolume(ctNode, image, image)
-    attributions = [n for n in _nodes(scene, "vtkMRMLScalarVolumeNode") if n is not ctNode]
+    petNode = _byName(scene, "PET phantom")
+    pet = read_image(out / "pet.nrrd")
+    _checkVolume(petNode, pet, pet)
+    attributions = [n for n in _nodes(scene, "vtkMRMLScalarVolumeNode") if n not in (ctNode, petNode)]
     assert len(attributions) == len(summary["attributions"])
     for node in attributions:
         provenance = json.loads(attributesOf(node)[PROVENANCE_KEY])
@@ -216,4 +211,10 @@ def test_the_demo_scene_opens_with_the_attribution_over_the_ct(scene, sliceView,
     shutil.copyfile(tmp_path / "demo.png", EXAMPLE.replace(".png", "_demo.png"))
     r, g, b = (pixels[..., c].astype(int) for c in range(3))
     reddish = (r > g + 40) & (r > b + 40)
-    assert reddish.sum() >= 20, f"no reddish relevance is visible in the Red slice view ({reddish.sum()} pixels)"
+    row, col = sliceView.pixelOf(summary["lesion"]["centre_ras"])  # the Red plane passes through it
+    radius = 15.0 / (sliceView.sliceNode.GetFieldOfView()[0] / pixels.shape[1])  # 15 mm in pixels
+    rows, cols = np.mgrid[: pixels.shape[0], : pixels.shape[1]]
+    near = (rows - row) ** 2 + (cols - col) ** 2 <= radius**2
+    assert (reddish & near).sum() >= 20, (
+        f"no reddish hot spot within 15 mm of the lesion centre in the Red view: {(reddish & near).sum()} "
+        f"reddish pixels there, {reddish.sum()} in the whole view")

@@ -57,6 +57,31 @@ def test_table_rows_are_what_evaluate_gives_each_method(comparison, classifier, 
     assert set(comparison.curves[METHODS[0]]) == {"deletion", "insertion"}
 
 
+def test_precomputed_maps_are_graded_without_running_their_method_again(comparison, classifier, volume, monkeypatch):
+    import MedXAILib.engine
+
+    given = {m: comparison.attributions[m] for m in METHODS[1:]}
+    calls = []
+    original = MedXAILib.engine.explain
+    monkeypatch.setattr(MedXAILib.engine, "explain", lambda *a, **k: calls.append(a[2]) or original(*a, **k))
+    reused = compare_methods(volume, classifier, METHODS, metrics=METRICS, mask=_mask(volume.shape), seed=2,
+                             metric_params=METRIC_PARAMS, attributions=given)
+    assert calls == [METHODS[0]]  # only the method without a map was run
+    assert reused.table == comparison.table and reused.ranking == comparison.ranking
+    assert reused.attributions[METHODS[2]] is given[METHODS[2]]
+    assert reused.info["method_parameters"] == comparison.info["method_parameters"]
+
+
+@pytest.mark.parametrize("case", ["not compared", "made by another method", "both parameters and map"])
+def test_precomputed_maps_that_do_not_fit_are_refused(comparison, classifier, volume, case):
+    maps = {"not compared": {"lrp": comparison.attributions["saliency"]},
+            "made by another method": {"input_x_gradient": comparison.attributions["saliency"]},
+            "both parameters and map": {"integrated_gradients": comparison.attributions["integrated_gradients"]}}
+    with pytest.raises(ParameterError):
+        compare_methods(volume, classifier, METHODS, metrics=["sparseness"], attributions=maps[case],
+                        method_params=METHOD_PARAMS if case == "both parameters and map" else None)
+
+
 def test_ranking_is_the_mean_rank_over_metrics_with_a_direction(comparison):
     directions = {"deletion": False, "insertion": True, "relevance_mass_accuracy": True, "max_sensitivity": False}
     ranks = [rankdata([-v if better else v for v in comparison.table[m]]) for m, better in directions.items()]

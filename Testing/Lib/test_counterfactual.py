@@ -401,6 +401,30 @@ def test_inpainting_the_demo_phantom_lesion_lowers_a_lesion_detectors_probabilit
     assert np.abs(filled - truth).mean() < 2.5 * 15.0  # within the phantom's noise (15 HU)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_inpainting_the_demo_lesion_lowers_the_shipped_classifiers_lesion_probability(seed):
+    """The demo's question with its shipped PET/CT classifier: without the lesion, is P(lesion) lower?"""
+    from MedXAILib.demo import CLASSIFIER, PHANTOM_SEED, demo_case
+    from MedXAILib.demo_sections import GROW_MM
+    from MedXAILib.samples import ct_phantom, pet_channel
+
+    case = demo_case(seed)  # held-out phantoms with one liver lesion (radius 9 mm, -45 HU, SUV 8), CT + PET
+    model = load_model(ROOT / "Resources" / "Models" / f"{CLASSIFIER}.json", device="cpu")
+    result = generate_counterfactual(case.image, model, Goal("class_probability", 1, target_probability=0.5),
+                                     generator="inpaint", region=case.lesion, params={"grow_mm": GROW_MM}, seed=seed)
+    ct, labels, info = ct_phantom(PHANTOM_SEED + seed, lesions=[])  # the same anatomy and noise, no lesion
+    clean = ImageVolume(np.concatenate([ct.array, pet_channel(labels, info).array]), ct.affine)
+    truth = generate_counterfactual(clean, model, Goal("class_probability", 1),
+                                    params={"max_steps": 0}).before["probabilities"][1]
+    before, after = result.before["probabilities"][1], result.after["probabilities"][1]
+    assert before > 0.5, f"the shipped classifier misses the demo lesion (P = {before:.3f})"
+    assert after < 0.5 and result.reached, f"inpainting left P(lesion) at {after:.3f} (from {before:.3f})"
+    assert abs(after - truth) < 0.25, f"P after inpainting {after:.3f}, on the phantom without a lesion {truth:.3f}"
+    changed = (result.difference.array != 0).any(axis=0)
+    assert changed[case.lesion].mean() > 0.9 and changed.sum() <= result.provenance["effective_region_voxels"]
+
+
 # ------------------------------------------------------------------------------------------------
 # Metrics
 
