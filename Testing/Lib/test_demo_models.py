@@ -191,3 +191,18 @@ def test_trainer_smoke_run_writes_loadable_models(tmp_path):
         assert record["scale"] == 0.02 and "--scale 0.02" in record["reproduce"]
         assert (tmp_path / f"{name}.md").read_text().startswith("# ")
     assert not (tmp_path / f"{CLASSIFIER_CT.name}.json").exists()
+
+
+@pytest.mark.slow
+def test_training_is_deterministic(tmp_path):
+    """The same seed gives the same weights, byte for byte: the shipped files can be re-created."""
+    for run in ("a", "b"):
+        train_all(tmp_path / run, seed=2, models=[CLASSIFIER_PETCT.name], scale=0.02, log=lambda *_: None)
+    first, second = (json.loads((tmp_path / run / f"{CLASSIFIER_PETCT.name}.metrics.json").read_text())
+                     for run in ("a", "b"))
+    assert first["weights_sha256"] == second["weights_sha256"]
+    assert first["metrics"]["scores"] == second["metrics"]["scores"]
+    other = train_all(tmp_path / "c", seed=3, models=[CLASSIFIER_PETCT.name], scale=0.02, log=lambda *_: None)
+    assert other and json.loads((tmp_path / "c" / f"{CLASSIFIER_PETCT.name}.metrics.json").read_text())[
+        "weights_sha256"] != first["weights_sha256"]  # and the seed matters
+
