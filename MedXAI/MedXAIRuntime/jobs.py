@@ -9,6 +9,9 @@
   ``python -m MedXAILib explain ... --progress-json`` (PythonSlicer in Slicer), is polled for
   progress, and reads the attribution back. The temporary folder is always removed.
 
+:class:`BackgroundJob` is that subprocess lifecycle without the explain-specific parts; the
+analysis panels' :class:`~MedXAIRuntime.tasks.TaskJob` shares it.
+
 Nothing here imports qt or slicer; torch, MONAI and SimpleITK are imported inside the functions
 that need them, so Slicer can load this file before they are installed.
 """
@@ -34,7 +37,10 @@ from MedXAILib.volume import ImageVolume
 
 from . import process
 
-__all__ = ["ExplainRequest", "RunOutcome", "ExplainProcessError", "runInProcess", "ExplainJob"]
+__all__ = [
+    "ExplainRequest", "Outcome", "RunOutcome", "BackgroundProcessError", "ExplainProcessError",
+    "runInProcess", "BackgroundJob", "ExplainJob",
+]
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -69,8 +75,8 @@ class ExplainRequest:
         return int(i) * int(j) * int(k) * self.image.n_channels
 
 
-class ExplainProcessError(MedXAIError):
-    """The explain subprocess failed; the message is its own one-line reason."""
+class BackgroundProcessError(MedXAIError):
+    """A MedXAI subprocess failed; the message is its own one-line reason."""
 
     def __init__(self, message: str, returnCode: Optional[int] = None, log: str = ""):
         super().__init__(message)
@@ -78,11 +84,15 @@ class ExplainProcessError(MedXAIError):
         self.log = log
 
 
-@dataclass
-class RunOutcome:
-    """How a run ended: exactly one of `attribution`, `error` or `cancelled` is set."""
+class ExplainProcessError(BackgroundProcessError):
+    """The explain subprocess failed; the message is its own one-line reason."""
 
-    attribution: Optional[Attribution] = None
+
+@dataclass
+class Outcome:
+    """How a run ended: exactly one of `result`, `error` or `cancelled` is set."""
+
+    result: Any = None
     error: Optional[BaseException] = None
     cancelled: bool = False
     seconds: float = 0.0
@@ -90,7 +100,19 @@ class RunOutcome:
 
     @property
     def succeeded(self) -> bool:
-        return self.attribution is not None
+        return self.result is not None
+
+
+class RunOutcome(Outcome):
+    """How an explanation ended; its `result` is the :class:`~MedXAILib.attribution.Attribution`."""
+
+    @property
+    def attribution(self) -> Optional[Attribution]:
+        return self.result
+
+    @attribution.setter
+    def attribution(self, value: Optional[Attribution]) -> None:
+        self.result = value
 
 
 # ------------------------------------------------------------------------------------------------
@@ -141,21 +163,29 @@ def runInProcess(request: ExplainRequest, monitor: Optional[Monitor] = None) -> 
 # Subprocess
 
 
-class ExplainJob:
-    """``python -m MedXAILib explain`` for one request, polled without blocking.
+class BackgroundJob:
+    """A MedXAI subprocess for one request, polled without blocking.
 
     Usage::
 
-        job = ExplainJob(request)
+        job = ExplainJob(request)         # or another subclass
         job.start()                       # writes the inputs, starts the process
         while not job.finished:
             for fraction, message in job.poll(): ...
         outcome = job.outcome()           # reads the result; the temporary folder is removed
+
+    A subclass writes its inputs and names the command (:meth:`_prepare`), reads the result back
+    (:meth:`_readResult`), and sets the outcome and error types and `what` it runs (in messages).
     """
+
+    what = "background"
+    tempPrefix = "MedXAI-"
+    outcomeType: Callable[..., Outcome] = Outcome
+    errorType: Callable[..., BaseException] = BackgroundProcessError
 
     def __init__(
         self,
-        request: ExplainRequest,
+        request: Any,
         python: Optional[str] = None,
         env: Optional[Mapping[str, str]] = None,
         tempRoot: Optional[str] = None,
@@ -174,49 +204,34 @@ class ExplainJob:
         self._process: Optional[process.BackgroundProcess] = None
         self._cancelled = False
         self._started = 0.0
-        self._outcome: Optional[RunOutcome] = None
+        self._outcome: Optional[Outcome] = None
+
+    # -- what a subclass provides ------------------------------------------------------------
+
+    def _prepare(self, folder: Path) -> list[str]:
+        """Write the inputs into `folder`; return the command to run."""
+        raise NotImplementedError
+
+    def _readResult(self) -> Any:
+        """The result the finished process left in :attr:`folder`."""
+        raise NotImplementedError
+
+    def _environment(self) -> dict[str, str]:
+        return process.childEnvironment(self.env, process.libraryRoot())
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         """Write the inputs into a new temporary folder and start the process."""
-        from MedXAILib.io import write_image  # SimpleITK: only when a job runs
-
         self._started = time.monotonic()
-        self.folder = Path(tempfile.mkdtemp(prefix="MedXAI-", dir=self.tempRoot))
+        self.folder = Path(tempfile.mkdtemp(prefix=self.tempPrefix, dir=self.tempRoot))
         try:
-            image = self.request.image
-            imagePaths = []
-            for channel in range(image.n_channels):
-                path = self.folder / f"image_{channel}.nrrd"
-                write_image(image.with_array(image.array[channel : channel + 1]), path, compress=False)
-                imagePaths.append(path)
-            maskPath = None
-            target = self.request.target
-            if target is not None and target.region == "mask":
-                maskPath = self.folder / "target_mask.nrrd"
-                mask = np.asarray(target.mask).astype(np.float32)[np.newaxis]
-                write_image(image.with_array(mask), maskPath)
-            self.command = process.explainCommand(
-                self.python,
-                imagePaths,
-                self.request.modelPath,
-                self.folder / "attribution.nrrd",
-                summaryPath=self.folder / "summary.json",
-                method=self.request.method,
-                params=self.request.params,
-                target=target,
-                maskPath=maskPath,
-                device=self.request.device,
-                seed=self.request.seed,
-                trustBundle=self.request.trustBundle,
-            )
-            root = process.libraryRoot()
+            self.command = self._prepare(self.folder)
             logging.info("MedXAI: starting %s", " ".join(self.command))
             self._process = process.BackgroundProcess(
                 self.command,
-                cwd=root,  # `-m MedXAILib` finds the package shipped beside the module
-                env=process.childEnvironment(self.env, root),
+                cwd=process.libraryRoot(),  # `-m MedXAILib` finds the package shipped beside the module
+                env=self._environment(),
                 stderrPath=self.folder / "stderr.txt",
             )
             self._process.start()
@@ -250,7 +265,7 @@ class ExplainJob:
                 self.outputs = event.outputs
             elif isinstance(event, process.LogLine):
                 self.logLines.append(event.text)
-                logging.info("MedXAI explain: %s", event.text)
+                logging.info("MedXAI %s: %s", self.what, event.text)
         self.returnCode = self._process.poll()
         return updates
 
@@ -262,7 +277,7 @@ class ExplainJob:
             self._process.readLines()
             self.returnCode = self._process.popen.returncode if self._process.popen is not None else -1
 
-    def wait(self, timeout: Optional[float] = None, onProgress: Optional[ProgressCallback] = None) -> RunOutcome:
+    def wait(self, timeout: Optional[float] = None, onProgress: Optional[ProgressCallback] = None) -> Outcome:
         """Poll until the process ends (scripts and tests; the GUI uses a timer instead)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.finished:
@@ -275,30 +290,83 @@ class ExplainJob:
             time.sleep(0.05)
         return self.outcome()
 
-    def outcome(self) -> RunOutcome:
-        """The result once finished: read the attribution (or the error), then remove the temp folder."""
+    def outcome(self) -> Outcome:
+        """The result once finished: read it back (or the error), then remove the temporary folder."""
         if self._outcome is not None:
             return self._outcome
         if not self.finished:
-            raise RuntimeError("the explain process is still running")
+            raise RuntimeError(f"the {self.what} process is still running")
         stderr = self._process.stderrText() if self._process is not None else ""
         log = "\n".join(self.logLines + ([stderr] if stderr else []))
-        outcome = RunOutcome(seconds=self.elapsedSeconds, log=log)
+        outcome = self.outcomeType(seconds=self.elapsedSeconds, log=log)
         try:
             if self._cancelled or self.returnCode == process.EXIT_CANCELLED:
                 outcome.cancelled = True
             elif self.returnCode == process.EXIT_OK:
-                outcome.attribution = self._readResult()
+                outcome.result = self._readResult()
             else:
                 message = process.lastErrorLine(stderr, self.returnCode)
-                logging.error("MedXAI explain failed (exit code %s):\n%s", self.returnCode, stderr)
-                outcome.error = ExplainProcessError(message, self.returnCode, log)
+                logging.error("MedXAI %s failed (exit code %s):\n%s", self.what, self.returnCode, stderr)
+                outcome.error = self.errorType(message, self.returnCode, log)
         except Exception as error:  # reading the result back failed
             outcome.error = error
         finally:
             self.cleanup()
         self._outcome = outcome
         return outcome
+
+    def cleanup(self) -> None:
+        """Stop the process if it still runs and remove the temporary folder."""
+        popen = self._process.popen if self._process is not None else None
+        if popen is not None and popen.poll() is None:
+            self._process.kill()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    def __del__(self) -> None:  # a job dropped while running must not leave a process behind
+        try:
+            self.cleanup()
+        except Exception:
+            pass
+
+
+class ExplainJob(BackgroundJob):
+    """``python -m MedXAILib explain`` for one :class:`ExplainRequest`, polled without blocking."""
+
+    what = "explain"
+    outcomeType = RunOutcome
+    errorType = ExplainProcessError
+
+    def _prepare(self, folder: Path) -> list[str]:
+        from MedXAILib.io import write_image  # SimpleITK: only when a job runs
+
+        image = self.request.image
+        imagePaths = []
+        for channel in range(image.n_channels):
+            path = folder / f"image_{channel}.nrrd"
+            write_image(image.with_array(image.array[channel : channel + 1]), path, compress=False)
+            imagePaths.append(path)
+        maskPath = None
+        target = self.request.target
+        if target is not None and target.region == "mask":
+            maskPath = folder / "target_mask.nrrd"
+            mask = np.asarray(target.mask).astype(np.float32)[np.newaxis]
+            write_image(image.with_array(mask), maskPath)
+        return process.explainCommand(
+            self.python,
+            imagePaths,
+            self.request.modelPath,
+            folder / "attribution.nrrd",
+            summaryPath=folder / "summary.json",
+            method=self.request.method,
+            params=self.request.params,
+            target=target,
+            maskPath=maskPath,
+            device=self.request.device,
+            seed=self.request.seed,
+            trustBundle=self.request.trustBundle,
+        )
 
     def _readResult(self) -> Attribution:
         from MedXAILib.io import read_image
@@ -315,17 +383,3 @@ class ExplainJob:
         elif PROVENANCE_KEY in volume.meta.get("header", {}):
             provenance = json.loads(volume.meta["header"][PROVENANCE_KEY])
         return Attribution(array=volume.array, affine=volume.affine, provenance=provenance)
-
-    def cleanup(self) -> None:
-        """Stop the process if it still runs and remove the temporary folder."""
-        if self._process is not None and self._process.popen is not None and self._process.popen.poll() is None:
-            self._process.kill()
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self.folder = None
-
-    def __del__(self) -> None:  # a job dropped while running must not leave a process behind
-        try:
-            self.cleanup()
-        except Exception:
-            pass

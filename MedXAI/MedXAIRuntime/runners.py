@@ -15,6 +15,10 @@ Both have the same interface::
   responsive, a crash of the computation cannot take Slicer down, and Cancel kills the whole
   process tree.
 
+Both are generic: the analysis panels' :class:`~MedXAIRuntime.tasks.TaskRunner` and
+:class:`~MedXAIRuntime.tasks.SubprocessTaskRunner` are these runners with another computation, job
+and outcome type.
+
 Qt and slicer are imported lazily (the default scheduler and event processor), and both can be
 injected, so the runners are exercised by pytest without Slicer (``Testing/Runtime``).
 """
@@ -24,17 +28,20 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from MedXAILib.errors import Cancelled
 from MedXAILib.monitor import Monitor
 
-from .jobs import ExplainJob, ExplainRequest, RunOutcome, runInProcess
+from .jobs import BackgroundJob, ExplainJob, Outcome, RunOutcome, runInProcess
 
-__all__ = ["RunMode", "InProcessRunner", "SubprocessRunner", "CommandRunner", "chooseRunMode", "RUN_MODES", "LIGHT_FAMILIES", "LIGHT_VOXELS"]
+__all__ = [
+    "RunMode", "InProcessRunner", "SubprocessRunner", "CommandRunner", "chooseRunMode", "resolveRunMode",
+    "RUN_MODES", "LIGHT_FAMILIES", "LIGHT_VOXELS",
+]
 
 ProgressCallback = Callable[[float, str, float], None]
-FinishedCallback = Callable[[RunOutcome], None]
+FinishedCallback = Callable[[Outcome], None]  # a RunOutcome, or a subclass' outcome type
 Scheduler = Callable[[int, Callable[[], None]], None]
 
 
@@ -65,12 +72,20 @@ def chooseRunMode(mode, family: str, voxelCount: int) -> str:
     ``auto`` runs light jobs (gradient and CAM methods on volumes up to :data:`LIGHT_VOXELS`) in
     process and everything else (perturbation, Shapley, large volumes) in a subprocess.
     """
-    mode = mode.value if isinstance(mode, RunMode) else mode
-    if mode not in RUN_MODES:
+    return resolveRunMode(mode, family in LIGHT_FAMILIES and voxelCount <= LIGHT_VOXELS)
+
+
+def resolveRunMode(mode: Any, light: bool) -> str:
+    """``inProcess`` or ``subprocess`` for `mode` (a :class:`RunMode` or its value).
+
+    ``auto`` runs `light` jobs (the caller judges the weight) in process, the rest in a subprocess.
+    """
+    value = getattr(mode, "value", mode)
+    if value not in RUN_MODES:
         raise ValueError(f"unknown run mode {mode!r}; use one of {', '.join(RUN_MODES)}")
-    if mode != "auto":
-        return mode
-    return "inProcess" if family in LIGHT_FAMILIES and voxelCount <= LIGHT_VOXELS else "subprocess"
+    if value != "auto":
+        return value
+    return "inProcess" if light else "subprocess"
 
 
 def _defaultProcessEvents() -> None:
@@ -86,17 +101,26 @@ def _defaultScheduler(delayMs: int, callback: Callable[[], None]) -> None:
 
 
 class InProcessRunner:
-    """Runs the request on the calling (main) thread; returns after `onFinished` was called."""
+    """Runs a request on the calling (main) thread; returns after `onFinished` was called.
 
-    def __init__(self, processEvents: Optional[Callable[[], None]] = None):
+    `run(request, monitor)` computes the result (:func:`~MedXAIRuntime.jobs.runInProcess` unless
+    given); a subclass names its outcome type and, for the log, `what` it computes.
+    """
+
+    outcomeType: Callable[..., Outcome] = RunOutcome
+    what = "explanation"
+
+    def __init__(self, processEvents: Optional[Callable[[], None]] = None,
+                 run: Optional[Callable[[Any, Monitor], Any]] = None):
         self._processEvents = processEvents or _defaultProcessEvents
+        self._run = run or runInProcess
         self._monitor: Optional[Monitor] = None
 
     @property
     def running(self) -> bool:
         return self._monitor is not None
 
-    def start(self, request: ExplainRequest, onProgress: ProgressCallback, onFinished: FinishedCallback) -> None:
+    def start(self, request: Any, onProgress: ProgressCallback, onFinished: FinishedCallback) -> None:
         if self.running:
             raise RuntimeError("a computation is already running")
         started = time.monotonic()
@@ -106,14 +130,14 @@ class InProcessRunner:
             self._processEvents()  # lets Cancel be clicked; the monitor checks it next
 
         self._monitor = Monitor(progress, min_interval_s=0.1)
-        outcome = RunOutcome()
+        outcome = self.outcomeType()
         try:
             self._processEvents()
-            outcome.attribution = runInProcess(request, self._monitor)
+            outcome.result = self._run(request, self._monitor)
         except Cancelled:
             outcome.cancelled = True
         except Exception as error:  # delivered to the widget, which shows it
-            logging.exception("MedXAI: the explanation failed")
+            logging.exception("MedXAI: the %s failed", self.what)
             outcome.error = error
         finally:
             self._monitor = None
@@ -126,7 +150,12 @@ class InProcessRunner:
 
 
 class SubprocessRunner:
-    """Runs the request in ``python -m MedXAILib explain`` and polls it without blocking."""
+    """Runs a request in a :class:`~MedXAIRuntime.jobs.BackgroundJob` and polls it without blocking.
+
+    `jobType` is the job class (:class:`~MedXAIRuntime.jobs.ExplainJob`: ``python -m MedXAILib explain``).
+    """
+
+    jobType: Callable[..., BackgroundJob] = ExplainJob
 
     def __init__(
         self,
@@ -139,7 +168,7 @@ class SubprocessRunner:
         self._pollIntervalMs = pollIntervalMs
         self._schedule = scheduler or _defaultScheduler
         self._env = env
-        self._job: Optional[ExplainJob] = None
+        self._job: Optional[BackgroundJob] = None
         self._onProgress: Optional[ProgressCallback] = None
         self._onFinished: Optional[FinishedCallback] = None
 
@@ -148,19 +177,19 @@ class SubprocessRunner:
         return self._job is not None
 
     @property
-    def job(self) -> Optional[ExplainJob]:
+    def job(self) -> Optional[BackgroundJob]:
         return self._job
 
-    def start(self, request: ExplainRequest, onProgress: ProgressCallback, onFinished: FinishedCallback) -> None:
+    def start(self, request: Any, onProgress: ProgressCallback, onFinished: FinishedCallback) -> None:
         if self.running:
             raise RuntimeError("a computation is already running")
         env = self._env
         if env is None:
             env = _startupEnvironment()
-        job = ExplainJob(request, python=self._python, env=env)
+        job = self.jobType(request, python=self._python, env=env)
         job.start()  # errors writing the inputs or starting the process rise to the caller
         self._job, self._onProgress, self._onFinished = job, onProgress, onFinished
-        onProgress(0.0, "Starting the explain process", 0.0)
+        onProgress(0.0, f"Starting the {job.what} process", 0.0)
         self._schedule(self._pollIntervalMs, self._poll)
 
     def _poll(self) -> None:
@@ -171,16 +200,16 @@ class SubprocessRunner:
             for fraction, message in job.poll():
                 self._onProgress(fraction, message, job.elapsedSeconds)
         except Exception as error:  # never leave a timer loop with an exception
-            logging.exception("MedXAI: polling the explain process failed")
+            logging.exception("MedXAI: polling the %s process failed", job.what)
             job.cancel()
-            self._finish(RunOutcome(error=error, seconds=job.elapsedSeconds))
+            self._finish(job.outcomeType(error=error, seconds=job.elapsedSeconds))
             return
         if job.finished:
             self._finish(job.outcome())
         else:
             self._schedule(self._pollIntervalMs, self._poll)
 
-    def _finish(self, outcome: RunOutcome) -> None:
+    def _finish(self, outcome: Any) -> None:
         job, onFinished = self._job, self._onFinished
         self._job = self._onProgress = self._onFinished = None
         if job is not None:

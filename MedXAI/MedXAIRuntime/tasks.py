@@ -19,10 +19,12 @@ They run like an explanation (:mod:`MedXAIRuntime.runners`), with the same inter
   the model is loaded through :func:`MedXAIRuntime.jobs.loadModelCached`, so an explanation and an
   analysis of the same model share one loaded copy.
 - :class:`TaskRunner` (in process, main thread, events processed at every progress update) and
-  :class:`SubprocessTaskRunner` (``python -m MedXAIRuntime.taskWorker`` through
-  :class:`~MedXAIRuntime.process.BackgroundProcess`, polled without blocking; Cancel kills the
-  process tree). The worker speaks the CLI's protocol: ``--progress-json`` lines on stdout,
-  ``medxai: error: <reason>`` and exit code 2 for bad input, 130 when cancelled.
+  :class:`SubprocessTaskRunner` (``python -m MedXAIRuntime.taskWorker`` through :class:`TaskJob`,
+  polled without blocking; Cancel kills the process tree): the explanation runners of
+  :mod:`MedXAIRuntime.runners` and the job lifecycle of :class:`~MedXAIRuntime.jobs.BackgroundJob`,
+  with this module's computation, request files and outcome. The worker speaks the CLI's protocol:
+  ``--progress-json`` lines on stdout, ``medxai: error: <reason>`` and exit code 2 for bad input,
+  130 when cancelled.
 
 Every result comes back as a :class:`TaskResult` (named volumes on the input grid plus JSON data),
 whichever way it ran, so the panels have one code path for showing it. Nothing here imports qt,
@@ -34,23 +36,21 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import logging
 import math
-import shutil
-import tempfile
-import time
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
-from MedXAILib.errors import Cancelled, InputError, MedXAIError
+from MedXAILib.errors import InputError
 from MedXAILib.monitor import Monitor
 from MedXAILib.target import Target
 from MedXAILib.volume import ImageVolume
 
-from . import process
+from . import process, runners
+from .jobs import BackgroundJob, BackgroundProcessError, Outcome, loadModelCached
 
 __all__ = [
     "TaskKind",
@@ -79,10 +79,6 @@ __all__ = [
     "SubprocessTaskRunner",
 ]
 
-ProgressCallback = Callable[[float, str, float], None]
-FinishedCallback = Callable[["TaskOutcome"], None]
-Scheduler = Callable[[int, Callable[[], None]], None]
-
 
 class TaskKind(str, enum.Enum):
     """The analyses a :class:`TaskRequest` can ask for (the value is what the worker reads)."""
@@ -97,7 +93,6 @@ class TaskKind(str, enum.Enum):
 # Uncertainty is a handful of forward passes (flips, dropout samples); the others explain many times
 # or optimise, so ``auto`` runs them in the background where Cancel is immediate.
 LIGHT_TASKS = (TaskKind.boundaryUncertainty,)
-LIGHT_VOXELS = 2**22  # as MedXAIRuntime.runners.LIGHT_VOXELS
 
 
 @dataclass
@@ -148,42 +143,21 @@ class TaskResult:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class TaskOutcome:
-    """How a run ended: exactly one of `result`, `error` or `cancelled` is set."""
-
-    result: Optional[TaskResult] = None
-    error: Optional[BaseException] = None
-    cancelled: bool = False
-    seconds: float = 0.0
-    log: str = ""
-
-    @property
-    def succeeded(self) -> bool:
-        return self.result is not None
+class TaskOutcome(Outcome):
+    """How an analysis ended; its `result` is a :class:`TaskResult`."""
 
 
-class TaskProcessError(MedXAIError):
+class TaskProcessError(BackgroundProcessError):
     """The analysis subprocess failed; the message is its own one-line reason."""
-
-    def __init__(self, message: str, returnCode: Optional[int] = None, log: str = ""):
-        super().__init__(message)
-        self.returnCode = returnCode
-        self.log = log
 
 
 def chooseTaskRunMode(mode: Any, kind: TaskKind, voxelCount: int) -> str:
-    """``inProcess`` or ``subprocess`` for a requested `mode` (a :class:`~MedXAIRuntime.runners.RunMode` or its value).
+    """``inProcess`` or ``subprocess`` for `mode` (a :class:`~MedXAIRuntime.runners.RunMode` or its value).
 
-    ``auto`` runs light analyses (:data:`LIGHT_TASKS` on volumes up to :data:`LIGHT_VOXELS`) in
-    Slicer and everything else in a background process.
+    ``auto`` runs light analyses (:data:`LIGHT_TASKS` on volumes up to
+    :data:`~MedXAIRuntime.runners.LIGHT_VOXELS`) in Slicer and everything else in a background process.
     """
-    value = getattr(mode, "value", mode)
-    if value not in ("auto", "inProcess", "subprocess"):
-        raise ValueError(f"unknown run mode {mode!r}; use one of auto, inProcess, subprocess")
-    if value != "auto":
-        return value
-    return "inProcess" if TaskKind(kind) in LIGHT_TASKS and voxelCount <= LIGHT_VOXELS else "subprocess"
+    return runners.resolveRunMode(mode, TaskKind(kind) in LIGHT_TASKS and voxelCount <= runners.LIGHT_VOXELS)
 
 
 def cliCanExpress(target: Optional[Target]) -> bool:
@@ -314,9 +288,7 @@ TASK_FUNCTIONS: dict[TaskKind, Callable[[TaskRequest, Any, Monitor], TaskResult]
 
 
 def runTask(request: TaskRequest, monitor: Optional[Monitor] = None) -> TaskResult:
-    """Run `request` in this interpreter; MedXAILib errors and :class:`Cancelled` rise to the caller."""
-    from .jobs import loadModelCached
-
+    """Run `request` in this interpreter; MedXAILib errors and :class:`~MedXAILib.errors.Cancelled` rise."""
     monitor = monitor or Monitor()
     monitor.update(0.0, "Loading the model")
     model = loadModelCached(request)  # reads modelPath, device and trustBundle only
@@ -472,261 +444,49 @@ def taskCommand(python: str, folder: Path) -> list[str]:
     return [str(python), "-m", "MedXAIRuntime.taskWorker", str(folder)]
 
 
-def _taskEnvironment(base: Optional[Mapping[str, str]]) -> dict[str, str]:
-    import os
+class TaskJob(BackgroundJob):
+    """``python -m MedXAIRuntime.taskWorker`` for one :class:`TaskRequest`, polled without blocking."""
 
-    root = process.libraryRoot()
-    env = process.childEnvironment(base, root)
-    extra = str(runtimeRoot())
-    if extra != str(root):  # a source checkout: MedXAIRuntime lives in MedXAI/, MedXAILib beside it
-        env["PYTHONPATH"] = extra + os.pathsep + env["PYTHONPATH"]
-    return env
+    what = "analysis"
+    tempPrefix = "MedXAI-task-"
+    outcomeType = TaskOutcome
+    errorType = TaskProcessError
 
+    def _prepare(self, folder: Path) -> list[str]:
+        writeRequest(self.request, folder)
+        return taskCommand(self.python, folder)
 
-class TaskJob:
-    """``python -m MedXAIRuntime.taskWorker`` for one request, polled without blocking (as :class:`~MedXAIRuntime.jobs.ExplainJob`)."""
+    def _readResult(self) -> TaskResult:
+        return readResult(self.folder)
 
-    def __init__(self, request: TaskRequest, python: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
-                 tempRoot: Optional[str] = None):
-        self.request = request
-        self.python = python or process.pythonExecutable()
-        self.env = env
-        self.tempRoot = tempRoot
-        self.folder: Optional[Path] = None
-        self.fraction = 0.0
-        self.message = ""
-        self.logLines: list[str] = []
-        self.returnCode: Optional[int] = None
-        self._process: Optional[process.BackgroundProcess] = None
-        self._cancelled = False
-        self._started = 0.0
-        self._outcome: Optional[TaskOutcome] = None
-
-    def start(self) -> None:
-        """Write the request into a new temporary folder and start the worker."""
-        self._started = time.monotonic()
-        self.folder = Path(tempfile.mkdtemp(prefix="MedXAI-task-", dir=self.tempRoot))
-        try:
-            writeRequest(self.request, self.folder)
-            command = taskCommand(self.python, self.folder)
-            logging.info("MedXAI: starting %s", " ".join(command))
-            self._process = process.BackgroundProcess(command, cwd=process.libraryRoot(),
-                                                      env=_taskEnvironment(self.env),
-                                                      stderrPath=self.folder / "stderr.txt")
-            self._process.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    @property
-    def finished(self) -> bool:
-        return self.returnCode is not None
-
-    @property
-    def elapsedSeconds(self) -> float:
-        return time.monotonic() - self._started if self._started else 0.0
-
-    def poll(self) -> list[tuple[float, str]]:
-        """Progress updates since the last call; sets :attr:`returnCode` once the worker has ended."""
-        if self._process is None or self.returnCode is not None:
-            return []
-        updates = []
-        for line in self._process.readLines():
-            event = process.parseOutputLine(line)
-            if isinstance(event, process.ProgressEvent):
-                self.fraction, self.message = max(self.fraction, event.fraction), event.message
-                updates.append((self.fraction, self.message))
-            elif isinstance(event, process.LogLine):
-                self.logLines.append(event.text)
-                logging.info("MedXAI task: %s", event.text)
-        self.returnCode = self._process.poll()
-        return updates
-
-    def cancel(self) -> None:
-        """Stop the worker and all its children; :meth:`outcome` then reports a cancel."""
-        self._cancelled = True
-        if self._process is not None and self.returnCode is None:
-            self._process.kill()
-            self._process.readLines()
-            self.returnCode = self._process.popen.returncode if self._process.popen is not None else -1
-
-    def wait(self, timeout: Optional[float] = None) -> TaskOutcome:
-        """Poll until the worker ends (scripts and tests; the GUI polls from a timer)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.finished:
-            self.poll()
-            if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
-                break
-            time.sleep(0.05)
-        return self.outcome()
-
-    def outcome(self) -> TaskOutcome:
-        """The result once finished (read back, then the temporary folder is removed)."""
-        if self._outcome is not None:
-            return self._outcome
-        if not self.finished:
-            raise RuntimeError("the analysis process is still running")
-        stderr = self._process.stderrText() if self._process is not None else ""
-        log = "\n".join(self.logLines + ([stderr] if stderr else []))
-        outcome = TaskOutcome(seconds=self.elapsedSeconds, log=log)
-        try:
-            if self._cancelled or self.returnCode == process.EXIT_CANCELLED:
-                outcome.cancelled = True
-            elif self.returnCode == process.EXIT_OK:
-                outcome.result = readResult(self.folder)
-            else:
-                message = process.lastErrorLine(stderr, self.returnCode)
-                logging.error("MedXAI analysis failed (exit code %s):\n%s", self.returnCode, stderr)
-                outcome.error = TaskProcessError(message, self.returnCode, log)
-        except Exception as error:  # reading the result back failed
-            outcome.error = error
-        finally:
-            self.cleanup()
-        self._outcome = outcome
-        return outcome
-
-    def cleanup(self) -> None:
-        """Stop the worker if it still runs and remove the temporary folder."""
-        if self._process is not None and self._process.popen is not None and self._process.popen.poll() is None:
-            self._process.kill()
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self.folder = None
-
-    def __del__(self) -> None:  # a job dropped while running must not leave a process behind
-        try:
-            self.cleanup()
-        except Exception:
-            pass
+    def _environment(self) -> dict[str, str]:
+        env = super()._environment()
+        extra = str(runtimeRoot())
+        if extra != str(process.libraryRoot()):  # a source checkout: MedXAIRuntime in MedXAI/, MedXAILib beside
+            env["PYTHONPATH"] = extra + os.pathsep + env["PYTHONPATH"]
+        return env
 
 
 # ------------------------------------------------------------------------------------------------
 # Runners
 
 
-def _defaultProcessEvents() -> None:
-    import slicer
-
-    slicer.app.processEvents()
-
-
-def _defaultScheduler(delayMs: int, callback: Callable[[], None]) -> None:
-    import qt
-
-    qt.QTimer.singleShot(delayMs, callback)
-
-
-class TaskRunner:
+class TaskRunner(runners.InProcessRunner):
     """Runs a request on the calling (main) thread; returns after `onFinished` was called.
 
     Application events are processed at every progress update, so Cancel can be clicked; the
-    monitor raises :class:`Cancelled` at the analysis' next update.
+    monitor raises :class:`~MedXAILib.errors.Cancelled` at the analysis' next update.
     """
+
+    outcomeType = TaskOutcome
+    what = "analysis"
 
     def __init__(self, processEvents: Optional[Callable[[], None]] = None,
                  run: Callable[[TaskRequest, Monitor], TaskResult] = runTask):
-        self._processEvents = processEvents or _defaultProcessEvents
-        self._run = run
-        self._monitor: Optional[Monitor] = None
-
-    @property
-    def running(self) -> bool:
-        return self._monitor is not None
-
-    def start(self, request: TaskRequest, onProgress: ProgressCallback, onFinished: FinishedCallback) -> None:
-        if self.running:
-            raise RuntimeError("a computation is already running")
-        started = time.monotonic()
-
-        def progress(fraction: float, message: str) -> None:
-            onProgress(fraction, message, time.monotonic() - started)
-            self._processEvents()
-
-        self._monitor = Monitor(progress, min_interval_s=0.1)
-        outcome = TaskOutcome()
-        try:
-            self._processEvents()
-            outcome.result = self._run(request, self._monitor)
-        except Cancelled:
-            outcome.cancelled = True
-        except Exception as error:  # delivered to the widget, which shows it
-            logging.exception("MedXAI: the analysis failed")
-            outcome.error = error
-        finally:
-            self._monitor = None
-            outcome.seconds = time.monotonic() - started
-        onFinished(outcome)
-
-    def cancel(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
+        super().__init__(processEvents, run)
 
 
-class SubprocessTaskRunner:
+class SubprocessTaskRunner(runners.SubprocessRunner):
     """Runs a request in ``python -m MedXAIRuntime.taskWorker`` and polls it without blocking."""
 
-    def __init__(self, python: Optional[str] = None, pollIntervalMs: int = 100, scheduler: Optional[Scheduler] = None,
-                 env: Optional[dict] = None):
-        self._python = python
-        self._pollIntervalMs = pollIntervalMs
-        self._schedule = scheduler or _defaultScheduler
-        self._env = env
-        self._job: Optional[TaskJob] = None
-        self._onProgress: Optional[ProgressCallback] = None
-        self._onFinished: Optional[FinishedCallback] = None
-
-    @property
-    def running(self) -> bool:
-        return self._job is not None
-
-    @property
-    def job(self) -> Optional[TaskJob]:
-        return self._job
-
-    def start(self, request: TaskRequest, onProgress: ProgressCallback, onFinished: FinishedCallback) -> None:
-        if self.running:
-            raise RuntimeError("a computation is already running")
-        env = self._env
-        if env is None:
-            from .runners import _startupEnvironment
-
-            env = _startupEnvironment()
-        job = TaskJob(request, python=self._python, env=env)
-        job.start()  # errors writing the request or starting the process rise to the caller
-        self._job, self._onProgress, self._onFinished = job, onProgress, onFinished
-        onProgress(0.0, "Starting the analysis process", 0.0)
-        self._schedule(self._pollIntervalMs, self._poll)
-
-    def _poll(self) -> None:
-        job = self._job
-        if job is None:
-            return
-        try:
-            for fraction, message in job.poll():
-                self._onProgress(fraction, message, job.elapsedSeconds)
-        except Exception as error:  # never leave a timer loop with an exception
-            logging.exception("MedXAI: polling the analysis process failed")
-            job.cancel()
-            self._finish(TaskOutcome(error=error, seconds=job.elapsedSeconds))
-            return
-        if job.finished:
-            self._finish(job.outcome())
-        else:
-            self._schedule(self._pollIntervalMs, self._poll)
-
-    def _finish(self, outcome: TaskOutcome) -> None:
-        job, onFinished = self._job, self._onFinished
-        self._job = self._onProgress = self._onFinished = None
-        if job is not None:
-            job.cleanup()
-        if onFinished is not None:
-            onFinished(outcome)
-
-    def cancel(self) -> None:
-        """Kill the process tree now; `onFinished` reports the cancel right away."""
-        job = self._job
-        if job is None:
-            return
-        job.cancel()
-        self._finish(job.outcome())
+    jobType = TaskJob

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from MedXAILib import ImageVolume
-from MedXAILib.model import load_model
+from MedXAILib.io import write_image
+from MedXAILib.model import load_model, save_spec_model
 
 
 def oblique_affine(spacing=(0.8, 1.1, 2.0), origin=(-120.0, 35.5, 410.0), angle_deg=25.0) -> np.ndarray:
@@ -59,3 +62,25 @@ def two_channel_segmenter():
     torch.manual_seed(1)
     net = UNet(spatial_dims=3, in_channels=2, out_channels=3, channels=(4, 8), strides=(2,), num_res_units=1)
     return load_model(net, task="segmentation", in_channels=2, device="cpu")
+
+
+CLI_UNET_ARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8], "strides": [2],
+                 "num_res_units": 1}
+
+
+@pytest.fixture
+def cli_files(tmp_path: Path) -> dict[str, Path]:
+    """Files for the command-line tests: a CT-like image, a mask (7x6x5 voxels) and a tiny UNet spec model."""
+    from monai.networks.nets import UNet
+
+    rng = np.random.default_rng(0)
+    image = ImageVolume(rng.normal(size=(1, 20, 16, 12)).astype(np.float32), oblique_affine())
+    write_image(image, tmp_path / "ct.nrrd")
+    mask = np.zeros(image.shape, np.float32)
+    mask[5:12, 4:10, 3:8] = 1
+    write_image(image.with_array(mask), tmp_path / "mask.nii.gz")
+    torch.manual_seed(0)
+    save_spec_model(UNet(**CLI_UNET_ARGS), "UNet", CLI_UNET_ARGS, tmp_path / "unet.json", task="segmentation",
+                    class_names=["background", "organ", "lesion"], in_channels=1)
+    return {"image": tmp_path / "ct.nrrd", "mask": tmp_path / "mask.nii.gz", "model": tmp_path / "unet.json",
+            "dir": tmp_path}

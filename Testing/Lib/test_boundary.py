@@ -20,16 +20,14 @@ import pytest
 import torch
 from captum.attr import Saliency
 
-from MedXAILib import Cancelled, ImageVolume, Monitor, PROVENANCE_KEY, Target, explain
+from MedXAILib import Cancelled, Monitor, PROVENANCE_KEY, Target, explain
 from MedXAILib.boundary import (boundary_band, boundary_uncertainty, plot_profile, predicted_structure,
                                 relevance_profile, signed_distance_mm)
 from MedXAILib.cli.main import main
 from MedXAILib.errors import InputError, ParameterError, TargetError
 from MedXAILib.io import read_image, write_image
-from MedXAILib.model import load_model, save_spec_model
+from MedXAILib.model import load_model
 from MedXAILib.scoring import resolve_target
-
-from conftest import oblique_affine
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -403,27 +401,6 @@ def test_predicted_structure_is_the_argmax(segmenter, volume):
 # CLI
 
 
-UNET_ARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8], "strides": [2],
-             "num_res_units": 1}
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> dict[str, Path]:
-    from monai.networks.nets import UNet
-
-    rng = np.random.default_rng(0)
-    image = ImageVolume(rng.normal(size=(1, 20, 16, 12)).astype(np.float32), oblique_affine())
-    write_image(image, tmp_path / "ct.nrrd")
-    mask = np.zeros(image.shape, np.float32)
-    mask[5:12, 4:10, 3:8] = 1
-    write_image(image.with_array(mask), tmp_path / "mask.nii.gz")
-    torch.manual_seed(0)
-    save_spec_model(UNet(**UNET_ARGS), "UNet", UNET_ARGS, tmp_path / "unet.json", task="segmentation",
-                    class_names=["background", "organ", "lesion"], in_channels=1)
-    return {"image": tmp_path / "ct.nrrd", "mask": tmp_path / "mask.nii.gz", "model": tmp_path / "unet.json",
-            "dir": tmp_path}
-
-
 def run_main(args) -> int:
     """main()'s exit code, also when argparse rejects an option (it raises SystemExit)."""
     try:
@@ -432,25 +409,26 @@ def run_main(args) -> int:
         return exit.code
 
 
-def boundary_args(files, *extra):
-    return ["boundary", "--image", str(files["image"]), "--model", str(files["model"]), "--quiet",
+def boundary_args(cli_files, *extra):
+    return ["boundary", "--image", str(cli_files["image"]), "--model", str(cli_files["model"]), "--quiet",
             "--target-class", "1", "--method", "saliency", *extra]
 
 
-def test_boundary_cli_writes_saliency_profile_uncertainty_and_summary(files, capsys):
-    d = files["dir"]
-    code = main(boundary_args(files, "--target-mask", str(files["mask"]), "--band-mm", "1.5,3", "--out",
-                              str(d / "sal.nrrd"), "--profile", str(d / "p.csv"), "--profile-png", str(d / "p.png"),
-                              "--uncertainty", str(d / "u.nrrd"), "--json", str(d / "s.json")))
+def test_boundary_cli_writes_saliency_profile_uncertainty_and_summary(cli_files, capsys):
+    d = cli_files["dir"]
+    code = main(boundary_args(cli_files, "--target-mask", str(cli_files["mask"]), "--band-mm", "1.5,3",
+                              "--out", str(d / "sal.nrrd"), "--profile", str(d / "p.csv"),
+                              "--profile-png", str(d / "p.png"), "--uncertainty", str(d / "u.nrrd"),
+                              "--json", str(d / "s.json")))
     assert code == 0, capsys.readouterr().err
-    image, saliency = read_image(files["image"]), read_image(d / "sal.nrrd")
+    image, saliency = read_image(cli_files["image"]), read_image(d / "sal.nrrd")
     np.testing.assert_allclose(saliency.affine, image.affine, atol=1e-5)
     provenance = json.loads(saliency.meta["header"][PROVENANCE_KEY])
     assert provenance["target"]["region"] == "boundary" and provenance["target"]["band_mm"] == [1.5, 3.0]
     assert provenance["target"]["score"] == "margin" and provenance["target"]["structure"] == "mask"
-    mask = read_image(files["mask"]).array[0] != 0
+    mask = read_image(cli_files["mask"]).array[0] != 0
     # the same map as the library call with the same target
-    expected = explain(image, load_model(files["model"], device="cpu"), "saliency",
+    expected = explain(image, load_model(cli_files["model"], device="cpu"), "saliency",
                        Target(class_index=1, region="boundary", mask=mask, band_mm=(1.5, 3.0), score="margin"))
     np.testing.assert_allclose(saliency.array[0], expected.summed, rtol=1e-5, atol=1e-7)
 
@@ -471,14 +449,14 @@ def test_boundary_cli_writes_saliency_profile_uncertainty_and_summary(files, cap
         float(uncertainty.array[1][band].mean()), rel=1e-5)
 
 
-def test_boundary_cli_progress_json(files, capsys, monkeypatch):
+def test_boundary_cli_progress_json(cli_files, capsys, monkeypatch):
     from MedXAILib.cli import progress
 
     # json_lines binds sys.stdout when progress.py is imported; hand it the stream capsys captures
     original = progress.json_lines
     monkeypatch.setattr(progress, "json_lines", lambda: original(sys.stdout))
-    out = files["dir"] / "sal.nrrd"
-    assert main(boundary_args(files, "--progress-json", "--out", str(out))) == 0
+    out = cli_files["dir"] / "sal.nrrd"
+    assert main(boundary_args(cli_files, "--progress-json", "--out", str(out))) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert records[-1]["done"] is True and records[-1]["outputs"] == [str(out)]
     progress = [r["progress"] for r in records[:-1]]
@@ -499,12 +477,13 @@ BAD_BOUNDARY = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_BOUNDARY))
-def test_boundary_cli_bad_input_exits_2_with_one_line_and_no_output(case, files, capsys):
-    d = files["dir"]
-    write_image(read_image(files["mask"]).with_array(np.zeros((20, 16, 12), np.float32)), d / "empty.nrrd")
+def test_boundary_cli_bad_input_exits_2_with_one_line_and_no_output(case, cli_files, capsys):
+    d = cli_files["dir"]
+    empty = np.zeros((20, 16, 12), np.float32)
+    write_image(read_image(cli_files["mask"]).with_array(empty), d / "empty.nrrd")
     before = set(os.listdir(d))
     extra, fragment = BAD_BOUNDARY[case]
-    args = boundary_args(files, "--out", str(d / "sal.nrrd"), "--profile", str(d / "p.csv"),
+    args = boundary_args(cli_files, "--out", str(d / "sal.nrrd"), "--profile", str(d / "p.csv"),
                          *[e.format(dir=d) for e in extra])
     if case == "class out of range":
         args[args.index("--target-class") + 1] = "7"
@@ -517,7 +496,7 @@ def test_boundary_cli_bad_input_exits_2_with_one_line_and_no_output(case, files,
     assert set(os.listdir(d)) == before
 
 
-def test_boundary_cli_cancel_leaves_nothing(files, capsys, monkeypatch):
+def test_boundary_cli_cancel_leaves_nothing(cli_files, capsys, monkeypatch):
     from MedXAILib.cli import common
 
     def cancelling(args):
@@ -525,18 +504,19 @@ def test_boundary_cli_cancel_leaves_nothing(files, capsys, monkeypatch):
         return monitor
 
     monkeypatch.setattr(common, "monitor_from_args", cancelling)
-    before = set(os.listdir(files["dir"]))
-    d = files["dir"]
-    assert main(boundary_args(files, "--out", str(d / "sal.nrrd"), "--uncertainty", str(d / "u.nrrd"))) == 130
+    before = set(os.listdir(cli_files["dir"]))
+    d = cli_files["dir"]
+    args = boundary_args(cli_files, "--out", str(d / "sal.nrrd"), "--uncertainty", str(d / "u.nrrd"))
+    assert main(args) == 130
     assert "cancelled" in capsys.readouterr().err
     assert set(os.listdir(d)) == before
 
 
 @pytest.mark.slow
-def test_python_m_boundary_ctrl_c_exits_130_without_output(files):
-    out = files["dir"] / "sal.nrrd"
-    command = [sys.executable, "-m", "MedXAILib", "boundary", "--image", str(files["image"]), "--model",
-               str(files["model"]), "--target-class", "1", "--method", "integrated_gradients", "--param",
+def test_python_m_boundary_ctrl_c_exits_130_without_output(cli_files):
+    out = cli_files["dir"] / "sal.nrrd"
+    command = [sys.executable, "-m", "MedXAILib", "boundary", "--image", str(cli_files["image"]), "--model",
+               str(cli_files["model"]), "--target-class", "1", "--method", "integrated_gradients", "--param",
                "n_steps=1000", "--param", "batch_size=1", "--progress-json", "--out", str(out)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     for line in process.stdout:

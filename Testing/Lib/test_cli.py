@@ -16,42 +16,22 @@ import torch
 from MedXAILib import ImageVolume, PROVENANCE_KEY
 from MedXAILib.cli.main import main
 from MedXAILib.io import read_image, write_image
-from MedXAILib.model import save_spec_model
 
 from conftest import oblique_affine
 
-UNET_ARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8], "strides": [2],
-             "num_res_units": 1}
+
+def explain_args(cli_files, *extra):
+    return ["explain", "--image", str(cli_files["image"]), "--model", str(cli_files["model"]), "--quiet",
+            *extra]
 
 
-@pytest.fixture
-def files(tmp_path: Path) -> dict[str, Path]:
-    from monai.networks.nets import UNet
-
-    rng = np.random.default_rng(0)
-    image = ImageVolume(rng.normal(size=(1, 20, 16, 12)).astype(np.float32), oblique_affine())
-    write_image(image, tmp_path / "ct.nrrd")
-    mask = np.zeros(image.shape, np.float32)
-    mask[5:12, 4:10, 3:8] = 1
-    write_image(image.with_array(mask), tmp_path / "mask.nii.gz")
-    torch.manual_seed(0)
-    save_spec_model(UNet(**UNET_ARGS), "UNet", UNET_ARGS, tmp_path / "unet.json", task="segmentation",
-                    class_names=["background", "organ", "lesion"], in_channels=1)
-    return {"image": tmp_path / "ct.nrrd", "mask": tmp_path / "mask.nii.gz", "model": tmp_path / "unet.json",
-            "dir": tmp_path}
-
-
-def explain_args(files, *extra):
-    return ["explain", "--image", str(files["image"]), "--model", str(files["model"]), "--quiet", *extra]
-
-
-def test_explain_writes_geometry_provenance_and_summary(files, capsys):
-    out, summary = files["dir"] / "attr.nrrd", files["dir"] / "summary.json"
-    code = main(explain_args(files, "--method", "integrated_gradients", "--param", "n_steps=4",
-                             "--target-class", "1", "--target-mask", str(files["mask"]),
+def test_explain_writes_geometry_provenance_and_summary(cli_files, capsys):
+    out, summary = cli_files["dir"] / "attr.nrrd", cli_files["dir"] / "summary.json"
+    code = main(explain_args(cli_files, "--method", "integrated_gradients", "--param", "n_steps=4",
+                             "--target-class", "1", "--target-mask", str(cli_files["mask"]),
                              "--out", str(out), "--json", str(summary), "--seed", "5"))
     assert code == 0, capsys.readouterr().err
-    attribution, image = read_image(out), read_image(files["image"])
+    attribution, image = read_image(out), read_image(cli_files["image"])
     np.testing.assert_allclose(attribution.affine, image.affine, atol=1e-5)
     assert attribution.shape == image.shape
     provenance = json.loads(attribution.meta["header"][PROVENANCE_KEY])
@@ -125,13 +105,13 @@ def _corrupt(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_exits_2_with_a_short_reason_and_no_output(case, files, capsys):
+def test_bad_input_exits_2_with_a_short_reason_and_no_output(case, cli_files, capsys):
     make_args, fragment = BAD_INPUTS[case]
-    extra = make_args(files)
-    out = files["dir"] / "attr.nrrd"
-    args = explain_args(files, "--target-class", "1", "--out", str(out))
+    extra = make_args(cli_files)
+    out = cli_files["dir"] / "attr.nrrd"
+    args = explain_args(cli_files, "--target-class", "1", "--out", str(out))
     if case == "channels":  # a second --image makes a two-channel input for a one-channel model
-        args[args.index("--image") + 2:args.index("--image") + 2] = ["--image", str(files["image"])]
+        args[args.index("--image") + 2:args.index("--image") + 2] = ["--image", str(cli_files["image"])]
     elif extra[0] == "--image":  # replace the good image
         args[args.index("--image") + 1] = extra[1]
     else:
@@ -142,19 +122,19 @@ def test_bad_input_exits_2_with_a_short_reason_and_no_output(case, files, capsys
     assert fragment in err and "Traceback" not in err
     assert err.count("\n") <= 3
     assert not out.exists()
-    assert not (files["dir"] / "pwned").exists()
+    assert not (cli_files["dir"] / "pwned").exists()
 
 
-def test_refuses_to_overwrite_the_input(files, capsys):
-    before = files["image"].read_bytes()
-    assert main(explain_args(files, "--out", str(files["image"]))) == 2
+def test_refuses_to_overwrite_the_input(cli_files, capsys):
+    before = cli_files["image"].read_bytes()
+    assert main(explain_args(cli_files, "--out", str(cli_files["image"]))) == 2
     assert "never overwrites its inputs" in capsys.readouterr().err
-    assert files["image"].read_bytes() == before
+    assert cli_files["image"].read_bytes() == before
 
 
-def test_python_m_progress_json_and_ctrl_c_cancels_without_output(files):
-    out = files["dir"] / "attr.nrrd"
-    command = [sys.executable, "-m", "MedXAILib", *explain_args(files, "--method", "integrated_gradients",
+def test_python_m_progress_json_and_ctrl_c_cancels_without_output(cli_files):
+    out = cli_files["dir"] / "attr.nrrd"
+    command = [sys.executable, "-m", "MedXAILib", *explain_args(cli_files, "--method", "integrated_gradients",
                "--param", "n_steps=1000", "--param", "batch_size=1", "--target-class", "1",
                "--progress-json", "--out", str(out))]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -169,13 +149,13 @@ def test_python_m_progress_json_and_ctrl_c_cancels_without_output(files):
     assert process.returncode == 130, err
     assert "cancelled" in err and "Traceback" not in err
     assert {"progress", "message", "elapsed_s"} <= set(records[-1])
-    assert not out.exists() and not list(files["dir"].glob("*attr*"))
+    assert not out.exists() and not list(cli_files["dir"].glob("*attr*"))
 
 
-def test_boundary_band_and_margin_targets_from_the_command_line(files, capsys):
-    out = files["dir"] / "band.nrrd"
-    code = main(explain_args(files, "--method", "saliency", "--target-class", "1", "--target-boundary", "1.5,2",
-                             "--target-margin", "--out", str(out)))
+def test_boundary_band_and_margin_targets_from_the_command_line(cli_files, capsys):
+    out = cli_files["dir"] / "band.nrrd"
+    code = main(explain_args(cli_files, "--method", "saliency", "--target-class", "1",
+                             "--target-boundary", "1.5,2", "--target-margin", "--out", str(out)))
     assert code == 0, capsys.readouterr().err
     provenance = json.loads(read_image(out).meta["header"][PROVENANCE_KEY])
     assert provenance["target"]["region"] == "boundary" and provenance["target"]["score"] == "margin"

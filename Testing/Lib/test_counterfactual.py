@@ -29,7 +29,7 @@ from MedXAILib.counterfactual import GENERATORS, Counterfactual, Goal, generate_
 from MedXAILib.counterfactual.inpaint import harmonic_fill
 from MedXAILib.counterfactual.report import noise_level, plausibility
 from MedXAILib.io import read_image, write_image
-from MedXAILib.model import load_model, save_spec_model
+from MedXAILib.model import load_model
 
 from conftest import oblique_affine
 
@@ -647,26 +647,6 @@ def test_autoencoder_training_is_deterministic():
 
 # ------------------------------------------------------------------------------------------------
 # Command line
-
-UNET_ARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8], "strides": [2],
-             "num_res_units": 1}
-
-
-@pytest.fixture
-def cli_files(tmp_path: Path) -> dict[str, Path]:
-    from monai.networks.nets import UNet
-
-    image = noise_image(0, shape=(20, 16, 12), sd=1.0, affine=oblique_affine())
-    write_image(image, tmp_path / "ct.nrrd")
-    mask = np.zeros(image.shape, np.float32)
-    mask[5:12, 4:10, 3:8] = 1
-    write_image(image.with_array(mask), tmp_path / "mask.nii.gz")
-    torch.manual_seed(0)
-    save_spec_model(UNet(**UNET_ARGS), "UNet", UNET_ARGS, tmp_path / "unet.json", task="segmentation",
-                    class_names=["background", "organ", "lesion"], in_channels=1)
-    return {"image": tmp_path / "ct.nrrd", "mask": tmp_path / "mask.nii.gz", "model": tmp_path / "unet.json",
-            "dir": tmp_path}
-
 
 def cf_args(files, *extra):
     return ["counterfactual", "--image", str(files["image"]), "--model", str(files["model"]), "--quiet", *extra]

@@ -22,20 +22,12 @@ from MedXAILib.model import save_spec_model
 from MedXAIRuntime import process
 from MedXAIRuntime.jobs import ExplainJob, ExplainProcessError, ExplainRequest, runInProcess
 from MedXAIRuntime.runners import InProcessRunner, RunMode, SubprocessRunner, chooseRunMode
+from runtime_models import oblique_affine, save_segmenter
 
 SHAPE = (16, 14, 12)
 CLASSIFIER_ARGS = {"in_shape": [1, *SHAPE], "classes": 2, "channels": [4, 8], "strides": [2, 2]}
 UNET_ARGS = {"spatial_dims": 3, "in_channels": 2, "out_channels": 3, "channels": [4, 8], "strides": [2],
              "num_res_units": 1}
-
-
-def oblique_affine() -> np.ndarray:
-    angle = np.deg2rad(20)
-    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
-    affine = np.eye(4)
-    affine[:3, :3] = rotation @ np.diag([1.5, 0.8, 2.5])
-    affine[:3, 3] = (-12.0, 30.5, 7.25)
-    return affine
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +42,13 @@ def classifier(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def segmenter(tmp_path_factory) -> Path:
-    from monai.networks.nets import UNet
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("models")
-    return save_spec_model(UNet(**UNET_ARGS), "UNet", UNET_ARGS, folder / "unet.json", task="segmentation",
-                           in_channels=2)
+    return save_segmenter(tmp_path_factory.mktemp("models"), UNET_ARGS, in_channels=2)
 
 
 def image(channels: int = 1) -> ImageVolume:
     rng = np.random.default_rng(0)
-    return ImageVolume(rng.normal(size=(channels, *SHAPE)).astype(np.float32), oblique_affine())
+    affine = oblique_affine((1.5, 0.8, 2.5), (-12.0, 30.5, 7.25), angle_deg=20)
+    return ImageVolume(rng.normal(size=(channels, *SHAPE)).astype(np.float32), affine)
 
 
 class FakeTimer:

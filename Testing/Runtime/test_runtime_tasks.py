@@ -24,29 +24,16 @@ from MedXAILib.model import save_spec_model
 from MedXAILib.monitor import Monitor
 from MedXAIRuntime import process, tasks
 from MedXAIRuntime.tasks import TaskKind, TaskRequest, TaskResult
+from runtime_models import oblique_affine, save_segmenter
 
 SHAPE = (12, 10, 8)
 UNET_ARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8], "strides": [2],
              "num_res_units": 1, "dropout": 0.2}
 
 
-def anisotropicAffine() -> np.ndarray:
-    angle = np.deg2rad(15)
-    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
-    affine = np.eye(4)
-    affine[:3, :3] = rotation @ np.diag([1.2, 0.9, 2.0])
-    affine[:3, 3] = (-30.0, 12.5, 4.0)
-    return affine
-
-
 @pytest.fixture(scope="module")
 def segmenter(tmp_path_factory) -> Path:
-    from monai.networks.nets import UNet
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("models")
-    return save_spec_model(UNet(**UNET_ARGS), "UNet", UNET_ARGS, folder / "unet.json", task="segmentation",
-                           in_channels=1)
+    return save_segmenter(tmp_path_factory.mktemp("models"), UNET_ARGS, in_channels=1)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +41,7 @@ def image() -> ImageVolume:
     rng = np.random.default_rng(3)
     array = rng.normal(size=SHAPE).astype(np.float32)
     array[3:9, 3:7, 2:6] += 2.0
-    return ImageVolume(array[np.newaxis], anisotropicAffine())
+    return ImageVolume(array[np.newaxis], oblique_affine((1.2, 0.9, 2.0), (-30.0, 12.5, 4.0), angle_deg=15))
 
 
 def structure() -> np.ndarray:
