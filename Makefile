@@ -45,7 +45,8 @@ test: $(VENV)/.test-stamp
 	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 bench: $(VENV)/.test-stamp
-	$(PY) Testing/benchmarks/bench_explain.py
+	OMP_NUM_THREADS=1 $(PY) Testing/benchmarks/bench_explain.py
+	OMP_NUM_THREADS=1 $(PY) Testing/benchmarks/bench_scale.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

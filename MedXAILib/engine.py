@@ -1,4 +1,12 @@
-"""`explain()`: one call from an image, a model, a method and a target to an :class:`Attribution`."""
+"""`explain()`: one call from an image, a model, a method and a target to an :class:`Attribution`.
+
+The model output for the input is needed to resolve the target and for the provenance. For a
+sliding-window segmenter and a target whose region does not depend on the output (a class, mask, box
+or voxel), the target is resolved from the output's shape alone (the channel count from one probe
+window), and the output comes from the windows the method runs anyway (a gradient at the input
+blends them, see :mod:`MedXAILib.model.window_gradient`), or from one pass after the method: the
+whole volume then goes through the network once less.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +22,7 @@ from .errors import ModelError, TargetError
 from .methods import METHODS
 from .methods.context import MethodContext
 from .model import ModelAdapter, load_model, resolve_device
+from .model.memory import parse_budget
 from .monitor import Monitor
 from .params import make_params, params_to_dict
 from .provenance import library_versions, summarise_prediction, timestamp
@@ -21,7 +30,10 @@ from .scoring import resolve_target
 from .target import Target
 from .volume import ImageVolume
 
-__all__ = ["explain"]
+__all__ = ["explain", "OUTPUT_FREE_REGIONS"]
+
+#: Target regions fixed without the model output (see the module docstring).
+OUTPUT_FREE_REGIONS = ("class", "mask", "box", "voxel")
 
 
 def explain(
@@ -33,6 +45,8 @@ def explain(
     device: Optional[str] = None,
     monitor: Optional[Monitor] = None,
     seed: int = 0,
+    memory_budget: Optional[str | int] = None,
+    mixed_precision: Optional[bool] = None,
 ) -> Attribution:
     """Explain `model`'s `target` on `image` with an attribution `method`.
 
@@ -47,6 +61,9 @@ def explain(
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; default: the model's current device.
         monitor: progress and cancel; ``Cancelled`` propagates and nothing is returned.
         seed: seeds every random draw, so results repeat exactly on the same device.
+        memory_budget: bytes (or ``"4GB"``, ``"auto"``) the run may use; sets the model's budget,
+            which sizes sliding-window and perturbation batches (default: the model's, else auto).
+        mixed_precision: float16 autocast for the network on CUDA (default: the model's setting).
 
     Returns:
         The signed, raw map per input channel on the input grid, with its provenance.
@@ -67,30 +84,47 @@ def explain(
     adapter = model if isinstance(model, ModelAdapter) else load_model(model, device=device or "auto")
     if device is not None:
         adapter.to(resolve_device(device))
+    if memory_budget is not None:
+        adapter.memory_budget = parse_budget(memory_budget)
+    if mixed_precision is not None:
+        adapter.mixed_precision = bool(mixed_precision)
     adapter.check_input(image.n_channels)
     target = target or Target()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
 
-    monitor.update(0.0, "Running the model on the input")
     bound = adapter.bind(image.affine, image.shape)
     x = torch.as_tensor(image.array, device=adapter.device).unsqueeze(0)
-    with torch.no_grad():
-        output = bound(x)
-    if adapter.class_names and len(adapter.class_names) != output.shape[1]:
+    deferred = bound.windowed and adapter.task == "segmentation" and target.region in OUTPUT_FREE_REGIONS
+    if deferred:  # the output's shape suffices; the output itself comes with the method's windows
+        output = None
+        like = torch.zeros((), device=adapter.device).expand(1, bound.output_channels(), *image.shape)
+    else:
+        monitor.update(0.0, "Running the model on the input")
+        bound.progress = _running(monitor, 0.0)
+        with torch.no_grad():
+            output = like = bound(x)
+    if adapter.class_names and len(adapter.class_names) != like.shape[1]:
         raise ModelError(
-            f"the model declares {len(adapter.class_names)} class names but returns {output.shape[1]} channels"
+            f"the model declares {len(adapter.class_names)} class names but returns {like.shape[1]} channels"
         )
     if info.tasks and adapter.task not in info.tasks:
         raise TargetError(f"method '{info.name}' does not support {adapter.task} models")
-    scorer = resolve_target(target, output, adapter.task, adapter.output_activation, spacing=image.spacing)
+    scorer = resolve_target(target, like, adapter.task, adapter.output_activation, spacing=image.spacing)
 
-    ctx = MethodContext(x=x, model=bound, scorer=scorer, image=image, monitor=monitor, generator=generator)
+    ctx = MethodContext(x=x, model=bound, scorer=scorer, image=image, monitor=monitor, generator=generator,
+                        output=output)
     with monitor.stage(0.02, 1.0):
+        bound.progress = ctx.window_progress()
         result = info.load()(ctx, params)
+        if ctx.output is None:
+            monitor.update(1.0, "Running the model on the input")
+            bound.progress = _running(monitor, 1.0)
+        output = ctx.input_output()
     array = result[0].detach().float().cpu().numpy()
     if not np.all(np.isfinite(array)):
-        raise ModelError(f"method '{info.name}' produced non-finite values; the model may be unstable on this input")
+        raise ModelError(f"method '{info.name}' produced non-finite values; the model may be unstable on "
+                         "this input")
 
     provenance = {
         "method": info.name,
@@ -111,8 +145,14 @@ def explain(
         "versions": library_versions(),
         "seed": seed,
         "device": str(adapter.device),
+        "memory": bound.memory_report(),
         "seconds": round(time.perf_counter() - started, 4),
         "created": timestamp(),
     }
     monitor.update(1.0, f"{info.title}: done")
     return Attribution(array=array, affine=image.affine.copy(), provenance=provenance)
+
+
+def _running(monitor: Monitor, fraction: float):
+    """``progress(done, total)`` for the pass that computes the model output."""
+    return lambda done, total: monitor.update(fraction, f"Running the model: window {done} of {total}")

@@ -50,6 +50,25 @@ def summarise_prediction(output: Any, task: str, class_names: Any) -> dict[str, 
                 "logits": [round(float(v), 6) for v in logits],
                 "softmax": [round(float(v), 6) for v in probs],
             }
-        labels = output[0].argmax(0)
+        small = torch.uint8 if output.shape[1] <= 256 else torch.int64  # a CT's labels: 1 byte a voxel
+        labels = channel_argmax(output[0], small)
         counts = torch.bincount(labels.flatten(), minlength=output.shape[1])
         return {"voxels_per_class": [int(c) for c in counts]}
+
+
+def channel_argmax(scores: Any, dtype: Any = None) -> Any:
+    """``scores.argmax(0)`` of a (K, I, J, K) tensor (first maximum on ties; NaN never wins), as
+    labels of `dtype` (default int64).
+
+    One running maximum over the K channels: each step is a contiguous element-wise pass, where
+    torch's strided reduction over the outer axis of a whole CT takes seconds on the CPU.
+    """
+    import torch
+
+    best = scores[0]
+    labels = torch.zeros(scores.shape[1:], dtype=dtype or torch.int64, device=scores.device)
+    for k in range(1, scores.shape[0]):
+        higher = scores[k] > best
+        best = torch.where(higher, scores[k], best)
+        labels.masked_fill_(higher, k)
+    return labels

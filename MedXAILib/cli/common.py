@@ -128,8 +128,14 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--device``, ``--seed``, ``--progress-json`` and ``--quiet``."""
+    """``--device``, ``--memory-budget``, ``--mixed-precision``, ``--seed``, ``--progress-json``, ``--quiet``."""
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--memory-budget", default="auto", metavar="SIZE",
+                        help="memory the run may use, e.g. 4GB or 500MB; sizes sliding-window and perturbation "
+                             "batches (default auto: half the free VRAM on CUDA; half the free RAM, at most "
+                             "4GB, on the CPU)")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="run the network in float16 autocast on CUDA (faster, less exact; no effect on CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress-json", action="store_true", help="progress as JSON lines on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -154,8 +160,13 @@ def model_from_args(args: argparse.Namespace) -> Any:
     if args.window:
         steps.append({"kind": "scale_intensity_range", "a_min": args.window[0], "a_max": args.window[1],
                       "b_min": 0.0, "b_max": 1.0, "clip": True})
-    return load_model(args.model, trust_bundle=args.trust_bundle, device=args.device, task=args.task,
-                      roi_size=args.roi_size, preprocessing=Preprocessing.from_config(steps) if steps else None)
+    from ..model.memory import parse_budget
+
+    adapter = load_model(args.model, trust_bundle=args.trust_bundle, device=args.device, task=args.task,
+                         roi_size=args.roi_size, preprocessing=Preprocessing.from_config(steps) if steps else None)
+    adapter.memory_budget = parse_budget(getattr(args, "memory_budget", None))
+    adapter.mixed_precision = bool(getattr(args, "mixed_precision", False))
+    return adapter
 
 
 def target_from_args(args: argparse.Namespace, image: Any) -> Any:

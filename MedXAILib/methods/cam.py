@@ -18,21 +18,25 @@ Common steps (one forward pass, one backward pass for the gradient methods):
 4. :meth:`MethodContext.to_input_grid` maps it back onto the image grid through the inverse of the
    model's spatial preprocessing (orientation, spacing), so the map lies on the input grid.
 
-Sliding-window models (``adapter.roi_size`` set): the layer runs once per window. Every window keeps
-its own activations ``A_w`` and its own gradient of the *global* target, all from one backward pass
-through the stitched output, so each window gets its own CAM (for Grad-CAM: its own channel
-weights), upsampled to the window. MONAI stitches ``y = sum_w m_w y_w / sum_w m_w`` with importance
-maps ``m_w`` (constant or Gaussian), so the gradient reaching window ``w`` already carries its blend
-weight ``c_w = m_w / sum_w' m_w``. Gradient CAMs are therefore *summed* over the windows covering a
-voxel: ``CAM(v) = sum_w CAM_w(v)``, which is MONAI's weighted average of the windows' own CAMs (for
-HiResCAM and LayerCAM exactly ``sum_w c_w(v) CAM_w^own(v)``; Grad-CAM averages ``c_w g`` over the
-window) and, for HiResCAM and LayerCAM on a network whose layer sees the same activations in every
-window, equals the CAM of the whole volume. Score-CAM involves no gradient: its per-window maps (and
-the activations that make its masks) are combined with MONAI's weighted average itself. Window
-positions, padding of inputs smaller than the ROI and blend weights come from
-``monai.inferers.sliding_window_inference`` called again with the model's ROI, overlap and blend
-mode. For an input of exactly one ROI there is one window, ``c_w = 1``, and the map equals the
-direct CAM.
+Sliding-window models (``adapter.roi_size`` set): the layer runs once per window ``w``, and a CAM
+over windows is defined window by window. Window ``w`` keeps its own activations ``A_w`` and its own
+gradient of the *global* target ``G_w = dS/dA_w``, where ``S`` is the score of MONAI's stitched
+output ``y = sum_w m_w f(x_w) / sum_w m_w`` (importance maps ``m_w``, constant or Gaussian). So
+``G_w`` is the vector-Jacobian product of the network on window ``w`` with ``dS/dy * m_w / N``
+(``N = sum_w m_w``) cut to the window: it already carries the window's blend weight
+``c_w = m_w / N``. The method's map ``CAM_w = combine(A_w, G_w)`` (for Grad-CAM its own channel
+weights from ``G_w``), after the ReLU of its definition, is upsampled to the window and the maps
+are *summed* over the windows covering a voxel: ``CAM(v) = sum_w up(CAM_w)(v)``, MONAI's weighted
+average of the windows' own CAMs (for HiResCAM and LayerCAM exactly ``sum_w c_w(v) CAM_w^own(v)``;
+Grad-CAM averages ``c_w g`` over the window) and, for HiResCAM and LayerCAM on a network whose
+layer sees the same activations in every window, the CAM of the whole volume. The windows are
+processed one batch at a time (:func:`MedXAILib.model.window_gradient.window_backward`): each batch
+recomputes its forward pass from the layer on, backpropagates its vector-Jacobian product, and
+adds its maps to the volume, so the whole graph and all windows' activations are never held at
+once; the result equals the computation with one backward pass through the stitched output and
+hooks over all windows (to float rounding). Score-CAM involves no gradient: its per-window maps
+(and the activations that make its masks) are combined with MONAI's weighted average itself. For an
+input of exactly one ROI there is one window, ``c_w = 1``, and the map equals the direct CAM.
 
 Multi-channel inputs: a CAM is one map per location. The attribution is that map divided by the
 number of input channels ``C`` and repeated in every channel, so the channel sum (what is displayed)
@@ -49,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelError, ParameterError
+from ..model.layout import channels_last, to_channels_last
 from .catalog.cam import (
     GradCAMParams,
     GradCAMPlusPlusParams,
@@ -86,7 +91,11 @@ class ChosenLayer:
 
 
 def choose_layer(ctx: MethodContext, name: str) -> ChosenLayer:
-    """The named layer, or the automatic choice for the model's task (see :mod:`.layers`)."""
+    """The named layer, or the automatic choice for the model's task (see :mod:`.layers`).
+
+    The automatic choice traces one forward pass on what the network sees in one call; it depends
+    only on the network, the task and that input's shape, so the adapter keeps it for later runs.
+    """
     network = ctx.network
     check_hookable(network)
     if name.strip():
@@ -95,7 +104,11 @@ def choose_layer(ctx: MethodContext, name: str) -> ChosenLayer:
     with torch.no_grad():
         z = ctx.network_input()
     example = example_input(adapter.in_channels, adapter.roi_size, network_input=z)
-    chosen = default_layer(network, adapter.task, example)
+    cache = getattr(adapter, "_probe_cache", {})
+    key = ("cam_layer", adapter.task, tuple(example.shape), id(network))
+    if key not in cache:
+        cache[key] = default_layer(network, adapter.task, example)
+    chosen = cache[key]
     return ChosenLayer(chosen, resolve_layer(network, chosen), True)
 
 
@@ -149,10 +162,18 @@ def _hooked(network: torch.nn.Module, layer: ChosenLayer, rank: int, grad: bool)
 
 
 def layer_maps(ctx: MethodContext, layer: ChosenLayer, grad: bool = True) -> LayerMaps:
-    """Activations (and gradients of the target score) of `layer` for the input, over all windows."""
+    """Activations (and gradients of the target score) of `layer` for the input, over all windows.
+
+    The network runs in channels-last-3D layout (:mod:`MedXAILib.model.layout`: same values, faster).
+    """
+    with channels_last(ctx.network):
+        return _layer_maps(ctx, layer, grad)
+
+
+def _layer_maps(ctx: MethodContext, layer: ChosenLayer, grad: bool) -> LayerMaps:
     with _hooked(ctx.network, layer, ctx.x.ndim, grad) as store:
         with torch.enable_grad() if grad else torch.no_grad():
-            score = ctx.scorer(ctx.model(ctx.x.detach()))[0]
+            score = ctx.scorer(ctx.model(to_channels_last(ctx.x.detach())))[0]
     acts = store["acts"]
     if not acts:
         raise ParameterError(
@@ -254,7 +275,11 @@ def _finish(ctx: MethodContext, cams: torch.Tensor, params: Any, layer: ChosenLa
                      "this target, so the map is empty; relu=false shows the signed map")
         cams = F.relu(cams)
     ctx.monitor.update(0.9, f"{title}: upsampling to the input grid")
-    net_map = _on_network_grid(ctx, cams, params.upsample, combine)
+    return _to_image(ctx, _on_network_grid(ctx, cams, params.upsample, combine))
+
+
+def _to_image(ctx: MethodContext, net_map: torch.Tensor) -> torch.Tensor:
+    """(1, 1, *network grid) -> (1, C, I, J, K) on the image grid, split equally across the channels."""
     image_map = ctx.to_input_grid(net_map)
     channels = ctx.x.shape[1]
     return (image_map / channels).expand(-1, channels, *image_map.shape[2:]).contiguous()
@@ -275,6 +300,8 @@ def _spatial(t: torch.Tensor) -> tuple[int, ...]:
 
 def _gradient_cam(ctx: MethodContext, params: Any, title: str, combine: MapFunction) -> torch.Tensor:
     layer = choose_layer(ctx, params.layer)
+    if ctx.windowed:
+        return _windowed_gradient_cam(ctx, params, layer, title, combine)
     ctx.monitor.update(0.0, f"{title}: forward and backward pass through layer {layer.name}")
     maps = layer_maps(ctx, layer, grad=True)
     _record(ctx, layer, maps)
@@ -282,6 +309,56 @@ def _gradient_cam(ctx: MethodContext, params: Any, title: str, combine: MapFunct
     assert maps.gradients is not None
     cams = combine(maps.activations, maps.gradients, maps.score, params)
     return _finish(ctx, cams, params, layer, title, combine="sum")
+
+
+def _windowed_gradient_cam(ctx: MethodContext, params: Any, layer: ChosenLayer, title: str,
+                           combine: MapFunction) -> torch.Tensor:
+    """A gradient CAM over sliding windows, one batch of windows at a time (see the module docstring)."""
+    bound = ctx.model
+    plan = bound.plan()
+    # only Grad-CAM++'s exp_score reads the score: no pass over the volume for it otherwise
+    score = ctx.scorer(ctx.input_output())[0].detach() if getattr(params, "exp_score", False) \
+        else torch.zeros((), dtype=ctx.x.dtype, device=ctx.x.device)
+    total = torch.zeros((1, 1, *plan.count.shape[2:]), dtype=ctx.x.dtype, device=ctx.x.device)
+    seen = {"windows": 0, "positive": False, "shape": None}
+    ctx.monitor.update(0.0, f"{title}: windows through layer {layer.name}")
+
+    with _hooked(ctx.network, layer, ctx.x.ndim, grad=True) as store:
+        def taps() -> list:
+            if store["layer_calls"] != store["network_calls"]:
+                raise ParameterError(
+                    f"layer {layer.name!r} runs {store['layer_calls']} times in {store['network_calls']} "
+                    "network call(s) (shared weights); a CAM needs a layer that runs once per call")
+            acts, store["acts"] = store["acts"], []
+            if not acts:
+                raise ParameterError(f"layer {layer.name!r} did not run in the forward pass; choose another "
+                                     "(see 'medxai layers')")
+            return acts
+
+        def add(jobs, acts, grads) -> None:
+            a, g = torch.cat(acts), torch.cat(grads)
+            seen["shape"] = list(a.shape[1:])
+            cams = combine(a, g, score, params)
+            if params.relu:
+                seen["positive"] = seen["positive"] or bool((cams > 0).any())
+                cams = F.relu(cams)
+            up = _upsample(cams, plan.roi, params.upsample)
+            for row, job in enumerate(jobs):
+                total[(slice(None), slice(None), *plan.window(job)[1])] += up[row:row + 1]
+            seen["windows"] += len(jobs)
+
+        found = bound.gradient(ctx.x, ctx.scorer, output=ctx.output, input_grad=False, keep_output=True,
+                               taps=taps, on_batch=add, progress=ctx.window_progress(title))
+    if ctx.output is None:  # the windows' blend is the model output: no second pass for it
+        ctx.output = found.output
+    ctx.diagnostics.update(layer=layer.name, layer_automatic=layer.automatic,
+                           layer_output_shape=seen["shape"],
+                           windows=seen["windows"], windows_per_call=bound.windows_per_call())
+    if params.relu and not seen["positive"]:
+        ctx.warn(f"{title} has no positive value at layer {layer.name!r}: all its evidence is against "
+                 "this target, so the map is empty; relu=false shows the signed map")
+    ctx.monitor.update(0.9, f"{title}: mapping to the input grid")
+    return _to_image(ctx, plan.unpad(total))
 
 
 def _grad_cam_map(a: torch.Tensor, g: torch.Tensor, score: torch.Tensor, params: Any) -> torch.Tensor:

@@ -138,8 +138,8 @@ def integrated_gradients(ctx: MethodContext, params: IntegratedGradientsParams) 
         total += (w * grads).sum(0, keepdim=True)
         ctx.monitor.update(stop / n, f"Integrated gradients: {stop}/{n} path points")
     attribution = delta * total
-    with torch.no_grad():
-        gap = float(ctx.score(x)[0] - ctx.score(baseline)[0])
+    with torch.no_grad():  # F(x) from the output the run already has (explain's target pass)
+        gap = float(ctx.scorer(ctx.input_output())[0]) - float(ctx.score(baseline)[0])
     _record_completeness(
         ctx,
         attribution,

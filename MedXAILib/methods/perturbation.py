@@ -21,7 +21,15 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ParameterError
-from .catalog.perturbation import FeatureAblationParams, LimeParams, OcclusionParams, RiseParams
+from ..model import window_scores
+from ..model.layout import channels_last
+from .catalog.perturbation import (
+    AdaptiveOcclusionParams,
+    FeatureAblationParams,
+    LimeParams,
+    OcclusionParams,
+    RiseParams,
+)
 from .context import MethodContext
 from .gradient import make_baseline
 from .regions import Regions, build_regions, coalition_inputs, paint, parse_triple
@@ -35,6 +43,10 @@ __all__ = [
     "run_batches",
     "weighted_linear_fit",
     "occlusion_geometry",
+    "adaptive_occlusion",
+    "BoxGrid",
+    "occlude",
+    "channels_last",
 ]
 
 
@@ -78,23 +90,35 @@ def run_batches(
     """
     lo, hi = progress
     scores = []
+    batch_size = _budgeted(ctx, batch_size)
     ctx.monitor.update(lo, f"{label}: {n} perturbed inputs")
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        with torch.no_grad():
-            batch = make_batch(start, stop)
-            batch_scores = ctx.score(batch).detach().reshape(-1)
-            if on_batch is not None:
-                on_batch(start, stop, batch, batch_scores)
-        scores.append(batch_scores)
-        del batch
-        ctx.monitor.update(lo + (hi - lo) * stop / n, f"{label}: {stop}/{n} perturbed inputs")
-    return torch.cat(scores) if scores else torch.zeros(0, device=ctx.x.device)
+    with channels_last(ctx.network):
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            with torch.inference_mode():  # no autograd bookkeeping at all, unlike no_grad
+                batch = make_batch(start, stop)
+                if batch.ndim == 5 and not ctx.windowed:
+                    batch = batch.contiguous(memory_format=torch.channels_last_3d)
+                batch_scores = ctx.score(batch).reshape(-1).clone()
+                if on_batch is not None:
+                    on_batch(start, stop, batch, batch_scores)
+            scores.append(batch_scores.float())
+            del batch
+            ctx.monitor.update(lo + (hi - lo) * stop / n, f"{label}: {stop}/{n} perturbed inputs")
+    ctx.diagnostics["batch_size_used"] = batch_size
+    return torch.cat(scores).clone() if scores else torch.zeros(0, device=ctx.x.device)
+
+
+def _budgeted(ctx: MethodContext, batch_size: int) -> int:
+    """`batch_size`, lowered to what the model's memory budget holds (see :mod:`MedXAILib.model.memory`)."""
+    per_call = getattr(ctx.model, "inputs_per_call", None)
+    return int(per_call(batch_size)) if per_call is not None else batch_size
 
 
 def _score_input(ctx: MethodContext) -> torch.Tensor:
+    """The target score of the unperturbed input, from the output the run already has."""
     with torch.no_grad():
-        return ctx.score(ctx.x.detach()).detach().reshape(-1)[0]
+        return ctx.scorer(ctx.input_output()).detach().reshape(-1)[0]
 
 
 def weighted_linear_fit(
@@ -184,59 +208,219 @@ def occlusion(ctx: MethodContext, params: OcclusionParams) -> torch.Tensor:
     ``captum.attr.Occlusion`` with ``sliding_window_shapes=(C, *window)`` and ``strides=(1,
     *stride)`` divided by C (the value is split across the channels occluded together) or, with
     ``per_channel``, ``sliding_window_shapes=(1, *window)``, ``strides=(1, *stride)``.
+
+    Speed: the boxes' score drops are spread onto the voxels with one transposed convolution (a
+    box of ones at every position), perturbed inputs run in batches capped by the model's memory
+    budget under ``torch.inference_mode``, in channels-last-3D layout where the network allows it.
+    For a sliding-window segmenter and a logit target, each box runs only the windows that meet
+    both the box and the target region (:mod:`MedXAILib.model.window_scores`; the same drops).
     """
     x = ctx.x.detach()
-    n_channels, shape = int(x.shape[1]), tuple(int(n) for n in x.shape[2:])
+    n_channels = int(x.shape[1])
     window, stride = occlusion_geometry(ctx, params)
-    positions = [math.ceil((n - w) / s) + 1 for n, w, s in zip(shape, window, stride)]
-    channels = list(range(n_channels)) if params.per_channel else [None]
-    n_boxes = int(np.prod(positions))
-    n_features = n_boxes * len(channels)
-
-    def feature(index: int):
-        box, channel = divmod(index, len(channels))
-        corner = tuple(int(k) * s for k, s in zip(np.unravel_index(box, positions), stride))
-        return corner, channels[channel]
-
-    baseline = perturbation_baseline(ctx, params.baseline, params.blur_sigma_mm)
-    ctx.monitor.update(0.0, f"Occlusion: {n_boxes} box positions")
-    score = _score_input(ctx)
-
+    boxes = BoxGrid(tuple(int(n) for n in x.shape[2:]), window, stride)
     map_channels = n_channels if params.per_channel else 1
-    total = torch.zeros((map_channels, *shape), dtype=torch.float32, device=x.device)
-    count = torch.zeros((map_channels, *shape), dtype=torch.float32, device=x.device)
-
-    def where(index: int):
-        corner, channel = feature(index)
-        box = tuple(slice(c, min(c + w, n)) for c, w, n in zip(corner, window, shape))
-        return (slice(None) if channel is None else slice(channel, channel + 1),) + box
-
-    def make_batch(start: int, stop: int) -> torch.Tensor:
-        batch = x.repeat(stop - start, 1, 1, 1, 1)
-        for item in range(stop - start):
-            index = where(start + item)
-            batch[(item,) + index] = baseline[(0,) + index]
-        return batch
-
-    def accumulate(start: int, stop: int, _batch: torch.Tensor, scores: torch.Tensor) -> None:
-        drops = (score - scores).float()
-        for item in range(stop - start):
-            index = where(start + item)
-            total[index] += drops[item]
-            count[index] += 1
-
-    run_batches(ctx, n_features, params.batch_size, make_batch, "Occlusion", accumulate)
-    attribution = total / count
+    baseline = perturbation_baseline(ctx, params.baseline, params.blur_sigma_mm)
+    ctx.monitor.update(0.0, f"Occlusion: {boxes.n} box positions")
+    score = _score_input(ctx)
+    chosen = torch.ones((map_channels, *boxes.positions), dtype=torch.bool)
+    drops = occlude(ctx, baseline, boxes, chosen, score, params.batch_size, "Occlusion")
+    attribution = boxes.spread(drops) / boxes.spread(chosen.to(drops.dtype))
     if not params.per_channel:
-        attribution = (attribution / n_channels).expand(n_channels, *shape)
+        attribution = (attribution / n_channels).expand(n_channels, *boxes.shape)
     ctx.diagnostics.update(
         window_voxels=list(window),
         stride_voxels=list(stride),
-        n_windows=n_boxes,
-        n_forward=n_features,
+        n_windows=boxes.n,
+        n_forward=boxes.n * map_channels,
         score_input=float(score),
     )
     return attribution.unsqueeze(0).contiguous()
+
+
+class BoxGrid:
+    """Occlusion boxes of `window` voxels every `stride` voxels (Captum's positions, last box clipped)."""
+
+    def __init__(self, shape: tuple[int, ...], window: tuple[int, ...], stride: tuple[int, ...]):
+        self.shape, self.window, self.stride = shape, window, stride
+        self.positions = tuple(math.ceil((n - w) / s) + 1 for n, w, s in zip(shape, window, stride))
+        self.n = int(np.prod(self.positions))
+
+    def box(self, position: tuple[int, ...]) -> tuple[slice, ...]:
+        return tuple(slice(k * s, min(k * s + w, n)) for k, s, w, n in zip(position, self.stride, self.window,
+                                                                          self.shape))
+
+    def spread(self, values: torch.Tensor) -> torch.Tensor:
+        """(M, *positions) per-box values -> (M, *shape): each voxel sums the boxes covering it.
+
+        A transposed convolution with a box of ones places every value on its box at once.
+        """
+        kernel = torch.ones((1, 1, *self.window), dtype=values.dtype, device=values.device)
+        out = F.conv_transpose3d(values.unsqueeze(1), kernel, stride=self.stride)
+        return out[(slice(None), 0, *(slice(0, n) for n in self.shape))]
+
+    def touching(self, mask: torch.Tensor) -> torch.Tensor:
+        """(*positions) bool: the boxes that contain at least one voxel of the (*shape) `mask`."""
+        full = tuple((p - 1) * s + w for p, s, w in zip(self.positions, self.stride, self.window))
+        pads = [v for n, f in zip(reversed(self.shape), reversed(full)) for v in (0, f - n)]
+        padded = F.pad(mask.float(), pads)
+        hit = F.max_pool3d(padded[None, None], kernel_size=self.window, stride=self.stride)[0, 0]
+        return hit[tuple(slice(0, p) for p in self.positions)] > 0
+
+
+def occlude(ctx: MethodContext, baseline: torch.Tensor, boxes: BoxGrid, chosen: torch.Tensor,
+            score: torch.Tensor, batch_size: int, label: str,
+            progress: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """Score drops ``score(x) - score(x with a box at the baseline)`` of the `chosen` boxes.
+
+    Args:
+        chosen: (M, *positions) bool; M is 1 (all channels occluded together) or C (one channel at a
+            time, channel m of the box).
+
+    Returns:
+        (M, *positions) float32 drops, zero where not chosen.
+    """
+    x = ctx.x.detach()
+    features = torch.nonzero(chosen.reshape(-1)).reshape(-1).tolist()
+    per_channel = chosen.shape[0] > 1
+    drops = torch.zeros(chosen.numel(), dtype=torch.float32, device=x.device)
+    if window_scores.applies(ctx.model, ctx.scorer, x):
+        return _occlude_windows(ctx, baseline, boxes, chosen, features, batch_size, label, progress)
+
+    def where(feature: int) -> tuple:
+        channel, box = divmod(feature, boxes.n)
+        spatial = boxes.box(tuple(int(k) for k in np.unravel_index(box, boxes.positions)))
+        return (slice(channel, channel + 1) if per_channel else slice(None),) + spatial
+
+    def make_batch(start: int, stop: int) -> torch.Tensor:
+        batch = x.expand(stop - start, *x.shape[1:]).clone()
+        for item, feature in enumerate(features[start:stop]):
+            index = where(feature)
+            batch[(item,) + index] = baseline[(0,) + index]
+        return batch
+
+    def keep(start: int, stop: int, _batch: torch.Tensor, scores: torch.Tensor) -> None:
+        drops[features[start:stop]] = (score - scores).float()
+
+    run_batches(ctx, len(features), batch_size, make_batch, label, keep, progress=progress)
+    return drops.reshape(chosen.shape)
+
+
+def _occlude_windows(ctx: MethodContext, baseline: torch.Tensor, boxes: BoxGrid, chosen: torch.Tensor,
+                     features: list[int], batch_size: int, label: str,
+                     progress: tuple[float, float]) -> torch.Tensor:
+    """:func:`occlude` for a sliding-window segmenter and a linear target: per box, only the windows
+    that meet both the box and the target region run (exact; see :mod:`MedXAILib.model.window_scores`)."""
+    local = getattr(ctx, "_local_windows", None)
+    if local is None:
+        per_call = window_scores.windows_per_call(ctx.model, batch_size)
+        local = window_scores.LocalWindowScores(ctx.model, ctx.x, ctx.scorer, per_call)
+        ctx._local_windows = local  # adaptive occlusion calls this several times on one input
+    lo, hi = progress
+    drops = torch.zeros(chosen.numel(), dtype=torch.float64)
+    per_channel = chosen.shape[0] > 1
+    for channel in range(chosen.shape[0]):
+        mine = [f for f in features if f // boxes.n == channel]
+        if not mine:
+            continue
+        spatial = [boxes.box(tuple(int(k) for k in np.unravel_index(f % boxes.n, boxes.positions)))
+                   for f in mine]
+
+        def report(done: int, total: int, _c=channel) -> None:
+            share = (_c + done / max(total, 1)) / chosen.shape[0]
+            ctx.monitor.update(lo + (hi - lo) * share, f"{label}: window {done} of {total}")
+
+        drops[mine] = local.drops(spatial, baseline, channel if per_channel else None, report)
+    ctx.diagnostics.update(windows_run=local.windows_run, windows_weighted=len(local.weighted),
+                           windows_per_input=local.plan.n_windows)
+    return drops.to(torch.float32).to(ctx.x.device).reshape(chosen.shape)
+
+
+#: Share of the exhaustive map's peak |relevance| above which a voxel counts as relevant (a diagnostic).
+RELEVANT_FRACTION = 0.01
+
+
+def adaptive_occlusion(ctx: MethodContext, params: AdaptiveOcclusionParams) -> torch.Tensor:
+    """Coarse-to-fine occlusion: exhaustive occlusion where it matters, a coarse map elsewhere.
+
+    Occlusion sensitivity (Zeiler & Fergus, ECCV 2014, arXiv:1311.2901) evaluated on a coarse grid
+    first and refined only where the coarse map is relevant (MedXAI's schedule):
+
+    1. Coarse pass: :func:`occlusion` with ``window * coarse_factor`` and ``stride * coarse_factor``.
+    2. The ``refine_fraction`` of coarse boxes with the largest ``|score drop|`` (non-zero only) make
+       the region to refine (the union of their boxes).
+    3. Fine pass: every fine box (``window``, ``stride``) that touches that region.
+    4. Voxels all of whose covering fine boxes were run get the exact fine value (identical to
+       :func:`occlusion` there); every other voxel keeps its coarse value.
+
+    Forward passes: the coarse boxes plus the refined fine boxes, against all fine boxes for the
+    exhaustive map (both recorded). With ``compare_exhaustive`` the remaining fine boxes are run as
+    well and the Spearman rank correlation between this map and the exhaustive one is recorded
+    (``spearman_exhaustive``, over all voxels; a validation, not a speed-up), and also over the
+    voxels whose exhaustive |relevance| is at least :data:`RELEVANT_FRACTION` of its maximum
+    (``spearman_exhaustive_relevant``, with ``relevant_voxel_fraction``). Channels are occluded
+    together.
+    """
+    x = ctx.x.detach()
+    n_channels = int(x.shape[1])
+    shape = tuple(int(n) for n in x.shape[2:])
+    window, stride = occlusion_geometry(ctx, params)
+    factor = int(params.coarse_factor)
+    coarse_window = tuple(min(w * factor, n) for w, n in zip(window, shape))
+    coarse_stride = tuple(min(s * factor, w) for s, w in zip(stride, coarse_window))
+    fine, coarse = BoxGrid(shape, window, stride), BoxGrid(shape, coarse_window, coarse_stride)
+    baseline = perturbation_baseline(ctx, params.baseline, params.blur_sigma_mm)
+    score = _score_input(ctx)
+
+    ctx.monitor.update(0.0, f"Adaptive occlusion: {coarse.n} coarse boxes")
+    every = torch.ones((1, *coarse.positions), dtype=torch.bool)
+    coarse_drops = occlude(ctx, baseline, coarse, every, score, params.batch_size,
+                           "Adaptive occlusion (coarse)",
+                           progress=(0.0, 0.3))
+    coarse_map = coarse.spread(coarse_drops) / coarse.spread(every.float())
+
+    magnitude = coarse_drops.abs().reshape(-1)
+    k = min(int(math.ceil(params.refine_fraction * coarse.n)), int((magnitude > 0).sum()))
+    region = torch.zeros(shape, dtype=torch.bool, device=x.device)
+    if k > 0:
+        for index in torch.topk(magnitude, k).indices.tolist():
+            region[coarse.box(tuple(int(v) for v in np.unravel_index(index, coarse.positions)))] = True
+    chosen = fine.touching(region).unsqueeze(0).cpu()
+    fine_drops = occlude(ctx, baseline, fine, chosen, score, params.batch_size, "Adaptive occlusion (fine)",
+                         progress=(0.3, 0.95 if params.compare_exhaustive else 1.0))
+    covered = fine.spread(chosen.to(fine_drops.dtype).to(x.device))
+    coverage = fine.spread(torch.ones((1, *fine.positions), dtype=fine_drops.dtype, device=x.device))
+    fine_total = fine.spread(fine_drops)
+    exact = covered == coverage
+    attribution = torch.where(exact, fine_total / coverage, coarse_map)
+    n_refined = int(chosen.sum())
+    ctx.diagnostics.update(
+        window_voxels=list(window), stride_voxels=list(stride), coarse_window_voxels=list(coarse_window),
+        coarse_stride_voxels=list(coarse_stride), n_coarse_boxes=coarse.n, n_refined_boxes=n_refined,
+        n_forward=coarse.n + n_refined, n_forward_exhaustive=fine.n,
+        refined_voxel_fraction=float(exact.float().mean()), score_input=float(score),
+    )
+    if params.compare_exhaustive:
+        rest = ~chosen
+        rest_drops = occlude(ctx, baseline, fine, rest, score, params.batch_size,
+                             "Adaptive occlusion (exhaustive check)", progress=(0.95, 1.0))
+        exhaustive = (fine_total + fine.spread(rest_drops)) / coverage
+        relevant = exhaustive.abs() >= RELEVANT_FRACTION * exhaustive.abs().max()
+        ctx.diagnostics.update(
+            spearman_exhaustive=spearman(attribution, exhaustive),
+            spearman_exhaustive_relevant=spearman(attribution[relevant], exhaustive[relevant]),
+            relevant_voxel_fraction=float(relevant.float().mean()))
+    return (attribution / n_channels).expand(n_channels, *shape).unsqueeze(0).contiguous()
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two maps (ties get their mean rank), as ``scipy.stats.spearmanr``."""
+    from scipy.stats import spearmanr
+
+    value = spearmanr(a.detach().cpu().double().numpy().reshape(-1),
+                      b.detach().cpu().double().numpy().reshape(-1))
+    result = float(value.statistic if hasattr(value, "statistic") else value[0])
+    return result if np.isfinite(result) else 1.0 if torch.equal(a, b) else 0.0
 
 
 # ------------------------------------------------------------------------------------------------

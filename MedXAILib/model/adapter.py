@@ -4,6 +4,11 @@ The adapter owns the network (always in ``eval()`` mode), its task and class nam
 preprocessing, the inferer (direct call, or sliding-window inference for volumes larger than the
 ROI) and the inverse mapping of dense outputs back onto the input grid. Everything it does is
 differentiable, so attribution methods see one function: input voxels -> output on the input grid.
+
+Sliding-window inference runs through :mod:`.windows` (MONAI's windows, order and blending, to float
+rounding) with as many windows per network call as the memory budget allows (:mod:`.memory`), and
+:meth:`BoundModel.gradient` backpropagates through it window batch by window batch
+(:mod:`.window_gradient`), so memory stays bounded on whole CT volumes.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ import numpy as np
 import torch
 
 from ..errors import InputError, ModelError
+from . import memory
 from .preprocessing import Grid, Preprocessing
+from .window_gradient import WindowGradient, window_backward
+from .windows import WindowPlan, network_output, windowed_forward
 
 __all__ = ["ModelAdapter", "BoundModel", "resolve_device", "TASKS"]
 
@@ -57,7 +65,12 @@ class ModelAdapter:
         class_names: one name per output channel, when known.
         in_channels: number of input channels the network takes, when known.
         roi_size: sliding-window ROI (voxels on the network grid); ``None`` calls the net directly.
-        sw_batch_size, overlap, blend_mode: sliding-window settings (MONAI semantics).
+        sw_batch_size, overlap, blend_mode: sliding-window settings (MONAI semantics); the windows per
+            network call are chosen from ``memory_budget`` (``sw_batch_size`` is kept as declared,
+            for the provenance).
+        memory_budget: bytes a run may use; ``None``: half of the free VRAM (CUDA), or of the free
+            RAM up to 4 GiB (CPU; see :mod:`.memory`).
+        mixed_precision: run the network under float16 autocast on CUDA (ignored on the CPU).
         output_activation: ``"softmax"`` (mutually exclusive classes) or ``"sigmoid"`` (multi-label),
             used for probability targets.
         preprocessing: explicit steps between stored voxels and the network.
@@ -80,6 +93,9 @@ class ModelAdapter:
     sha256: str = ""
     source: str = ""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    memory_budget: Optional[int] = None
+    mixed_precision: bool = False
+    _probe_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.task is not None and self.task not in TASKS:
@@ -105,8 +121,17 @@ class ModelAdapter:
             "class_names": self.class_names,
             "in_channels": self.in_channels,
             "roi_size": list(self.roi_size) if self.roi_size else None,
+            "overlap": self.overlap if self.roi_size else None,
+            "blend_mode": self.blend_mode if self.roi_size else None,
             "preprocessing": self.preprocessing.describe(),
         }
+
+    def budget_bytes(self) -> int:
+        """The memory budget in bytes (``auto`` resolved against the memory free now)."""
+        return memory.resolve_budget(self.memory_budget, self.device)
+
+    def uses_amp(self) -> bool:
+        return bool(self.mixed_precision and self.device.type == "cuda")
 
     def check_input(self, n_channels: int) -> None:
         if self.in_channels is not None and n_channels != self.in_channels:
@@ -121,25 +146,127 @@ class ModelAdapter:
 
 
 class BoundModel(torch.nn.Module):
-    """The adapter fixed to one input grid: preprocessing -> inferer -> inverse mapping."""
+    """The adapter fixed to one input grid: preprocessing -> inferer -> inverse mapping.
+
+    Attributes:
+        progress: optional ``progress(done, total)`` called after every batch of windows.
+    """
 
     def __init__(self, adapter: ModelAdapter, grid: Grid):
         super().__init__()
         self.adapter = adapter
         self.grids = adapter.preprocessing.grids(grid)
+        self.progress = None
+        self._plan: Optional[WindowPlan] = None
+
+    @property
+    def windowed(self) -> bool:
+        """Whether the network runs window by window (a segmenter with a ``roi_size``)."""
+        return self.adapter.roi_size is not None and self.adapter.task != "classification"
+
+    def plan(self) -> WindowPlan:
+        """The sliding-window plan on this network grid (built once)."""
+        if self._plan is None:
+            a = self.adapter
+            if a.roi_size is None:
+                raise ModelError("this model has no roi_size, so it does not run window by window")
+            self._plan = WindowPlan.build(self.grids[-1].shape, a.roi_size, a.overlap, a.blend_mode, a.device)
+        return self._plan
+
+    def _volume_bytes(self, channels: int) -> int:
+        return 4 * int(np.prod(self.grids[0].shape)) * channels
+
+    def _probe_window(self) -> dict[str, int]:
+        """One forward on a zero window (cached per ROI): the bytes autograd saves, the output channels."""
+        a = self.adapter
+        plan = self.plan()
+        channels = int(a.in_channels or 1)
+        key = ("window", plan.roi, a.in_channels, str(a.device), a.uses_amp())
+        if key not in a._probe_cache:
+            found: dict[str, int] = {}
+
+            def run() -> None:  # the probe is made inside: a normal tensor even under inference mode
+                probe = torch.zeros((1, channels, *plan.roi), device=a.device, requires_grad=True)
+                found["out_channels"] = int(network_output(a.network, probe, a.uses_amp()).shape[1])
+
+            saved = memory.saved_bytes(run)
+            found["bytes"] = int(memory.GRAD_FACTOR * saved) + 16 * int(np.prod(plan.roi)) * max(1, channels)
+            a._probe_cache[key] = found
+        return a._probe_cache[key]
+
+    def window_bytes(self) -> int:
+        """Estimated bytes one window needs in a backward pass (one probe forward, cached per ROI)."""
+        return self._probe_window()["bytes"]
+
+    def output_channels(self) -> int:
+        """Output channels of the network (from the window probe; no pass over the volume)."""
+        return self._probe_window()["out_channels"]
+
+    def fixed_bytes(self) -> int:
+        """Whole-volume buffers of a windowed gradient pass: the input, its padded copy and gradient
+        (per input channel), the weight sum ``N``, the weights ``dS/dy / N`` (one channel) and the
+        blended output (every output channel)."""
+        a = self.adapter
+        plan = self.plan()
+        voxels = max(int(np.prod(self.grids[0].shape)), int(np.prod(plan.count.shape)))
+        return 4 * voxels * (3 * int(a.in_channels or 1) + 2 + self.output_channels())
+
+    def windows_per_call(self) -> int:
+        """Windows per network call: as many as the budget holds beside the volume-sized buffers
+        (an ``auto`` budget on the CPU: at most :data:`~.memory.AUTO_CPU_WINDOWS`)."""
+        a = self.adapter
+        most = self.plan().n_windows
+        if a.memory_budget is None and a.device.type != "cuda":
+            most = min(most, memory.AUTO_CPU_WINDOWS)
+        return memory.items_per_call(a.budget_bytes(), self.fixed_bytes(), self.window_bytes(), most)
+
+    def inputs_per_call(self, most: int) -> int:
+        """Whole inputs per forward pass without autograd (perturbation batches), at most `most`."""
+        a = self.adapter
+        channels = int(a.in_channels or 1)
+        if self.windowed:  # windows run in batches anyway; an input costs its input and output copies
+            per_input = 4 * self._volume_bytes(channels)
+            fixed = self.windows_per_call() * self.window_bytes()
+        else:
+            key = ("input", tuple(self.grids[-1].shape), a.in_channels, str(a.device), a.uses_amp())
+            if key not in a._probe_cache:
+                shape = (1, channels, *self.grids[-1].shape)
+                saved = memory.saved_bytes(lambda: network_output_any(
+                    a.network, torch.zeros(shape, device=a.device, requires_grad=True), a.uses_amp()))
+                a._probe_cache[key] = int(memory.NO_GRAD_FACTOR * saved) + 2 * self._volume_bytes(channels)
+            per_input, fixed = a._probe_cache[key], 0
+        return memory.items_per_call(a.budget_bytes(), fixed, per_input, most)
+
+    def memory_report(self) -> dict[str, Any]:
+        """Budget and batching, for the provenance."""
+        a = self.adapter
+        out: dict[str, Any] = {"budget_bytes": a.budget_bytes(),
+                               "budget": "auto" if a.memory_budget is None else int(a.memory_budget),
+                               "mixed_precision": a.uses_amp()}
+        if self.windowed:
+            out.update(windows=self.plan().n_windows, windows_per_call=self.windows_per_call(),
+                       window_bytes_estimate=self.window_bytes(), fixed_bytes_estimate=self.fixed_bytes())
+        return out
+
+    def gradient(self, x: torch.Tensor, scorer, output: Optional[torch.Tensor] = None,
+                 **kwargs) -> WindowGradient:
+        """d score / d input through the sliding windows, one batch of windows at a time.
+
+        See :func:`MedXAILib.model.window_gradient.window_backward` (the keyword arguments).
+        """
+        return window_backward(self, x, scorer, output=output, progress=kwargs.pop("progress", self.progress),
+                               **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.adapter
         z = a.preprocessing.apply(x, self.grids)
         try:
             if a.roi_size is not None:
-                from monai.inferers import sliding_window_inference
-
-                y = sliding_window_inference(
-                    z, a.roi_size, a.sw_batch_size, a.network, overlap=a.overlap, mode=a.blend_mode
-                )
+                y = windowed_forward(a.network, z, self.plan(), self.windows_per_call(), a.uses_amp(),
+                                     self.progress)
             else:
-                y = a.network(z)
+                with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=a.uses_amp()):
+                    y = a.network(z)
         except (RuntimeError, ValueError) as exc:  # shape and dtype mismatches
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(
@@ -150,6 +277,8 @@ class BoundModel(torch.nn.Module):
         if isinstance(y, dict):
             raise ModelError("the model returns a dict; wrap it to return the logits tensor")
         y = torch.as_tensor(y)
+        if y.dtype != x.dtype and y.is_floating_point():
+            y = y.to(x.dtype)
         if a.task is None:
             a.task = "classification" if y.ndim == 2 else "segmentation" if y.ndim == x.ndim else None
             if a.task is None:
@@ -168,3 +297,10 @@ class BoundModel(torch.nn.Module):
         elif y.ndim != 2:
             raise ModelError(f"a classification model must return (B, classes); got {tuple(y.shape)}")
         return y
+
+
+def network_output_any(network: torch.nn.Module, z: torch.Tensor, amp: bool) -> torch.Tensor:
+    """One call of the network on a whole input (classifier or segmenter), first head only."""
+    with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
+        y = network(z)
+    return y[0] if isinstance(y, (tuple, list)) else y

@@ -1,6 +1,7 @@
 """Perturbation family: metadata and parameter dataclasses (importable without torch).
 
-Methods: occlusion, RISE, feature ablation over regions, and LIME over regions. KernelSHAP (in
+Methods: occlusion (exhaustive and adaptive coarse-to-fine), RISE, feature ablation over regions,
+and LIME over regions. KernelSHAP (in
 ``game_theoretic``) shares the region parameters declared here (:class:`RegionParams`).
 
 Conventions shared by every perturbation method:
@@ -29,6 +30,7 @@ __all__ = [
     "REGION_KINDS",
     "RegionParams",
     "OcclusionParams",
+    "AdaptiveOcclusionParams",
     "RiseParams",
     "FeatureAblationParams",
     "LimeParams",
@@ -117,6 +119,39 @@ class OcclusionParams:
 
 
 @dataclass
+class AdaptiveOcclusionParams:
+    window: str = param(
+        "8",
+        help="Edge of the fine occluding box: one number for all axes or 'a,b,c' for I, J, K (in `unit`).",
+    )
+    stride: str = param("4", help="Step between fine box positions: one number or 'a,b,c' (in `unit`).")
+    unit: str = param(
+        "voxels",
+        choices=UNITS,
+        help="Unit of window and stride; mm is converted per axis with the voxel spacing.",
+    )
+    coarse_factor: int = param(
+        2, range=(2, 16), help="The coarse pass uses window and stride times this factor."
+    )
+    refine_fraction: float = param(
+        0.1,
+        range=(0.001, 1.0),
+        help="Share of the coarse boxes, those with the largest |score drop|, whose area is refined "
+        "with fine boxes; the rest keeps the coarse map.",
+    )
+    compare_exhaustive: bool = param(
+        False,
+        help="Also run the remaining fine boxes and record the Spearman correlation of the map with "
+        "exhaustive occlusion (a check; costs the exhaustive run).",
+    )
+    baseline: str = param("mean", choices=PERTURBATION_BASELINES, help=_BASELINE_HELP)
+    blur_sigma_mm: float = param(
+        8.0, range=(0.0, None), unit="mm", help="Blur width for the 'blur' baseline."
+    )
+    batch_size: int = param(8, range=(1, 1024), help=_BATCH_HELP)
+
+
+@dataclass
 class RiseParams:
     n_masks: int = param(
         256,
@@ -183,6 +218,20 @@ METHODS.register(
         summary="Slide a box over the volume; each voxel gets the mean drop of the target score over "
         "the box positions that cover it (Captum Occlusion semantics).",
         implementation="MedXAILib.methods.perturbation:occlusion",
+    )
+)
+METHODS.register(
+    MethodInfo(
+        name="adaptive_occlusion",
+        title="Occlusion, adaptive (coarse to fine)",
+        family="perturbation",
+        tasks=BOTH,
+        params=AdaptiveOcclusionParams,
+        reference="Zeiler, Fergus. Visualizing and Understanding Convolutional Networks. ECCV 2014. "
+        "arXiv:1311.2901 (occlusion; coarse-to-fine refinement by MedXAI)",
+        summary="Occlusion with coarse boxes, refined with fine boxes only where the coarse score drop "
+        "is largest; exact occlusion there, the coarse map elsewhere.",
+        implementation="MedXAILib.methods.perturbation:adaptive_occlusion",
     )
 )
 METHODS.register(
