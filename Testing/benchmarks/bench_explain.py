@@ -13,15 +13,25 @@ the reason instead of numbers.
 Cases (nothing downloaded): the shipped demo models on a CT phantom with one liver lesion
 (``MedXAILib.samples.ct_phantom(seed=1)``, lesion radius 10 mm, -50 HU):
 
-* ``classifier``: ``lesion_classifier_ct`` (MONAI ResNet, 1 -> 2 classes), target = "lesion" logit;
-* ``segmenter``: ``phantom_segmenter`` (MONAI UNet with instance norm, 8 classes), target = "lesion"
-  logit summed over the phantom's ground-truth lesion mask (``Target(region="mask")``).
+* ``classifier``: ``lesion_classifier_ct`` (MONAI ResNet with instance norm, 1 -> 2 classes; spec
+  intensity step: ``scale_intensity_range`` [-50, 150] HU -> [0, 1], clipped), target = "lesion"
+  logit;
+* ``segmenter``: ``phantom_segmenter`` (MONAI UNet with batch norm and PReLU, 8 classes; spec
+  intensity step: ``scale_intensity_range`` [-200, 300] HU -> [0, 1], not clipped), target =
+  "lesion" logit summed over the phantom's ground-truth lesion mask (``Target(region="mask")``).
 
-Weights come from ``--models`` (default ``Resources/Models``) through ``MedXAILib.load_model``; when
-a spec is missing the same architecture with a seeded random initialisation is used and the header
-says so. The spec's CT window ``(HU + 200) / 500`` is applied to the array beforehand and its
-spacing step (a no-op on the phantom grid) and the segmenter's single sliding window are left out,
-so the bound model is the bare network and every peer sees exactly what MedXAILib's methods see.
+Weights come from ``--models`` (default ``Resources/Models``, the shipped specs and weights) through
+``MedXAILib.load_model``; the case line prints the spec and the weights' sha256. Only when a spec is
+missing is the same architecture used with a seeded random initialisation, and then the case line
+says so. Each case's own intensity steps (every non-spatial step of its spec's ``preprocessing``,
+read from the spec and run through :class:`MedXAILib.model.preprocessing.Preprocessing`; without a
+spec, those of ``MedXAILib.training.demo_models``) are applied to the HU array beforehand, so the
+bound model is the bare network and every peer sees exactly what MedXAILib's methods see. The
+spatial steps (``spacing`` to 2 x 2 x 3 mm: a no-op on the default grid, not at ``--quick``'s
+4 x 4 x 6 mm) and the segmenter's sliding window (one window at either size) are left out. Maps are
+therefore with respect to the windowed input: where the classifier's window clips (outside
+[-50, 150] HU), the bare network still has a gradient, unlike the same model with its preprocessing
+(as ``sanity_randomisation.py`` runs it). Costs are unaffected apart from one cheap element-wise step.
 Default size is the phantom's native grid, 96 x 96 x 64 voxels of 2 x 2 x 3 mm; ``--quick`` uses
 the same anatomy at 48 x 48 x 32 voxels of 4 x 4 x 6 mm and smaller settings.
 
@@ -117,7 +127,6 @@ CASES = {  # name -> task, demo model, class explained
     "segmenter": SimpleNamespace(task="segmentation", demo="phantom_segmenter", class_index=7),
 }
 GRIDS = {False: ((96, 96, 64), (2.0, 2.0, 3.0)), True: ((48, 48, 32), (4.0, 4.0, 6.0))}  # by --quick
-CT_WINDOW = (-200.0, 300.0)  # the demo specs' scale_intensity_range step, applied to the array
 
 #: method -> (default-size settings, --quick settings); everything else is the registry default.
 #: Sized so that the slow rows stay affordable on 2 CPU cores; the table header prints them.
@@ -126,6 +135,8 @@ BENCH_PARAMS: dict[str, tuple[dict, dict]] = {
     "smoothgrad": ({"n_samples": 8}, {"n_samples": 4}),
     "gradient_shap": ({"n_samples": 8}, {"n_samples": 4}),
     "occlusion": ({"window": "32", "stride": "32"}, {"window": "16", "stride": "16"}),
+    # coarse pass (window and stride x coarse_factor 2) = the occlusion row's boxes
+    "adaptive_occlusion": ({"window": "16", "stride": "16"}, {"window": "8", "stride": "8"}),
     "rise": ({"n_masks": 64}, {"n_masks": 16}),
     "feature_ablation": ({"n_segments": 24}, {"n_segments": 8}),
     "lime": ({"n_segments": 24, "n_samples": 48}, {"n_segments": 8, "n_samples": 16}),
@@ -137,16 +148,42 @@ def bench_params(method: str, quick: bool) -> dict:
     return dict(BENCH_PARAMS.get(method, ({}, {}))[int(quick)])
 
 
-def make_case_data(quick: bool) -> dict:
-    """The phantom (built once in the parent and sent to every child): windowed CT, lesion mask."""
+def intensity_steps(case_name: str, model_dir: Path) -> tuple[list[dict], str]:
+    """The non-spatial preprocessing steps of the case's spec (where they come from, second)."""
+    from MedXAILib.model.preprocessing import Preprocessing
+    from MedXAILib.training.demo_models import DEMO_MODELS
+
+    demo = DEMO_MODELS[CASES[case_name].demo]
+    spec = model_dir / f"{demo.name}.json"
+    if spec.is_file():
+        config, source = json.loads(spec.read_text()).get("preprocessing") or [], str(spec)
+    else:
+        config, source = demo.spec()["preprocessing"], f"MedXAILib.training.demo_models ({spec} not found)"
+    steps = Preprocessing.from_config(config).steps
+    return [c for c, step in zip(config, steps) if not step.spatial], source
+
+
+def make_case_data(case_name: str, quick: bool, model_dir: Path) -> dict:
+    """The phantom (built once in the parent and sent to every child): the CT after the case's own
+    spec intensity steps, and the lesion mask."""
+    from MedXAILib.model.preprocessing import Grid, Preprocessing
     from MedXAILib.samples import Lesion, ct_phantom
 
     shape, spacing = GRIDS[quick]
     volume, labels, info = ct_phantom(1, shape, spacing,
                                       lesions=[Lesion(organ="liver", radius_mm=10.0, contrast_hu=-50.0)])
-    lo, hi = CT_WINDOW
-    array = ((volume.array - lo) / (hi - lo)).astype(np.float32)
-    return dict(array=array, affine=volume.affine, lesion=labels == 7, lesion_voxels=int((labels == 7).sum()))
+    config, source = intensity_steps(case_name, model_dir)
+    steps = Preprocessing.from_config(config)
+    with torch.no_grad():
+        x = torch.as_tensor(volume.array, dtype=torch.float32)[None]
+        array = steps.apply(x, steps.grids(Grid(volume.affine, tuple(shape))))[0].numpy().astype(np.float32)
+    hu = volume.array[0]
+    if config and config[-1].get("kind") == "scale_intensity_range" and config[-1].get("clip"):
+        inside = float(np.mean((hu >= config[-1]["a_min"]) & (hu <= config[-1]["a_max"])))
+    else:
+        inside = None
+    return dict(array=array, affine=volume.affine, lesion=labels == 7, lesion_voxels=int((labels == 7).sum()),
+                intensity=config, intensity_source=source, inside_window=inside)
 
 
 def build_network(case_name: str, model_dir: Path):
@@ -164,7 +201,7 @@ def build_network(case_name: str, model_dir: Path):
         digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else "?"
         return network, f"{spec} (weights sha256 {digest})"
     torch.manual_seed(0)
-    return getattr(nets, demo.network)(**demo.args), f"seeded random init ({spec} not found)"
+    return getattr(nets, demo.network)(**demo.args), f"UNTRAINED seeded random init ({spec} not found)"
 
 
 class ScoreModule(torch.nn.Module):
@@ -568,9 +605,9 @@ REFERENCES: dict[tuple[str, str], Ref] = {
                                 seg_note="Captum has no PReLU rule (passes its gradient)"),
     ("lrp", "captum"): Ref(BOTH, _captum_lrp,
                            params={"rule": "epsilon", "epsilon": LRP_EPSILON, "epsilon_relative": False},
-                           note=f"epsilon={LRP_EPSILON} absolute, both; Captum: reused 'act' modules, "
-                                "residual adds",
-                           seg_note="Captum has no LRP rule for InstanceNorm3d or PReLU"),
+                           note=f"epsilon={LRP_EPSILON} absolute, both; Captum has no LRP rule for "
+                                "InstanceNorm3d (the ResNet's norm)",
+                           seg_note="Captum has no LRP rule for PReLU"),
     ("grad_cam", "captum"): Ref(BOTH, _captum_grad_cam),
     ("grad_cam", "monai"): Ref(BOTH, _monai_cam("GradCAM"), note="postprocessing=identity"),
     ("grad_cam", "medcam"): Ref(BOTH, _medcam("gcam"), minmax=True, note=_MED),
@@ -842,7 +879,7 @@ def main(argv=None) -> int:
     results = []
     for case_name in cases:
         case = CASES[case_name]
-        data = make_case_data(args.quick)
+        data = make_case_data(case_name, args.quick, args.models)
         shape, spacing = GRIDS[args.quick]
         rows, maps, meta = [], {}, {}
         for row, impl in rows_for(case.task, only, impls):
@@ -876,10 +913,18 @@ def main(argv=None) -> int:
                 settings = ", ".join(f"{k}={v}" for k, v in bench_params(r["method"], args.quick).items())
                 r["note"] = "; ".join(n for n in (settings, r.pop("diagnostics", "")) if n) or None
         region = f" over the lesion mask ({data['lesion_voxels']} voxels)"
+        window = "" if data["inside_window"] is None else \
+            f" ({data['inside_window']:.1%} of the voxels inside the clipped window)"
         print(f"{case_name}: {case.task}, {'x'.join(map(str, shape))} voxels of "
               f"{'x'.join(map(str, spacing))} mm, target class {case.class_index}"
               f"{region if case.task == 'segmentation' else ''}; "
-              f"model {meta.get('weights', '?')}; CAM layer '{meta.get('layer', '?')}'")
+              f"model {meta.get('weights', '?')}; CAM layer '{meta.get('layer', '?')}'; "
+              f"applied to the HU array: {json.dumps(data['intensity'])} from {data['intensity_source']}"
+              f"{window}")
+        info.setdefault("cases", {})[case_name] = dict(
+            weights=meta.get("weights"), layer=meta.get("layer"), intensity=data["intensity"],
+            intensity_source=data["intensity_source"], inside_window=data["inside_window"],
+            lesion_voxels=data["lesion_voxels"])
         print_table(rows)
         results += rows
     if hasattr(os, "getloadavg"):

@@ -6,7 +6,13 @@ Run from the repository root (not a pytest test)::
         [--cases classifier,segmenter] [--stages N] [--threshold T] [--json OUT.json]
 
 For each method of ``MedXAILib.METHODS`` and each shipped demo model, loaded with
-``MedXAILib.load_model`` from ``--models`` (default ``Resources/Models``, preprocessing included),
+``MedXAILib.load_model`` from ``--models`` (default ``Resources/Models``: the shipped specs and
+trained weights; the output names the spec, and only a missing spec falls back to an UNTRAINED
+seeded stand-in, said in the output), the spec's preprocessing included, so inputs are in HU and
+maps are with respect to HU: the classifier's spacing step (a no-op on the phantom grid) and clipped
+soft-tissue window ([-50, 150] HU -> [0, 1]; outside it the gradient through the clip is zero, in the
+trained and the randomised model alike), the segmenter's spacing step, unclipped [-200, 300] HU
+window and single sliding window,
 :func:`MedXAILib.evaluation.cascading_randomisation` explains the same target with the trained
 network and after re-initialising its parameterised layers cumulatively from the output towards the
 input in ``--stages`` steps (default 3; the last step has every layer random). Inputs (nothing
@@ -23,11 +29,14 @@ Criterion (stated in the output): a method **passes** when the Spearman rank cor
 absolute maps, original vs. fully randomised network, over the whole volume, is below
 ``--threshold`` (default 0.5): the map then depends on what the network learned. SSIM of the
 absolute maps (scaled to [0, 1]) and the signed Spearman correlation are reported beside it, and
-for the segmenter also Spearman(|a|) within ``--near-mm`` (default 10 mm) of the target region
-(see :class:`NearTarget`: far from a small target the |a| ranks of gradient maps do not depend on
-the weights, and those voxels dominate a whole-volume rank correlation). A method whose original
-map is constant (e.g. a CAM with no positive evidence for the target) cannot be tested and is
-marked ``n/a``.
+Spearman(|a|) within a region of interest ("in the ROI"; see :class:`NearTarget`; it does not
+change the verdict): for the segmenter the voxels within ``--near-mm`` (default 10 mm) of the target
+region (far from a small target the |a| ranks of gradient maps do not depend on the weights, and
+those voxels dominate a whole-volume rank correlation); for a model whose preprocessing clips the
+intensities (the CT classifier) the voxels inside the window (outside it every gradient map is 0
+for any weights, and those shared zeros dominate a whole-volume rank correlation). A method whose
+original map is constant (e.g. a CAM with no positive evidence for the target) cannot be tested
+and is marked ``n/a``.
 
 Slow methods run with the reduced settings of :data:`SANITY_PARAMS` (printed in the output);
 everything else uses the registry defaults. ``seconds/expl`` is the mean wall time of one
@@ -78,6 +87,7 @@ SANITY_PARAMS: dict[str, dict] = {
     "gradient_shap": {"n_samples": 8},
     "score_cam": {"batch_size": 16},
     "occlusion": {"window": "24", "stride": "24"},
+    "adaptive_occlusion": {"window": "12", "stride": "12"},  # coarse pass: occlusion's 24 / 24 boxes
     "rise": {"n_masks": 64},
     "feature_ablation": {"n_segments": 30},
     "lime": {"n_segments": 30, "n_samples": 60},
@@ -86,17 +96,23 @@ SANITY_PARAMS: dict[str, dict] = {
 
 
 class NearTarget:
-    """Spearman(|a|) restricted to the voxels within ``mm`` of the segmenter's target region.
+    """Spearman(|a|) restricted to a region of interest (ROI) of the volume, besides the whole volume.
 
-    Whole-volume statistics are dominated by the far field: on the demo UNet, 79 % of the voxels lie
-    more than 30 voxels from a small lesion, hold 1-2 % of the attribution, and their |a| ranks do not
-    depend on the weights. This second number looks where the attribution is. It wraps
+    * Segmenter: the voxels within ``mm`` of the target region. Whole-volume statistics are
+      dominated by the far field: on the demo UNet, most voxels lie far from a small lesion, hold
+      little of the attribution, and their |a| ranks do not depend on the weights.
+    * Clipping intensity window (the CT classifier's [-50, 150] HU): the voxels inside the window.
+      Outside it the clip's gradient is zero, so every gradient-based map is exactly 0 there for the
+      trained and the randomised network alike, and those shared zeros (tied ranks) raise the
+      whole-volume rank correlation whatever the weights.
+
+    This second number looks where the map can depend on the weights. It wraps
     ``randomisation.map_similarity`` (looked up at call time by ``cascading_randomisation``) and
     records one value per stage; the returned similarities are unchanged.
     """
 
     def __init__(self, mm: float = 10.0):
-        self.mm, self.roi, self.values = mm, None, []
+        self.mm, self.roi, self.label, self.values = mm, None, None, []
         self._original = randomisation.map_similarity
         randomisation.map_similarity = self
 
@@ -106,12 +122,35 @@ class NearTarget:
         self.values = []
         self.roi = None if region is None else \
             ndimage.distance_transform_edt(~region, sampling=spacing) <= self.mm
+        self.label = None if region is None else f"<= {self.mm:g} mm of the target"
+
+    def set_roi(self, roi: np.ndarray | None, label: str | None) -> None:
+        self.values, self.roi, self.label = [], roi, label
 
     def __call__(self, a, b):
         if self.roi is not None:
             x, y = (np.abs(np.asarray(m).sum(axis=0))[self.roi] for m in (a, b))
             self.values.append(float(spearmanr(x, y).statistic) if np.ptp(x) and np.ptp(y) else 0.0)
         return self._original(a, b)
+
+
+def window_roi(model, image: ImageVolume) -> np.ndarray | None:
+    """Voxels inside every clipping ``scale_intensity_range`` window of the model's preprocessing.
+
+    Only when the spatial steps keep the input grid (the phantom grid for the demo models); else None.
+    """
+    from MedXAILib.model.preprocessing import Grid, ScaleIntensityRange
+
+    steps = model.preprocessing.steps
+    grids = model.preprocessing.grids(Grid(image.affine, tuple(image.shape)))
+    if any(tuple(g.shape) != tuple(image.shape) or not np.allclose(g.affine, image.affine) for g in grids):
+        return None
+    roi = None
+    for step in steps:
+        if isinstance(step, ScaleIntensityRange) and step.clip:
+            inside = np.all((image.array >= step.a_min) & (image.array <= step.a_max), axis=0)
+            roi = inside if roi is None else roi & inside
+    return roi
 
 
 def load_demo(demo, model_dir: Path):
@@ -187,12 +226,16 @@ def main(argv=None) -> int:
     rows = []
     for case in [c.strip() for c in args.cases.split(",")]:
         model, image, target, described, source = load_case(case, args.models)
-        region = None
         if model.task == "segmentation":  # the region cascading_randomisation fixes from the trained model
-            region = randomisation._fixed_target(image, model, target).mask
-        near.set_region(region, image.spacing)
+            near.set_region(randomisation._fixed_target(image, model, target).mask, image.spacing)
+        else:
+            roi = window_roi(model, image)
+            near.set_roi(roi, None if roi is None else
+                         f"inside the clipped intensity window ({roi.mean():.1%} of the voxels)")
         print(f"- {case}: {model.model_id} ({model.task}) from {source}; "
-              f"input {image.meta.get('source', '?')} {'x'.join(map(str, image.shape))}; target {described}",
+              f"input {image.meta.get('source', '?')} {'x'.join(map(str, image.shape))}; target {described}; "
+              f"preprocessing {json.dumps(model.preprocessing.describe())}; "
+              f"ROI column: {near.label or 'none'}",
               flush=True)
         for method in methods:
             row = dict(method=method, model=case)
@@ -213,7 +256,7 @@ def main(argv=None) -> int:
                        first_layers=f"{first.layers_randomised}/{first.layers_total}",
                        full_spearman_abs=last.spearman_abs, full_ssim=last.ssim_abs,
                        full_spearman=last.spearman, seconds=seconds,
-                       full_spearman_abs_near=near.values[-1] if near.values else None,
+                       full_spearman_abs_roi=near.values[-1] if near.values else None, roi=near.label,
                        steps=[vars(s) for s in steps])
             if np.ptp(original) == 0:
                 row.update(result="n/a", note="the trained model's map is constant: nothing to test")
@@ -221,11 +264,13 @@ def main(argv=None) -> int:
                 row["result"] = "pass" if last.spearman_abs < args.threshold else "FAIL"
                 row["note"] = ""
             rows.append(row)
-            print(f"  {method}: {row['result']} (Spearman|a| {last.spearman_abs:.3f}, {seconds:.1f} s/expl)",
+            in_roi = f", in the ROI {near.values[-1]:.3f}" if near.values else ""
+            print(f"  {method}: {row['result']} (Spearman|a| {last.spearman_abs:.3f}{in_roi}, "
+                  f"{seconds:.1f} s/expl)",
                   file=sys.stderr, flush=True)
     print()
     header = ["method", "model", "Spearman(abs) stage 1", "SSIM stage 1", "Spearman(abs) full", "SSIM full",
-              "Spearman(signed) full", f"Spearman(abs) full, <= {args.near_mm:g} mm of target", "result",
+              "Spearman(signed) full", "Spearman(abs) full, in the ROI", "result",
               "seconds/expl", "note"]
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
@@ -234,7 +279,7 @@ def main(argv=None) -> int:
                  f"{fmt(r.get('first_spearman_abs'))} ({r.get('first_layers', '-')} layers)"
                  if r.get("first_layers") else "-",
                  fmt(r.get("first_ssim")), fmt(r.get("full_spearman_abs")), fmt(r.get("full_ssim")),
-                 fmt(r.get("full_spearman")), fmt(r.get("full_spearman_abs_near")),
+                 fmt(r.get("full_spearman")), fmt(r.get("full_spearman_abs_roi")),
                  f"**{r['result']}**" if r["result"] != "pass" else "pass",
                  fmt(r.get("seconds"), ".2f"), r.get("note", "")]
         print("| " + " | ".join(cells) + " |")
