@@ -1,8 +1,26 @@
-"""Shared pytest set-up: GPU tests run only where CUDA is present."""
+"""Shared pytest set-up: GPU tests run only where CUDA is present; the small demo's output, made once."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import pytest
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory):
+    """The folder of ``run_demo(small=True)`` (its printout in ``printed.txt``), made once per test
+    session for Testing/Lib/test_demo.py and Testing/Bridge/test_demo_scene.py."""
+    from MedXAILib.demo import run_demo
+
+    out = tmp_path_factory.getbasetemp() / "medxai-demo-small"
+    if not (out / "report.html").is_file():  # written last
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert run_demo(out, small=True) == 0
+        (out / "printed.txt").write_text(printed.getvalue())
+    return out
 
 
 def pytest_collection_modifyitems(config, items):

@@ -15,8 +15,8 @@ Slicer's has. Then:
   red at the positive hot spot, blue at the negative one, plain grey where the map is zero (for
   the demo's scene: reddish relevance within 15 mm of the lesion centre).
 
-The second test does the same with the demo's own ``scene.mrb`` (the small demo run of
-Testing/Lib/test_demo.py, made once per session). Example views are written to
+The second test does the same with the demo's own ``scene.mrb`` (the small demo run of the
+``small_demo`` fixture, made once per session). Example views are written to
 /tmp/medxai_demo_scene*.png for people to look at.
 """
 
@@ -28,7 +28,6 @@ import zipfile
 
 import numpy as np
 import pytest
-import slicer
 from mrmlTesting import attributesOf, ijkArray, ijkToRasOf, obliqueAffine, readBundle
 
 from MedXAILib.attribution import PROVENANCE_KEY
@@ -114,22 +113,6 @@ def _colourAt(view, pixels, ras):
     return np.median(pixels[row - 1 : row + 2, col - 1 : col + 2].reshape(-1, 3), axis=0).astype(float)
 
 
-def demo_output(tmp_path_factory):
-    """The small demo's output, shared with Testing/Lib/test_demo.py (same folder, made once per session)."""
-    import contextlib
-    import io
-
-    from MedXAILib.demo import run_demo
-
-    out = tmp_path_factory.getbasetemp() / "medxai-demo-small"
-    if not (out / "report.html").is_file():
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            assert run_demo(out, small=True) == 0
-        (out / "printed.txt").write_text(printed.getvalue())
-    return out
-
-
 def _ras(ijk):
     return (AFFINE @ np.array([*ijk, 1.0]))[:3]
 
@@ -180,8 +163,8 @@ def test_bundle_opens_with_geometry_colours_layers_and_segments(scene, sliceView
 
 
 @pytest.mark.slow
-def test_the_demo_scene_opens_with_the_attribution_over_the_ct(scene, sliceView, tmp_path, tmp_path_factory):
-    out = demo_output(tmp_path_factory)
+def test_the_demo_scene_opens_with_the_attribution_over_the_ct(scene, sliceView, tmp_path, small_demo):
+    out = small_demo
     summary = json.loads((out / "summary.json").read_text())
     readBundle(scene, out / "scene.mrb", tmp_path)
 

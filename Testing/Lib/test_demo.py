@@ -2,8 +2,8 @@
 
 Tests that need the demo's output are marked ``slow``: the demo runs once per session with
 ``small=True`` (8 integration steps instead of 32; the same phantom and the shipped models) into the
-session's temporary folder; the bridge test (Testing/Bridge/test_demo_scene.py) reuses that folder
-when it runs in the same session.
+session's temporary folder (the `small_demo` fixture of Testing/conftest.py); the bridge test
+(Testing/Bridge/test_demo_scene.py) reuses that folder when it runs in the same session.
 
 - files: the image, the true lesion, the predicted segmentation (``.seg.nrrd`` with class names),
   one attribution volume per model and method (input geometry, provenance), figures, summary,
@@ -15,8 +15,6 @@ when it runs in the same session.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -30,7 +28,7 @@ import numpy as np
 import pytest
 
 from MedXAILib.attribution import PROVENANCE_KEY
-from MedXAILib.demo import METHODS, run_demo
+from MedXAILib.demo import METHODS
 from MedXAILib.io import read_image
 from MedXAILib.report.figures import FIGURE_SIZE_PX, PREDICTION_SIZE_PX
 
@@ -39,20 +37,9 @@ SCREENSHOT_SIZE = (1280, 3600)
 MIN_LESION_RATIO = 3.0
 
 
-def demo_output(tmp_path_factory) -> Path:
-    """The small demo's output folder, made once per test session (report.html is written last)."""
-    out = tmp_path_factory.getbasetemp() / "medxai-demo-small"
-    if not (out / "report.html").is_file():
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            assert run_demo(out, small=True) == 0
-        (out / "printed.txt").write_text(printed.getvalue())
-    return out
-
-
 @pytest.fixture(scope="module")
-def out(tmp_path_factory) -> Path:
-    return demo_output(tmp_path_factory)
+def out(small_demo) -> Path:
+    return small_demo
 
 
 @pytest.fixture(scope="module")
