@@ -8,7 +8,7 @@ laptop CPU:
    (:func:`MedXAILib.samples.pet_channel`);
 2. segments the CT with the shipped ``phantom_segmenter`` and classifies CT + PET with
    ``lesion_classifier_petct`` (``Resources/Models``, see their model cards; the CT-only classifier
-   is the weaker of the two, AUC 0.83 against 0.93, and misses this lesion more often than not);
+   is the weaker of the two and misses this lesion more often than not);
 3. explains both with integrated gradients, Grad-CAM and saliency: the classifier's ``lesion``
    logit (Grad-CAM at the ResNet's third block, see :data:`LAYERS`), and the segmenter's
    ``lesion`` score summed over the predicted lesion component at the lesion centre;
@@ -16,11 +16,12 @@ laptop CPU:
    (and, for the classifier, each channel's share), runs the cascading randomisation sanity check
    for saliency on the classifier, compares the classifier's methods with quality metrics and asks
    the classifier what it says when the lesion is inpainted (:mod:`MedXAILib.demo_sections`);
-5. writes into DIR: ``image.nrrd`` (CT), ``pet.nrrd``, ``lesion_mask.nrrd`` (truth), ``segmentation.seg.nrrd`` (the
-   predicted label map with class names), one ``attribution_<model>_<method>.nrrd`` per map (input
-   geometry, provenance in the header), ``comparison/``, ``counterfactual/``, ``figures/*.png``,
-   ``summary.json``, ``report.html`` and ``scene.mrb`` (3D Slicer: the CT with the classifier's integrated gradients as foreground
-   and the segmentation as segments).
+5. writes into DIR: ``image.nrrd`` (CT), ``pet.nrrd``, ``lesion_mask.nrrd`` (truth),
+   ``segmentation.seg.nrrd`` (the predicted label map with class names), one
+   ``attribution_<model>_<method>.nrrd`` per map (input geometry, provenance in the header),
+   ``comparison/``, ``counterfactual/``, ``figures/*.png``, ``summary.json``, ``report.html`` and
+   ``scene.mrb`` (3D Slicer: the CT and PET, the classifier's integrated gradients as foreground
+   over the CT, and the segmentation as segments).
 
 Without the shipped weights it falls back to a tiny classifier trained on the spot on a simpler
 phantom (no segmenter) and says so. ``small=True`` takes fewer integration steps (what the tests
@@ -376,8 +377,9 @@ def _counterfactual_figure(out: Path, case: DemoCase, result: Any, log: Log) -> 
     difference = result.difference.array[0]
     try:
         figures.attribution_figure(path, result.volume, difference, case.centre_ijk,
-                                   "Counterfactual: the lesion inpainted with surrounding liver (colours: change of the CT in HU)",
-                                   CT_WINDOW, case.lesion, "green outline: the true lesion that was replaced",
+                                   "Counterfactual: the lesion inpainted with surrounding liver "
+                                   "(colours: change of the CT in HU)", CT_WINDOW, case.lesion,
+                                   "green outline: the true lesion that was replaced",
                                    float(np.abs(difference).max()) or 1.0, quantity="change in HU")
     except MedXAIError as error:
         log(f"  counterfactual figure skipped: {error}")
@@ -418,8 +420,8 @@ def run_demo(out: Path, quiet: bool = False, seed: int = 0, small: bool = False,
     from .provenance import library_versions, timestamp
     from .report.html import write_report
     from .report.mrb import SceneSegmentation, write_seg_nrrd
-    from .target import Target
     from .demo_sections import compare_demo_methods, inpaint_lesion
+    from .target import Target
     from .training.metrics import dice_per_class
 
     log = (lambda *_: None) if quiet else (lambda text: print(text, flush=True))

@@ -223,8 +223,8 @@ def write_report(path: str | Path, summary: dict[str, Any]) -> Path:
     if seg:
         files.insert(2, ("predicted segmentation (.seg.nrrd)", seg["file"]))
     files += [(f"attribution: {r['model']} {r['method']}", r["file"]) for r in summary["attributions"]]
-    files += [(f"method comparison: {name}", f) for name, f in (summary.get("comparison") or {}).get("files", {}).items()]
-    files += [(f"counterfactual: {name}", f) for name, f in (summary.get("counterfactual") or {}).get("files", {}).items()]
+    for section in ("comparison", "counterfactual"):
+        files += [(f"{section}: {name}", f) for name, f in (summary.get(section) or {}).get("files", {}).items()]
     versions = ", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items())
     body = f"""<main>
 <h1>MedXAI demo report</h1>
@@ -234,8 +234,11 @@ Synthetic phantom and demo models: for demonstration and testing only, never for
 {notes}
 <p>Open <b>{_link(summary['scene'])}</b> in 3D Slicer to browse the volumes: the CT with the classifier's integrated
 gradients as a coloured foreground layer (opacity 0.5; red = evidence for the lesion, blue = against; relevance
-below 10 % of the colour window is transparent) and the segmentation as segments (outlines). The image is {escape(' x '.join(map(str, summary['image']['shape'])))} voxels of
-{escape(' x '.join(f'{v:g}' for v in summary['image']['spacing_mm']))} mm ({escape(str(summary['image']['source']))}).</p>
+below 10 % of the colour window is transparent){', the PET volume' if summary.get('pet') else ''} and the
+segmentation as segments (outlines).
+The image is {escape(' x '.join(map(str, summary['image']['shape'])))} voxels of
+{escape(' x '.join(f'{v:g}' for v in summary['image']['spacing_mm']))} mm, channels
+{escape(', '.join(summary['image'].get('channels', ['CT'])))} ({escape(str(summary['image']['source']))}).</p>
 <h2>Prediction</h2>{_prediction(summary)}
 <h2>Models</h2>{_models(summary)}
 <h2>Explanations</h2>
