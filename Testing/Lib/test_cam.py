@@ -602,3 +602,25 @@ def test_cuda_maps_match_the_cpu_maps(segmenter, volume, method):
     cuda = explain(volume, segmenter, method, target, {"relu": False}, device="cuda")
     assert cuda.provenance["device"].startswith("cuda")
     assert relative_difference(cuda.array, cpu) < 1e-3
+
+
+def test_cams_coincide_at_a_layer_that_feeds_global_average_pooling_and_a_linear_head():
+    """Analytic case: after global average pooling and a linear head, d logit / d A_k(x) = w_k / N at
+    every position, so Grad-CAM (averaged), HiResCAM (element-wise) and XGradCAM (activation-weighted)
+    weights all reduce to w_k / N and the maps are equal; one block earlier they differ."""
+    from monai.networks.nets import ResNet
+
+    torch.manual_seed(0)
+    net = ResNet("basic", [1, 1, 1, 1], [4, 8, 8, 8], spatial_dims=3, n_input_channels=1, num_classes=2,
+                 conv1_t_size=3, conv1_t_stride=1, no_max_pool=True)
+    model = load_model(net, task="classification", class_names=["a", "b"], in_channels=1, device="cpu")
+    rng = np.random.default_rng(3)
+    image = ImageVolume(rng.normal(size=(1, 24, 20, 16)).astype(np.float32), oblique_affine())
+    maps = {(method, layer): explain(image, model, method, Target(class_index=1),
+                                     {"layer": layer, "relu": False}).array  # signed: random weights
+            for method in ("grad_cam", "hires_cam", "xgrad_cam") for layer in ("layer4", "layer3")}
+    reference = maps[("grad_cam", "layer4")]
+    assert np.abs(reference).max() > 0
+    for method in ("hires_cam", "xgrad_cam"):
+        assert relative_difference(maps[(method, "layer4")], reference) < 1e-5, method
+    assert relative_difference(maps[("hires_cam", "layer3")], maps[("grad_cam", "layer3")]) > 1e-2
