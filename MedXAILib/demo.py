@@ -8,7 +8,8 @@ laptop CPU:
    (:func:`MedXAILib.samples.pet_channel`);
 2. segments the CT with the shipped ``phantom_segmenter`` and classifies CT + PET with
    ``lesion_classifier_petct`` (``Resources/Models``, see their model cards; the CT-only classifier
-   is the weaker of the two and misses this lesion more often than not);
+   is the weaker of the two on held-out phantoms, and the demo shows per-channel relevance;
+   ``Testing/benchmarks/demo_choices.py`` prints both classifiers on the demo phantoms);
 3. explains both with integrated gradients, Grad-CAM and saliency: the classifier's ``lesion``
    logit (Grad-CAM at the ResNet's third block, see :data:`LAYERS`), and the segmenter's
    ``lesion`` score summed over the predicted lesion component at the lesion centre;
@@ -36,6 +37,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -54,7 +56,8 @@ METHODS = ("integrated_gradients", "grad_cam", "saliency")
 HIDDEN = 0.1  # in the Slicer scene, |relevance| below this fraction of the window is transparent
 # Grad-CAM of the shipped classifier (a ResNet) at its third block: the automatic choice, the last
 # block, has cells of 16 voxels (32 x 32 x 48 mm), coarser than the 18 mm lesion, and its map
-# spreads over the whole body; the third block's cells are 16 x 16 x 24 mm.
+# spreads over the whole body; the third block's cells are 16 x 16 x 24 mm
+# (Testing/benchmarks/demo_choices.py measures both).
 LAYERS = {("classifier", "grad_cam"): {"layer": "layer3"}}
 COLOURS = {1: (0.89, 0.76, 0.62), 2: (0.72, 0.33, 0.22), 3: (0.55, 0.30, 0.62), 4: (0.95, 0.80, 0.20),
            5: (0.55, 0.75, 0.95), 6: (0.98, 0.98, 0.86), 7: (0.10, 0.95, 0.25)}
@@ -72,7 +75,7 @@ class DemoCase:
     centre_ijk: np.ndarray
     info: dict[str, Any]
 
-    @property
+    @cached_property
     def ct(self) -> ImageVolume:
         """The CT channel alone (the segmenter's input, the figures' background)."""
         if self.image.n_channels == 1:

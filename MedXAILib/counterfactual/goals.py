@@ -40,7 +40,8 @@ import numpy as np
 from ..errors import TargetError
 from .catalog import GOAL_KINDS
 
-__all__ = ["Goal", "GOAL_KINDS", "ResolvedGoal", "CounterfactualContext", "resolve_goal", "voxel_ml"]
+__all__ = ["Goal", "GOAL_KINDS", "GoalWeight", "ResolvedGoal", "CounterfactualContext", "resolve_goal",
+           "voxel_ml"]
 
 _EPS = 1e-6
 
@@ -320,6 +321,29 @@ def resolve_goal(goal: Goal, output: Any, task: str, activation: str, affine: np
         resolved.tolerance = max(goal.volume_tolerance * target, ml)
         resolved.direction = 0 if abs(target - before) <= resolved.tolerance else (1 if target > before else -1)
     return resolved
+
+
+@dataclass
+class GoalWeight:
+    """The goal loss's weight in an optimising generator: it grows by `growth` whenever the goal loss
+    has not improved by 1 % for `patience` steps (the search is stuck at too small a weight)."""
+
+    value: float
+    patience: int
+    growth: float
+    best: float = float("inf")
+    stalled: int = 0
+
+    def update(self, loss: float) -> float:
+        """Record this step's goal loss; returns the weight for the next step."""
+        if loss < self.best * 0.99:
+            self.best, self.stalled = loss, 0
+        else:
+            self.stalled += 1
+            if self.stalled >= self.patience:
+                self.value *= self.growth
+                self.stalled = 0
+        return self.value
 
 
 @dataclass

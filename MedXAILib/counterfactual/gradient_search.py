@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .catalog import GradientSearchParams
-from .goals import CounterfactualContext
+from .goals import CounterfactualContext, GoalWeight
 
 __all__ = ["gradient_search", "total_variation"]
 
@@ -65,8 +65,7 @@ def gradient_search(ctx: CounterfactualContext, params: GradientSearchParams) ->
     allowed = None if ctx.region is None else ctx.region.to(x0.dtype).expand_as(x0)
     u = torch.zeros_like(x0)  # delta / scale: the optimised variable
     m, v = torch.zeros_like(x0), torch.zeros_like(x0)
-    weight = float(params.goal_weight)
-    best_loss, since_best = float("inf"), 0
+    weight = GoalWeight(float(params.goal_weight), params.patience, params.goal_weight_growth)
     history: list[float] = []
     stop = "max_steps"
     x = x0
@@ -87,7 +86,7 @@ def gradient_search(ctx: CounterfactualContext, params: GradientSearchParams) ->
             if step == params.max_steps:
                 break
             goal_loss = goal.loss(output)
-            smooth = weight * goal_loss
+            smooth = weight.value * goal_loss
             if params.tv_weight > 0:
                 smooth = smooth + params.tv_weight * total_variation(u) / n
             if params.distance == "l2" and params.distance_weight > 0:
@@ -108,15 +107,8 @@ def gradient_search(ctx: CounterfactualContext, params: GradientSearchParams) ->
             u = torch.sign(u) * torch.relu(u.abs() - threshold)
         # project onto the bounds (and the region) in image units, then back
         u = (ctx.clamp(x0 + u * scale) - x0) / scale
-        loss_value = float(goal_loss.detach())
-        if loss_value < best_loss * 0.99:
-            best_loss, since_best = loss_value, 0
-        else:
-            since_best += 1
-            if since_best >= params.patience:
-                weight *= params.goal_weight_growth
-                since_best = 0
-    ctx.diagnostics.update(steps=steps, stop_reason=stop, final_goal_weight=weight, history=history)
+        weight.update(float(goal_loss.detach()))
+    ctx.diagnostics.update(steps=steps, stop_reason=stop, final_goal_weight=weight.value, history=history)
     if stop != "goal reached":
         ctx.warn(f"the goal was not reached in {params.max_steps} steps ({goal.quantity_name} {value:.4g}, target "
                  f"{goal.target:.4g}); raise max_steps or step_size, lower distance_weight, or widen the region "

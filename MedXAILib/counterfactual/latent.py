@@ -27,7 +27,7 @@ import torch
 
 from ..errors import InputError
 from .catalog import LatentParams
-from .goals import CounterfactualContext
+from .goals import CounterfactualContext, GoalWeight
 
 __all__ = ["latent"]
 
@@ -78,8 +78,7 @@ def latent(ctx: CounterfactualContext, params: LatentParams) -> torch.Tensor:
         reference = net.decode(z0)
     crop = (slice(None), slice(None), slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
     z = z0.clone()
-    weight = float(params.goal_weight)
-    best_loss, since_best = float("inf"), 0
+    weight = GoalWeight(float(params.goal_weight), params.patience, params.goal_weight_growth)
     history: list[float] = []
     stop, steps = "max_steps", 0
     x = x0
@@ -101,22 +100,15 @@ def latent(ctx: CounterfactualContext, params: LatentParams) -> torch.Tensor:
             if step == params.max_steps:
                 break
             goal_loss = goal.loss(output)
-            loss = weight * goal_loss + params.distance_weight * ((z - z0) ** 2).mean()
+            loss = weight.value * goal_loss + params.distance_weight * ((z - z0) ** 2).mean()
             (grad,) = torch.autograd.grad(loss, z)
         with torch.no_grad():
             z = z - params.step_size * grad / (grad.abs().max() + 1e-12)
         steps = step + 1
-        loss_value = float(goal_loss.detach())
-        if loss_value < best_loss * 0.99:
-            best_loss, since_best = loss_value, 0
-        else:
-            since_best += 1
-            if since_best >= params.patience:
-                weight *= params.goal_weight_growth
-                since_best = 0
+        weight.update(float(goal_loss.detach()))
     with torch.no_grad():
         shift = float((z - z0).norm())
-    ctx.diagnostics.update(steps=steps, stop_reason=stop, final_goal_weight=weight, history=history,
+    ctx.diagnostics.update(steps=steps, stop_reason=stop, final_goal_weight=weight.value, history=history,
                            latent_shift_norm=round(shift, 6), autoencoder={"source": spec["source"],
                                                                           "sha256": spec["sha256"]})
     if stop != "goal reached":

@@ -342,9 +342,7 @@ def _windowed_gradient_cam(ctx: MethodContext, params: Any, layer: ChosenLayer, 
             if params.relu:
                 seen["positive"] = seen["positive"] or bool((cams > 0).any())
                 cams = F.relu(cams)
-            up = _upsample(cams, plan.roi, params.upsample)
-            for row, job in enumerate(jobs):
-                total[(slice(None), slice(None), *plan.window(job)[1])] += up[row:row + 1]
+            plan.add(total, jobs, _upsample(cams, plan.roi, params.upsample))  # one input: batch item 0
             seen["windows"] += len(jobs)
 
         found = bound.gradient(ctx.x, ctx.scorer, output=ctx.output, input_grad=False, keep_output=True,

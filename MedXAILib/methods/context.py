@@ -38,6 +38,7 @@ class MethodContext:
         diagnostics: method-specific numbers recorded in the provenance.
         output: the model output for `x` when the caller already has it (saves a forward pass);
             a windowed :meth:`gradient` at `x` fills it in from the windows it runs.
+        cache: what a method computes once per run and reuses across its passes.
     """
 
     x: torch.Tensor
@@ -48,6 +49,7 @@ class MethodContext:
     generator: torch.Generator
     diagnostics: dict[str, Any] = field(default_factory=dict)
     output: Optional[torch.Tensor] = None
+    cache: dict[str, Any] = field(default_factory=dict)
 
     def score(self, batch: torch.Tensor) -> torch.Tensor:
         """Target score for a batch of inputs, shape (B,)."""

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import ParameterError
 from ..model import window_scores
-from ..model.layout import channels_last
+from ..model.layout import channels_last, to_channels_last
 from .catalog.perturbation import (
     AdaptiveOcclusionParams,
     FeatureAblationParams,
@@ -46,7 +46,7 @@ __all__ = [
     "adaptive_occlusion",
     "BoxGrid",
     "occlude",
-    "channels_last",
+    "spearman",
 ]
 
 
@@ -97,8 +97,8 @@ def run_batches(
             stop = min(start + batch_size, n)
             with torch.inference_mode():  # no autograd bookkeeping at all, unlike no_grad
                 batch = make_batch(start, stop)
-                if batch.ndim == 5 and not ctx.windowed:
-                    batch = batch.contiguous(memory_format=torch.channels_last_3d)
+                if not ctx.windowed:  # windows are laid out per window
+                    batch = to_channels_last(batch)
                 batch_scores = ctx.score(batch).reshape(-1).clone()
                 if on_batch is not None:
                     on_batch(start, stop, batch, batch_scores)
@@ -283,9 +283,9 @@ def occlude(ctx: MethodContext, baseline: torch.Tensor, boxes: BoxGrid, chosen: 
     x = ctx.x.detach()
     features = torch.nonzero(chosen.reshape(-1)).reshape(-1).tolist()
     per_channel = chosen.shape[0] > 1
-    drops = torch.zeros(chosen.numel(), dtype=torch.float32, device=x.device)
     if window_scores.applies(ctx.model, ctx.scorer, x):
         return _occlude_windows(ctx, baseline, boxes, chosen, features, batch_size, label, progress)
+    drops = torch.zeros(chosen.numel(), dtype=torch.float32, device=x.device)
 
     def where(feature: int) -> tuple:
         channel, box = divmod(feature, boxes.n)
@@ -311,11 +311,11 @@ def _occlude_windows(ctx: MethodContext, baseline: torch.Tensor, boxes: BoxGrid,
                      progress: tuple[float, float]) -> torch.Tensor:
     """:func:`occlude` for a sliding-window segmenter and a linear target: per box, only the windows
     that meet both the box and the target region run (exact; see :mod:`MedXAILib.model.window_scores`)."""
-    local = getattr(ctx, "_local_windows", None)
-    if local is None:
+    local = ctx.cache.get("local_windows")
+    if local is None:  # adaptive occlusion calls this several times on one input
         per_call = window_scores.windows_per_call(ctx.model, batch_size)
-        local = window_scores.LocalWindowScores(ctx.model, ctx.x, ctx.scorer, per_call)
-        ctx._local_windows = local  # adaptive occlusion calls this several times on one input
+        local = ctx.cache["local_windows"] = window_scores.LocalWindowScores(ctx.model, ctx.x, ctx.scorer,
+                                                                             per_call)
     lo, hi = progress
     drops = torch.zeros(chosen.numel(), dtype=torch.float64)
     per_channel = chosen.shape[0] > 1

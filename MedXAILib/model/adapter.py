@@ -23,7 +23,7 @@ from ..errors import InputError, ModelError
 from . import memory
 from .preprocessing import Grid, Preprocessing
 from .window_gradient import WindowGradient, window_backward
-from .windows import WindowPlan, network_output, windowed_forward
+from .windows import WindowPlan, network_call, network_output, windowed_forward
 
 __all__ = ["ModelAdapter", "BoundModel", "resolve_device", "TASKS"]
 
@@ -231,7 +231,7 @@ class BoundModel(torch.nn.Module):
             key = ("input", tuple(self.grids[-1].shape), a.in_channels, str(a.device), a.uses_amp())
             if key not in a._probe_cache:
                 shape = (1, channels, *self.grids[-1].shape)
-                saved = memory.saved_bytes(lambda: network_output_any(
+                saved = memory.saved_bytes(lambda: network_call(
                     a.network, torch.zeros(shape, device=a.device, requires_grad=True), a.uses_amp()))
                 a._probe_cache[key] = int(memory.NO_GRAD_FACTOR * saved) + 2 * self._volume_bytes(channels)
             per_input, fixed = a._probe_cache[key], 0
@@ -265,18 +265,12 @@ class BoundModel(torch.nn.Module):
                 y = windowed_forward(a.network, z, self.plan(), self.windows_per_call(), a.uses_amp(),
                                      self.progress)
             else:
-                with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=a.uses_amp()):
-                    y = a.network(z)
+                y = network_call(a.network, z, a.uses_amp())
         except (RuntimeError, ValueError) as exc:  # shape and dtype mismatches
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(
                 f"the model failed on an input of shape {tuple(z.shape)}: {first}"
             ) from None
-        if isinstance(y, (tuple, list)):  # deep-supervision nets return several heads; use the first
-            y = y[0]
-        if isinstance(y, dict):
-            raise ModelError("the model returns a dict; wrap it to return the logits tensor")
-        y = torch.as_tensor(y)
         if y.dtype != x.dtype and y.is_floating_point():
             y = y.to(x.dtype)
         if a.task is None:
@@ -298,9 +292,3 @@ class BoundModel(torch.nn.Module):
             raise ModelError(f"a classification model must return (B, classes); got {tuple(y.shape)}")
         return y
 
-
-def network_output_any(network: torch.nn.Module, z: torch.Tensor, amp: bool) -> torch.Tensor:
-    """One call of the network on a whole input (classifier or segmenter), first head only."""
-    with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
-        y = network(z)
-    return y[0] if isinstance(y, (tuple, list)) else y

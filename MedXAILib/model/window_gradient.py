@@ -36,7 +36,8 @@ import torch
 from .layout import channels_last, to_channels_last
 from .windows import WindowPlan, network_output, windowed_forward
 
-__all__ = ["WindowGradient", "window_backward", "score_is_linear"]
+__all__ = ["WindowGradient", "window_backward", "score_is_linear", "linear_output_gradient",
+           "window_weights"]
 
 Progress = Callable[[int, int], None]
 OnBatch = Callable[[Sequence[int], list, list], None]
@@ -73,7 +74,7 @@ def _output_gradient(scorer, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return g, scores.detach()
 
 
-def _linear_output_gradient(scorer, batch: int, channels: int, shape: Sequence[int], dtype: torch.dtype,
+def linear_output_gradient(scorer, batch: int, channels: int, shape: Sequence[int], dtype: torch.dtype,
                             device: torch.device) -> tuple[list[int], torch.Tensor]:
     """(channels, dS/dy on them) of a linear score: the region (over its voxels for a mean) in one channel.
 
@@ -148,7 +149,7 @@ def window_backward(
                 del net
         g, scores = _output_gradient(scorer, output)
         channels, g = _used_channels(g)
-        h = _weights(bound, plan, g)
+        h = window_weights(bound, plan, g)
         del g
     blended = None  # the blended output on the padded network grid, when it is to be returned
     importance = plan.importance
@@ -164,9 +165,9 @@ def window_backward(
             with torch.enable_grad():
                 out = network_output(adapter.network, window_in, adapter.mixed_precision)
                 if h is None:  # linear score: dS/dy is a constant, found once the channel count is known
-                    channels, g = _linear_output_gradient(scorer, batch, out.shape[1], grids[0].shape,
+                    channels, g = linear_output_gradient(scorer, batch, out.shape[1], grids[0].shape,
                                                           out.dtype, out.device)
-                    h = _weights(bound, plan, g)
+                    h = window_weights(bound, plan, g)
                     del g
                 weights = _take(plan, h, jobs) * importance.to(h.dtype)
                 if len(channels) == out.shape[1]:
@@ -185,16 +186,9 @@ def window_backward(
                 if blended is None:
                     blended = torch.zeros((batch, out.shape[1], *zp.shape[2:]), dtype=out.dtype,
                                           device=out.device)
-                weighted = out.detach() * importance.to(out.dtype)
-                for row, job in enumerate(jobs):
-                    item, where = plan.window(job)
-                    blended[(slice(item, item + 1), slice(None), *where)] += weighted[row:row + 1]
-                del weighted
+                plan.add(blended, jobs, out.detach() * importance.to(out.dtype))
             if input_grad:
-                window_grad = found[0]
-                for row, job in enumerate(jobs):
-                    item, where = plan.window(job)
-                    grad_zp[(slice(item, item + 1), slice(None), *where)] += window_grad[row:row + 1]
+                plan.add(grad_zp, jobs, found[0])
                 found = found[1:]
             if on_batch is not None:
                 tap_grads = [torch.zeros_like(t) if g is None else g for t, g in zip(tapped, found)]
@@ -223,7 +217,7 @@ def _take(plan: WindowPlan, h: torch.Tensor, jobs: Sequence[int]) -> torch.Tenso
     return plan.take(h, [job % plan.n_windows for job in jobs] if h.shape[0] == 1 else jobs)
 
 
-def _weights(bound: Any, plan: WindowPlan, g: torch.Tensor) -> torch.Tensor:
+def window_weights(bound: Any, plan: WindowPlan, g: torch.Tensor) -> torch.Tensor:
     """dS/dy on the input grid -> (dS/dy on the network grid) / N, zero-padded like the windows."""
     pre, grids = bound.adapter.preprocessing, bound.grids
     if any(step.spatial for step in pre.steps):  # the inverse mapping is linear: VJP at any point

@@ -28,7 +28,7 @@ import torch
 
 from . import memory
 from .layout import channels_last, to_channels_last
-from .window_gradient import _linear_output_gradient, _weights, score_is_linear
+from .window_gradient import linear_output_gradient, score_is_linear, window_weights
 from .windows import WindowPlan, network_output
 
 __all__ = ["LocalWindowScores", "applies", "windows_per_call"]
@@ -61,10 +61,10 @@ class LocalWindowScores:
         self.x = x.detach()
         self.xp = self.plan.pad_input(self.x)
         self.lows = self.plan.pad[0::2][::-1]  # padding before each spatial axis
-        channels, g = _linear_output_gradient(scorer, 1, bound.output_channels(), tuple(x.shape[2:]),
+        channels, g = linear_output_gradient(scorer, 1, bound.output_channels(), tuple(x.shape[2:]),
                                               x.dtype, x.device)
         self.channels = channels
-        h = _weights(bound, self.plan, g)
+        h = window_weights(bound, self.plan, g)
         self.weighted = [k for k, where in enumerate(self.plan.slices)
                          if bool(h[(slice(None), slice(None), *where)].any())]
         self.weights = {k: h[(slice(None), slice(None), *self.plan.slices[k])] * self.plan.importance

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..errors import ModelError
 from .layout import channels_last, to_channels_last
 
-__all__ = ["WindowPlan", "windowed_forward", "network_output", "autocast"]
+__all__ = ["WindowPlan", "windowed_forward", "network_call", "network_output", "autocast"]
 
 Progress = Callable[[int, int], None]
 
@@ -93,6 +93,13 @@ class WindowPlan:
         item, k = divmod(job, self.n_windows)
         return item, self.slices[k]
 
+    def add(self, total: torch.Tensor, jobs: Sequence[int], values: torch.Tensor) -> None:
+        """Add row r of `values` (one window per job) into (B, C, *padded) `total` at job r's window,
+        in place (autograd differentiates through it, as through MONAI's accumulation)."""
+        for row, job in enumerate(jobs):
+            item, where = self.window(job)
+            total[(slice(item, item + 1), slice(None), *where)] += values[row:row + 1]
+
     def take(self, padded: torch.Tensor, jobs: Sequence[int]) -> torch.Tensor:
         """The windows of `jobs` cut from a padded (B, C, *padded) tensor, stacked along the batch."""
         parts = []
@@ -107,16 +114,22 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type="cuda", dtype=torch.float16, enabled=enabled and device.type == "cuda")
 
 
-def network_output(network: torch.nn.Module, inputs: torch.Tensor,
-                   mixed_precision: bool = False) -> torch.Tensor:
-    """One network call; deep-supervision heads reduced to the first; float32 out of autocast."""
+def network_call(network: torch.nn.Module, inputs: torch.Tensor, mixed_precision: bool = False) -> torch.Tensor:
+    """One network call on any input (classifier or segmenter); deep-supervision heads reduced to the first."""
     with autocast(inputs.device, mixed_precision):
         out = network(inputs)
     if isinstance(out, (tuple, list)):  # deep-supervision nets return several heads; use the first
         out = out[0]
     if isinstance(out, dict):
         raise ModelError("the model returns a dict; wrap it to return the logits tensor")
-    out = torch.as_tensor(out)
+    return torch.as_tensor(out)
+
+
+def network_output(network: torch.nn.Module, inputs: torch.Tensor,
+                   mixed_precision: bool = False) -> torch.Tensor:
+    """One network call on windows (:func:`network_call`): one output voxel per input voxel, in the
+    input's dtype (float32 out of autocast)."""
+    out = network_call(network, inputs, mixed_precision)
     if out.ndim != inputs.ndim or tuple(out.shape[2:]) != tuple(inputs.shape[2:]):
         raise ModelError(f"sliding-window inference needs one output voxel per input voxel; a window of "
                          f"{tuple(inputs.shape[2:])} gave {tuple(out.shape)}")
@@ -144,10 +157,7 @@ def _windowed_forward(network: torch.nn.Module, z: torch.Tensor, plan: WindowPla
         out = network_output(network, to_channels_last(plan.take(zp, jobs)), mixed_precision)
         if total is None:
             total = torch.zeros((z.shape[0], out.shape[1], *zp.shape[2:]), dtype=out.dtype, device=out.device)
-        weighted = out * plan.importance.to(out.dtype)
-        for row, job in enumerate(jobs):  # in place, as MONAI: autograd differentiates through it
-            item, where = plan.window(job)
-            total[(slice(item, item + 1), slice(None), *where)] += weighted[row:row + 1]
+        plan.add(total, jobs, out * plan.importance.to(out.dtype))
         if progress is not None:
             progress(jobs[-1] + 1, n_jobs)
     assert total is not None

@@ -301,6 +301,15 @@ def test_remove_structure_reduces_a_monai_segmenters_structure(segmenter):
 # inpaint
 
 
+def test_goal_weight_grows_only_after_the_loss_stalls_for_patience_steps():
+    from MedXAILib.counterfactual.goals import GoalWeight
+
+    weight = GoalWeight(1.0, patience=2, growth=3.0)
+    assert [weight.update(v) for v in (1.0, 0.5, 0.499, 0.498)] == [1.0, 1.0, 1.0, 3.0]  # < 1 % better: stalled
+    assert weight.update(0.3) == 3.0 and weight.stalled == 0  # a real improvement resets the count
+    assert [weight.update(0.3) for _ in range(2)] == [3.0, 9.0]
+
+
 def test_harmonic_fill_reproduces_a_linear_field_exactly():
     # A linear function is harmonic for any axis weights: the filling must give it back.
     shape, spacing = (14, 12, 10), np.array([0.7, 1.3, 2.5])
