@@ -63,7 +63,8 @@ def inpaint_lesion(image: Any, adapter: Any, lesion: np.ndarray, out: Path, seed
     from .counterfactual import OUTPUT_NAMES, Goal, generate_counterfactual
 
     # grown by 8 mm: the PET channel's point-spread (6 mm FWHM) carries the lesion's uptake beyond
-    # its CT border, and a ring of it left behind would still look like a lesion
+    # its CT border, and a ring of it left behind would still look like a lesion (4 mm is not enough
+    # on every demo phantom: Testing/benchmarks/demo_choices.py)
     result = generate_counterfactual(image, adapter, Goal("class_probability", 1, target_probability=0.5),
                                      generator="inpaint", region=lesion, params={"grow_mm": GROW_MM}, seed=seed)
     result.save(out / "counterfactual", overwrite=True)
