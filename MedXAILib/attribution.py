@@ -6,13 +6,13 @@ choices made by the viewer. Provenance records everything needed to reproduce th
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .io.jsondata import to_json
 from .volume import ImageVolume
 
 __all__ = ["Attribution", "PROVENANCE_KEY"]
@@ -54,7 +54,7 @@ class Attribution:
         return ImageVolume(array, self.affine.copy(), meta={"provenance": self.provenance})
 
     def provenance_json(self) -> str:
-        return json.dumps(self.provenance, sort_keys=True, default=_json_default)
+        return to_json(self.provenance, indent=None, sort_keys=True)
 
     def save(self, path: str | Path, per_channel: bool = False) -> list[Path]:
         """Write the map with the input's geometry and the provenance in the header.
@@ -68,12 +68,3 @@ class Attribution:
             self.to_volume(per_channel), path, metadata={PROVENANCE_KEY: self.provenance_json()}
         )
 
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -529,7 +529,7 @@ def plot_profile(profile: dict[str, list], path: str | Path) -> Path:
         from matplotlib.figure import Figure
     except ImportError:
         raise InputError("plot_profile needs matplotlib: pip install matplotlib") from None
-    from .statistics import _write_atomic
+    from .io import write_atomic
 
     missing = [c for c in PROFILE_COLUMNS if c not in profile]
     if missing:
@@ -553,4 +553,4 @@ def plot_profile(profile: dict[str, list], path: str | Path) -> Path:
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    return _write_atomic(Path(path), buffer.getvalue())
+    return write_atomic(Path(path), buffer.getvalue())

@@ -22,13 +22,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from .errors import InputError, ParameterError
+from .io import json_safe, write_atomic
 from .volume import spacing_of
 
 __all__ = [
@@ -443,46 +443,6 @@ def _check_table(table: Mapping[str, Sequence]) -> dict[str, list]:
     return columns
 
 
-def _plain(value: Any) -> Any:
-    """JSON-safe scalar: numpy scalars unwrapped, NaN and infinities as null."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _json_safe(value: Any) -> Any:
-    """`value` with nested dicts/lists made JSON-safe by :func:`_plain` (NaN and inf as null)."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_json_safe(v) for v in value]
-    return _plain(value)
-
-
-def _write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"cannot write '{path}': the folder '{path.parent}' does not exist")
-    if path.is_dir():
-        raise InputError(f"cannot write '{path}': it is a folder")
-    try:
-        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except OSError as error:
-        raise InputError(f"cannot write '{path}': {error.strerror or error}") from None
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(temp, path)
-    except BaseException as error:
-        Path(temp).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise InputError(f"cannot write '{path}': {error.strerror or error}") from None
-        raise
-    return path
-
 
 def table_to_csv(table: Mapping[str, Sequence]) -> str:
     """CSV text of a table: a header of column names, then one line per row (NaN as ``nan``)."""
@@ -491,7 +451,7 @@ def table_to_csv(table: Mapping[str, Sequence]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for row in zip(*columns.values()):
-        writer.writerow([repr(float(v)) if isinstance(v, (float, np.floating)) else _plain(v) for v in row])
+        writer.writerow([repr(float(v)) if isinstance(v, (float, np.floating)) else json_safe(v) for v in row])
     return buffer.getvalue()
 
 
@@ -499,7 +459,7 @@ def table_to_json(table: Mapping[str, Sequence], units: Optional[Mapping[str, st
     """JSON text ``{"columns": [...], "units": {...}, "rows": [{column: value}, ...]}`` (NaN as null)."""
     columns = _check_table(table)
     units = units_for(columns) if units is None else {k: str(v) for k, v in units.items() if k in columns}
-    rows = [{key: _plain(value) for key, value in zip(columns, row)} for row in zip(*columns.values())]
+    rows = [{key: json_safe(value) for key, value in zip(columns, row)} for row in zip(*columns.values())]
     text = json.dumps({"columns": list(columns), "units": units, "rows": rows}, indent=1, allow_nan=False)
     return text + "\n"
 
@@ -510,7 +470,7 @@ def write_table_csv(table: Mapping[str, Sequence], path: str | os.PathLike) -> P
     Raises:
         InputError: a malformed table or an unwritable path.
     """
-    return _write_atomic(Path(path), table_to_csv(table))
+    return write_atomic(Path(path), table_to_csv(table))
 
 
 def write_table_json(table: Mapping[str, Sequence], path: str | os.PathLike,
@@ -526,4 +486,4 @@ def write_table_json(table: Mapping[str, Sequence], path: str | os.PathLike,
     Raises:
         InputError: a malformed table or an unwritable path.
     """
-    return _write_atomic(Path(path), table_to_json(table, units))
+    return write_atomic(Path(path), table_to_json(table, units))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +66,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..attribution import PROVENANCE_KEY, _json_default
+    from ..attribution import PROVENANCE_KEY
+    from ..io import to_json, write_atomic
     from ..boundary import (UNCERTAINTY_MAPS, boundary_band, boundary_uncertainty, plot_profile,
                             predicted_structure, relevance_profile)
     from ..engine import explain
     from ..io import read_label_map, write_image
     from ..provenance import library_versions, timestamp
-    from ..statistics import _json_safe, _write_atomic, write_table_csv
+    from ..statistics import write_table_csv
     from ..target import Target
     from .summary import summary_of
 
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
                       "versions": library_versions(), "device": str(model.device), "created": timestamp()}
         volume = image.with_array(np.concatenate([maps[name].array for name in UNCERTAINTY_MAPS]),
                                   channel_names=list(UNCERTAINTY_MAPS), meta={})
-        metadata = {PROVENANCE_KEY: json.dumps(provenance, sort_keys=True, default=_json_default),
+        metadata = {PROVENANCE_KEY: to_json(provenance, indent=None, sort_keys=True),
                     "MedXAI.Channels": ",".join(UNCERTAINTY_MAPS)}
         writers.append((Path(args.uncertainty),
                         lambda: write_image(volume, args.uncertainty, metadata=metadata)))
@@ -151,8 +151,8 @@ def run(args: argparse.Namespace) -> int:
                 in_band = {f"mean_{name}_in_band": float(maps[name].array[0][band].mean())
                            for name in UNCERTAINTY_MAPS}
                 data["uncertainty"] = {"ensemble": maps["probability"].meta["ensemble"], **in_band}
-            text = json.dumps(_json_safe(data), indent=2, allow_nan=False, default=_json_default)
-            return _write_atomic(Path(args.json), text + "\n")
+            text = to_json(data)
+            return write_atomic(Path(args.json), text + "\n")
 
         writers.append((Path(args.json), summary))
     monitor.check()

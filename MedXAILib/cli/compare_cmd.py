@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..errors import InputError
@@ -66,10 +65,10 @@ def run(args: argparse.Namespace) -> int:
     written = result.write(out, maps=args.save_maps)
     ranking = [{"method": m, "mean_rank": r} for m, r in result.ranking]
     if args.progress_json:
-        from ..evaluation.compare import _jsonable
+        from ..io import to_json
 
-        print(json.dumps(_jsonable({"done": True, "outputs": [str(p) for p in written], "warnings": [],
-                                    "ranking": ranking})), flush=True)
+        print(to_json({"done": True, "outputs": [str(p) for p in written], "warnings": [],
+                       "ranking": ranking}, indent=None), flush=True)
         return common.EXIT_OK
     print(f"ranking (mean rank over {len(result.ranked_metrics)} metrics; lower is better):")
     for position, (method, rank) in enumerate(result.ranking, start=1):

@@ -9,13 +9,12 @@ receives counterfactual.nrrd, difference.nrrd, the predicted label maps of a seg
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 from ..counterfactual.catalog import GENERATORS, GOAL_KINDS
 from ..errors import InputError
+from ..io import write_atomic
 from . import common
 
 __all__ = ["register", "run"]
@@ -105,13 +104,4 @@ def _bounds(text: Optional[str]) -> Optional[tuple[float, float]]:
 
 
 def _write_json(path: Path, text: str) -> Path:
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text + "\n")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
-
+    return write_atomic(path, text + "\n")

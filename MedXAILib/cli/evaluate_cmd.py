@@ -91,7 +91,7 @@ def read_attribution(path: str, image: Any) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Grade the attribution; print the values (or a ``done`` JSON record) and write ``--out``."""
     from ..evaluation import evaluate
-    from ..evaluation.compare import _jsonable, _write_atomic
+    from ..io import to_json, write_atomic
     from ..io import read_label_map
     from ..methods import METHODS
 
@@ -118,14 +118,14 @@ def run(args: argparse.Namespace) -> int:
     if out is not None:
         document = {"image": args.image, "attribution": args.attribution, "mask": args.mask, "seed": args.seed,
                     "metrics": results}
-        written.append(_write_atomic(out, (json.dumps(_jsonable(document), indent=2) + "\n").encode()))
+        written.append(write_atomic(out, to_json(document) + "\n"))
     warnings = [f"{name}: {r['warning']}" for name, r in results.items() if "warning" in r]
     values = {name: r["value"] for name, r in results.items()}
     if args.progress_json:
         for warning in warnings:
             sys.stderr.write(f"medxai: warning: {warning}\n")
-        print(json.dumps(_jsonable({"done": True, "outputs": [str(p) for p in written], "warnings": warnings,
-                                    "values": values})), flush=True)
+        print(to_json({"done": True, "outputs": [str(p) for p in written], "warnings": warnings,
+                       "values": values}, indent=None), flush=True)
         return common.EXIT_OK
     width = max(len(n) for n in values)
     for name, value in values.items():

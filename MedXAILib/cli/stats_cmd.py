@@ -116,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..errors import GeometryError
-    from ..io import read_image, read_label_map
-    from ..statistics import (_json_safe, compare_statistics, relevance_volume_curves, structure_statistics,
+    from ..io import json_safe, read_image, read_label_map
+    from ..statistics import (compare_statistics, relevance_volume_curves, structure_statistics,
                               table_to_json, write_table_csv)
 
     out = Path(args.out)
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         text = json.dumps({"definition": "per map and structure: threshold t on |relevance| (shared by all "
                            "structures of a map), volume_fraction = share of the structure's voxels with "
                            "|a| >= t, relevance_fraction = share of the map's total |relevance| held by them",
-                           "maps": _json_safe(curves)}, indent=1, allow_nan=False) + "\n"
+                           "maps": json_safe(curves)}, indent=1, allow_nan=False) + "\n"
         writers.append((Path(args.curves), lambda: _write_text(Path(args.curves), text)))
     monitor.check()
     written = write_all(writers)
@@ -166,6 +166,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    from ..statistics import _write_atomic
+    from ..io import write_atomic
 
-    return _write_atomic(path, text)
+    return write_atomic(path, text)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..attribution import Attribution, _json_default
+from ..attribution import Attribution
+from ..io import to_json, write_atomic
 
 __all__ = ["summary_of", "write_summary"]
 
@@ -33,14 +31,6 @@ def summary_of(attribution: Attribution, outputs: Sequence[Path]) -> dict[str, A
 
 def write_summary(attribution: Attribution, path: Path, outputs: Sequence[Path]) -> list[Path]:
     """Write the summary atomically (temporary file, then rename)."""
-    text = json.dumps(summary_of(attribution, outputs), indent=2, default=_json_default)
+    text = to_json(summary_of(attribution, outputs))
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text + "\n")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return [path]
+    return [write_atomic(path, text + "\n")]

@@ -1,4 +1,4 @@
-"""``medxai train-demo``: train the demo models (the same as ``python -m MedXAILib.training``)."""
+"""``medxai train-demo``: train the demo models (the same as ``python -m MedXAILib.demo.training``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ __all__ = ["register", "run"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..training.cli import add_arguments
+    from ..demo.training.cli import add_arguments
 
     parser = sub.add_parser("train-demo", help="train the demo segmenter and lesion classifiers on phantoms (CPU, "
                                                "minutes, deterministic)")
@@ -17,6 +17,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.cli import run as train
+    from ..demo.training.cli import run as train
 
     return train(args)

@@ -158,7 +158,7 @@ class LatentParams:
 
     autoencoder: str = param(
         "",
-        help="Autoencoder spec JSON written by MedXAILib.training.autoencoder; empty: the shipped "
+        help="Autoencoder spec JSON written by MedXAILib.demo.training.autoencoder; empty: the shipped "
         "Resources/Models/demo_autoencoder.json (trained on the CT phantoms, demo only).",
     )
     max_steps: int = param(

@@ -18,7 +18,7 @@ x' = x + D(z) - D(z0), so the autoencoder's reconstruction error never enters x'
 latents give x' = x exactly. x' is kept inside the bounds and the region.
 
 The shipped autoencoder (``Resources/Models/demo_autoencoder.json``,
-:mod:`MedXAILib.training.autoencoder`) was trained on the CT phantoms only: it is a demonstration.
+:mod:`MedXAILib.counterfactual.autoencoder`) was trained on the CT phantoms only: it is a demonstration.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def latent(ctx: CounterfactualContext, params: LatentParams) -> torch.Tensor:
     """
     import numpy as np
 
-    from ..training.autoencoder import load_autoencoder
+    from .autoencoder import load_autoencoder
 
     x0, goal, monitor = ctx.x, ctx.goal, ctx.monitor
     if x0.shape[1] != 1:

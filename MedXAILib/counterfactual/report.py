@@ -17,7 +17,6 @@ Metrics (all in image units unless stated):
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -27,7 +26,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..attribution import PROVENANCE_KEY, _json_default
+from ..attribution import PROVENANCE_KEY
+from ..io.jsondata import to_json
 from ..errors import InputError
 from ..volume import ImageVolume
 
@@ -186,7 +186,7 @@ class Counterfactual:
         return out
 
     def summary_json(self, outputs: Optional[list[str]] = None) -> str:
-        return json.dumps(self.summary(outputs), indent=2, default=_json_default)
+        return to_json(self.summary(outputs))
 
     def save(self, folder: str | os.PathLike, overwrite: bool = False) -> list[Path]:
         """Write counterfactual.nrrd, difference.nrrd, the label maps (segmenters) and summary.json.
@@ -223,7 +223,7 @@ class Counterfactual:
         if existing and not overwrite:
             raise InputError(f"'{folder}' already holds {', '.join(existing)}; choose another folder or pass "
                              "overwrite=True")
-        header = {PROVENANCE_KEY: json.dumps(self.provenance, sort_keys=True, default=_json_default)}
+        header = {PROVENANCE_KEY: to_json(self.provenance, indent=None, sort_keys=True)}
         try:
             tmp = Path(tempfile.mkdtemp(prefix=".medxai-counterfactual-", dir=parent))
         except OSError as error:

@@ -11,9 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
@@ -21,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError, ParameterError
+from ..io import json_safe, write_atomic
 from ..params import make_params
 from .metrics import METRICS, _check_mask, _metric_params, _resolve_metrics, evaluate
 
@@ -86,33 +84,6 @@ def rank_methods(
     return [(methods[i], float(mean[i])) for i in order]
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # strict JSON has no NaN or infinity
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    """Write `data` to a hidden temporary file beside `path`, then rename it into place."""
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temp, "xb") as stream:  # plain open: the file gets the usual umask permissions
-            stream.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 @dataclass
@@ -155,7 +126,7 @@ class ComparisonResult:
             entry = METRICS.get(name)
             metric_info[name] = {"title": entry.title, "family": entry.family, "reference": entry.reference,
                                  "higher_is_better": entry.higher_is_better, "needs_mask": entry.needs_mask}
-        return _jsonable({
+        return json_safe({
             "methods": self.methods,
             "metrics": self.metrics,
             "metric_info": metric_info,
@@ -196,8 +167,8 @@ class ComparisonResult:
             raise InputError(f"{folder} is a file; give a folder for the comparison")
         folder.mkdir(parents=True, exist_ok=True)
         written = [
-            _write_atomic(folder / "comparison.csv", self.csv_text().encode()),
-            _write_atomic(folder / "comparison.json",
+            write_atomic(folder / "comparison.csv", self.csv_text().encode()),
+            write_atomic(folder / "comparison.json",
                           (json.dumps(self.to_dict(), indent=2) + "\n").encode()),
         ]
         if maps:
@@ -208,8 +179,8 @@ class ComparisonResult:
         except ImportError:  # plots are optional
             return written
         if any(self.curves.get(m) for m in self.methods):
-            written.append(_write_atomic(folder / "curves.png", self._plot_curves()))
-        written.append(_write_atomic(folder / "metrics.png", self._plot_bars()))
+            written.append(write_atomic(folder / "curves.png", self._plot_curves()))
+        written.append(write_atomic(folder / "metrics.png", self._plot_bars()))
         return written
 
     def _plot_curves(self) -> bytes:

@@ -385,7 +385,7 @@ class DarkSpotInOrgan(torch.nn.Module):
 def test_inpainting_the_demo_phantom_lesion_lowers_a_lesion_detectors_probability():
     from scipy.ndimage import binary_erosion
 
-    from MedXAILib.samples import Lesion, ct_phantom, sphere_mask
+    from MedXAILib.demo.samples import Lesion, ct_phantom, sphere_mask
 
     lesion = [Lesion(organ="liver", radius_mm=9.0, contrast_hu=-60.0)]
     image, labels, info = ct_phantom(3, lesions=lesion, rotation_deg=12.0)
@@ -415,8 +415,8 @@ def test_inpainting_the_demo_phantom_lesion_lowers_a_lesion_detectors_probabilit
 def test_inpainting_the_demo_lesion_lowers_the_shipped_classifiers_lesion_probability(seed):
     """The demo's question with its shipped PET/CT classifier: without the lesion, is P(lesion) lower?"""
     from MedXAILib.demo import CLASSIFIER, PHANTOM_SEED, demo_case
-    from MedXAILib.demo_sections import GROW_MM
-    from MedXAILib.samples import ct_phantom, pet_channel
+    from MedXAILib.demo.sections import GROW_MM
+    from MedXAILib.demo.samples import ct_phantom, pet_channel
 
     case = demo_case(seed)  # held-out phantoms with one liver lesion (radius 9 mm, -45 HU, SUV 8), CT + PET
     model = load_model(ROOT / "Resources" / "Models" / f"{CLASSIFIER}.json", device="cpu")
@@ -560,7 +560,7 @@ def test_progress_is_monotonic_and_cancel_stops_within_a_second():
 
 
 def _tiny_autoencoder(path: Path) -> Path:
-    from MedXAILib.training.autoencoder import build_autoencoder, save_autoencoder
+    from MedXAILib.counterfactual.autoencoder import build_autoencoder, save_autoencoder
 
     args = {"spatial_dims": 3, "in_channels": 1, "out_channels": 1, "num_res_blocks": 1, "channels": [4, 4],
             "attention_levels": [False, False], "latent_channels": 2, "norm_num_groups": 2,
@@ -609,14 +609,14 @@ def test_latent_refuses_pickled_code_and_missing_autoencoders(tmp_path):
 
 
 def test_shipped_autoencoder_has_its_card_and_reproducible_record():
-    from MedXAILib.training.autoencoder import AUTOENCODER_ARGS, INTENSITY, default_autoencoder_path, load_autoencoder
+    from MedXAILib.counterfactual.autoencoder import AUTOENCODER_ARGS, INTENSITY, default_autoencoder_path, load_autoencoder
 
     spec_path = default_autoencoder_path()
     net, spec = load_autoencoder()
     weights = spec_path.with_suffix(".pt")
     assert weights.stat().st_size < 10 * 2 ** 20
     assert spec["network"]["args"] == AUTOENCODER_ARGS and spec["intensity"] == INTENSITY
-    assert spec["reproduce"].startswith("python -m MedXAILib.training.autoencoder")
+    assert spec["reproduce"].startswith("python -m MedXAILib.demo.training.autoencoder")
     card = spec_path.with_suffix(".md").read_text(encoding="utf-8")
     assert spec["sha256"][:16] in card and "Limitations" in card and "not for clinical use" in card
     assert spec["training"]["n_parameters"] == sum(p.numel() for p in net.parameters())
@@ -626,7 +626,7 @@ def test_shipped_autoencoder_has_its_card_and_reproducible_record():
 def test_latent_with_the_shipped_autoencoder_fills_the_demo_lesion():
     from scipy.ndimage import binary_erosion
 
-    from MedXAILib.samples import Lesion, ct_phantom, sphere_mask
+    from MedXAILib.demo.samples import Lesion, ct_phantom, sphere_mask
 
     image, labels, info = ct_phantom(3, lesions=[Lesion(organ="liver", radius_mm=9.0, contrast_hu=-60.0)],
                                      rotation_deg=12.0)
@@ -645,7 +645,7 @@ def test_latent_with_the_shipped_autoencoder_fills_the_demo_lesion():
 
 
 def test_autoencoder_training_is_deterministic():
-    from MedXAILib.training.autoencoder import train_autoencoder
+    from MedXAILib.demo.training.autoencoder import train_autoencoder
 
     first, record = train_autoencoder(seed=1, steps=2, n_phantoms=2, log=lambda *_: None)
     second, _ = train_autoencoder(seed=1, steps=2, n_phantoms=2, log=lambda *_: None)

@@ -140,7 +140,7 @@ def test_segmentation_is_a_label_map_with_class_names(out, summary):
 
 @pytest.mark.slow
 def test_demo_compares_the_classifiers_methods_and_ranks_them(out, summary):
-    from MedXAILib.demo_sections import COMPARE_METRICS
+    from MedXAILib.demo.sections import COMPARE_METRICS
 
     comparison = summary["comparison"]
     assert comparison["methods"] == list(METHODS) and comparison["metrics"] == list(COMPARE_METRICS)
@@ -254,7 +254,7 @@ def test_scene_bundle_holds_the_scene_and_every_file_it_names(out, summary):
 def test_classifier_relevance_is_concentrated_in_the_lesion(summary, method):
     if summary["fallback"]:
         pytest.fail("the shipped classifier (Resources/Models/lesion_classifier_ct.json) is missing; "
-                    "the demo fell back to a tiny classifier: run python -m MedXAILib.training")
+                    "the demo fell back to a tiny classifier: run python -m MedXAILib.demo.training")
     assert summary["prediction"]["classifier"]["probabilities"]["lesion"] > 0.5
     record = next(r for r in summary["attributions"] if r["model"] == "classifier" and r["method"] == method)
     stats = record["statistics"]

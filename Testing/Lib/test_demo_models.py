@@ -2,7 +2,7 @@
 
 The metrics are recomputed on freshly generated held-out phantoms with the seeds recorded in each
 ``<name>.metrics.json``, by the same evaluation code the trainer used
-(:mod:`MedXAILib.training.demo_models`), through :func:`MedXAILib.load_model` as a user would.
+(:mod:`MedXAILib.demo.training.demo_models`), through :func:`MedXAILib.load_model` as a user would.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import MedXAILib
-from MedXAILib.training import accuracy, dice_per_class, roc_auc
-from MedXAILib.training.demo_models import (
+from MedXAILib.demo.training import accuracy, dice_per_class, roc_auc
+from MedXAILib.demo.training.demo_models import (
     CLASSIFIER_CT,
     CLASSIFIER_PETCT,
     DEMO_MODELS,
@@ -56,7 +56,7 @@ def test_every_model_ships_spec_weights_card_and_metrics(name):
     assert size < 10 * 1024 * 1024, f"{name}.pt is {size / 2**20:.1f} MiB (limit 10 MiB)"
     record = _record(name)
     assert record["model"] == name
-    assert record["reproduce"].startswith("python -m MedXAILib.training --out Resources/Models --seed ")
+    assert record["reproduce"].startswith("python -m MedXAILib.demo.training --out Resources/Models --seed ")
     import hashlib
 
     assert record["weights_sha256"] == hashlib.sha256((MODELS / f"{name}.pt").read_bytes()).hexdigest()
@@ -167,10 +167,10 @@ def test_accuracy():
 
 
 def test_trainer_command_line_help_and_bad_arguments():
-    result = subprocess.run([sys.executable, "-m", "MedXAILib.training", "--help"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "MedXAILib.demo.training", "--help"], capture_output=True, text=True,
                             cwd=ROOT, timeout=120)
     assert result.returncode == 0 and "--seed" in result.stdout and "--out" in result.stdout
-    from MedXAILib.training import main
+    from MedXAILib.demo.training import main
 
     assert main(["--models", "no_such_model", "--out", str(ROOT / "does-not-matter"), "--quiet"]) == 2
     assert main(["--seed", "42", "--out", str(ROOT / "does-not-matter"), "--quiet"]) == 2

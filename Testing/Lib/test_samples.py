@@ -10,8 +10,8 @@ import pytest
 from scipy.ndimage import binary_erosion, center_of_mass
 
 from MedXAILib import ImageVolume, InputError, MedXAIError
-from MedXAILib.samples import CLASS_NAMES, Lesion, ct_phantom, mni_t1, pet_channel, pet_ct_phantom, sphere_mask
-from MedXAILib.samples import mni as mni_module
+from MedXAILib.demo.samples import CLASS_NAMES, Lesion, ct_phantom, mni_t1, pet_channel, pet_ct_phantom, sphere_mask
+from MedXAILib.demo.samples import mni as mni_module
 
 LABEL = {name: i for i, name in enumerate(CLASS_NAMES)}
 

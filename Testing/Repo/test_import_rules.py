@@ -54,6 +54,9 @@ LIGHT_MODULES: tuple[str, ...] = (
     "params",
     "monitor",
     "geometry",
+    "io",  # io/__init__.py: image functions load lazily, on first use
+    "io.atomic",
+    "io.jsondata",
     "methods",  # methods/__init__.py: the method registry, populated by the catalog below
     "methods.catalog",  # catalog/__init__.py
     "methods.catalog.*",  # one module per family: parameter dataclasses and registry entries

@@ -11,7 +11,7 @@ Peers (install with ``pip install -e .[test,bench]``): Captum, MONAI ``monai.vis
 the reason instead of numbers.
 
 Cases (nothing downloaded): the shipped demo models on a CT phantom with one liver lesion
-(``MedXAILib.samples.ct_phantom(seed=1)``, lesion radius 10 mm, -50 HU):
+(``MedXAILib.demo.samples.ct_phantom(seed=1)``, lesion radius 10 mm, -50 HU):
 
 * ``classifier``: ``lesion_classifier_ct`` (MONAI ResNet with instance norm, 1 -> 2 classes; spec
   intensity step: ``scale_intensity_range`` [-50, 150] HU -> [0, 1], clipped), target = "lesion"
@@ -25,7 +25,7 @@ Weights come from ``--models`` (default ``Resources/Models``, the shipped specs 
 missing is the same architecture used with a seeded random initialisation, and then the case line
 says so. Each case's own intensity steps (every non-spatial step of its spec's ``preprocessing``,
 read from the spec and run through :class:`MedXAILib.model.preprocessing.Preprocessing`; without a
-spec, those of ``MedXAILib.training.demo_models``) are applied to the HU array beforehand, so the
+spec, those of ``MedXAILib.demo.training.demo_models``) are applied to the HU array beforehand, so the
 bound model is the bare network and every peer sees exactly what MedXAILib's methods see. The
 spatial steps (``spacing`` to 2 x 2 x 3 mm: a no-op on the default grid, not at ``--quick``'s
 4 x 4 x 6 mm) and the segmenter's sliding window (one window at either size) are left out. Maps are
@@ -151,14 +151,14 @@ def bench_params(method: str, quick: bool) -> dict:
 def intensity_steps(case_name: str, model_dir: Path) -> tuple[list[dict], str]:
     """The non-spatial preprocessing steps of the case's spec (where they come from, second)."""
     from MedXAILib.model.preprocessing import Preprocessing
-    from MedXAILib.training.demo_models import DEMO_MODELS
+    from MedXAILib.demo.training.demo_models import DEMO_MODELS
 
     demo = DEMO_MODELS[CASES[case_name].demo]
     spec = model_dir / f"{demo.name}.json"
     if spec.is_file():
         config, source = json.loads(spec.read_text()).get("preprocessing") or [], str(spec)
     else:
-        config, source = demo.spec()["preprocessing"], f"MedXAILib.training.demo_models ({spec} not found)"
+        config, source = demo.spec()["preprocessing"], f"MedXAILib.demo.training.demo_models ({spec} not found)"
     steps = Preprocessing.from_config(config).steps
     return [c for c, step in zip(config, steps) if not step.spatial], source
 
@@ -167,7 +167,7 @@ def make_case_data(case_name: str, quick: bool, model_dir: Path) -> dict:
     """The phantom (built once in the parent and sent to every child): the CT after the case's own
     spec intensity steps, and the lesion mask."""
     from MedXAILib.model.preprocessing import Grid, Preprocessing
-    from MedXAILib.samples import Lesion, ct_phantom
+    from MedXAILib.demo.samples import Lesion, ct_phantom
 
     shape, spacing = GRIDS[quick]
     volume, labels, info = ct_phantom(1, shape, spacing,
@@ -190,7 +190,7 @@ def build_network(case_name: str, model_dir: Path):
     """The demo network with its shipped weights (through load_model), or seeded random weights."""
     from monai.networks import nets
 
-    from MedXAILib.training.demo_models import DEMO_MODELS
+    from MedXAILib.demo.training.demo_models import DEMO_MODELS
 
     demo = DEMO_MODELS[CASES[case_name].demo]
     spec = model_dir / f"{demo.name}.json"

@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 from MedXAILib import Target, explain, load_model  # noqa: E402
 from MedXAILib.counterfactual import Goal, generate_counterfactual  # noqa: E402
 from MedXAILib.demo import CLASSIFIER, PHANTOM_SEED, demo_case, lesion_statistics  # noqa: E402
-from MedXAILib.demo_sections import GROW_MM  # noqa: E402
-from MedXAILib.samples import ct_phantom, pet_channel  # noqa: E402
+from MedXAILib.demo.sections import GROW_MM  # noqa: E402
+from MedXAILib.demo.samples import ct_phantom, pet_channel  # noqa: E402
 from MedXAILib.volume import ImageVolume  # noqa: E402
 
 MODELS = ROOT / "Resources" / "Models"

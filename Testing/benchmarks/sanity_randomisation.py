@@ -70,7 +70,7 @@ from MedXAILib import METHODS, ImageVolume, Target  # noqa: E402
 from MedXAILib.errors import MedXAIError  # noqa: E402
 from MedXAILib.evaluation import cascading_randomisation, randomisation  # noqa: E402
 from MedXAILib.model import load_model  # noqa: E402
-from MedXAILib.training.demo_models import (  # noqa: E402
+from MedXAILib.demo.training.demo_models import (  # noqa: E402
     CLASSIFIER_CT,
     SEG_EVAL_SEEDS,
     SEGMENTER,

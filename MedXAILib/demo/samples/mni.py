@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, MedXAIError
-from ..volume import ImageVolume
+from ...errors import InputError, MedXAIError
+from ...volume import ImageVolume
 
 __all__ = ["mni_t1", "mni_template_files"]
 
@@ -73,7 +73,7 @@ def mni_t1(resolution_mm: float = 2.0) -> tuple[ImageVolume, ImageVolume, ImageV
         MedXAIError: nilearn is missing (the message says ``pip install nilearn``).
         InputError: a non-positive resolution.
     """
-    from ..io import read_image, resample_to
+    from ...io import read_image, resample_to
 
     resolution = float(resolution_mm)
     if not np.isfinite(resolution) or resolution <= 0:

@@ -1,7 +1,7 @@
 """The shipped demo models: definitions, training on CT phantoms, evaluation and model cards.
 
 Three small MONAI networks are trained on CPU in minutes, deterministically, on freshly generated
-phantoms (:mod:`MedXAILib.samples`); nothing is downloaded:
+phantoms (:mod:`MedXAILib.demo.samples`); nothing is downloaded:
 
 - ``phantom_segmenter``: a 3D ``UNet`` of the phantom's 8 classes (background, body, liver,
   spleen, kidney, lung, bone, lesion) on CT;
@@ -39,7 +39,7 @@ import numpy as np
 
 from ..samples.pet import pet_channel
 from ..samples.phantom import CLASS_NAMES, ct_phantom
-from ..volume import ImageVolume
+from ...volume import ImageVolume
 from .metrics import accuracy, dice_per_class, roc_auc
 
 __all__ = ["DemoModel", "DEMO_MODELS", "SEGMENTER", "CLASSIFIER_CT", "CLASSIFIER_PETCT", "SEG_EVAL_SEEDS",
@@ -119,7 +119,7 @@ SEGMENTER = DemoModel(
     batch_size=2,
     learning_rate=5e-3,
     n_train_phantoms=32,
-    description="Demo only, trained on synthetic CT phantoms (MedXAILib.samples.ct_phantom); not for clinical use.",
+    description="Demo only, trained on synthetic CT phantoms (MedXAILib.demo.samples.ct_phantom); not for clinical use.",
 )
 
 # a ResNet-10 with a 3^3 stem of stride 2 and no max-pool (a 5 mm lesion survives to the first block),
@@ -141,7 +141,7 @@ CLASSIFIER_CT = DemoModel(
     batch_size=4,
     learning_rate=3e-3,
     n_train_phantoms=96,
-    description="Demo only, trained on synthetic CT phantoms (MedXAILib.samples.ct_phantom); not for clinical use.",
+    description="Demo only, trained on synthetic CT phantoms (MedXAILib.demo.samples.ct_phantom); not for clinical use.",
 )
 
 CLASSIFIER_PETCT = DemoModel(
@@ -157,7 +157,7 @@ CLASSIFIER_PETCT = DemoModel(
     batch_size=4,
     learning_rate=3e-3,
     n_train_phantoms=96,
-    description="Demo only, trained on synthetic PET/CT phantoms (MedXAILib.samples.pet_ct_phantom); "
+    description="Demo only, trained on synthetic PET/CT phantoms (MedXAILib.demo.samples.pet_ct_phantom); "
                 "not for clinical use.",
 )
 
@@ -166,7 +166,7 @@ DEMO_MODELS = {m.name: m for m in (SEGMENTER, CLASSIFIER_CT, CLASSIFIER_PETCT)}
 
 def default_model_dir() -> Path:
     """``Resources/Models`` of the source tree this package lives in."""
-    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
+    return Path(__file__).resolve().parents[3] / "Resources" / "Models"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,7 +192,7 @@ def segmenter_case(seed: int, train: bool = False) -> tuple[ImageVolume, np.ndar
 def classifier_case(seed: int, lesion: Optional[bool] = None, train: bool = False) -> tuple[ImageVolume, int]:
     """A two-channel (CT, PET) phantom and its label (1 = one liver lesion, 0 = none).
 
-    The lesion is drawn from `seed` as :func:`~MedXAILib.samples.ct_phantom` draws a liver lesion
+    The lesion is drawn from `seed` as :func:`~MedXAILib.demo.samples.ct_phantom` draws a liver lesion
     (radius 5-12 mm, contrast -70 to -35 HU, SUV 6-10); by default odd seeds have one. With and without the lesion, one seed gives the same anatomy and noise, so
     training pairs differ only in the lesion. Training phantoms are also rotated by up to 8 degrees.
     """
@@ -226,7 +226,7 @@ def _run(adapter: Any, volume: ImageVolume) -> np.ndarray:
 
 
 def _load(model: Any) -> Any:
-    from ..model import load_model
+    from ...model import load_model
 
     return load_model(model, device="cpu") if isinstance(model, (str, Path)) else model
 
@@ -312,7 +312,7 @@ def _preprocess(model: DemoModel, batch: np.ndarray, affine: np.ndarray) -> Any:
     """Apply the spec's preprocessing in torch, exactly as the loader will (batch on one grid)."""
     import torch
 
-    from ..model.preprocessing import Grid, Preprocessing
+    from ...model.preprocessing import Grid, Preprocessing
 
     steps = Preprocessing.from_config(model.preprocessing)
     grids = steps.grids(Grid(np.asarray(affine, np.float64), tuple(batch.shape[2:])))
@@ -454,21 +454,21 @@ def _versions() -> dict[str, str]:
     import monai
     import torch
 
-    from .. import __version__
+    from ... import __version__
 
     return {"MedXAILib": __version__, "torch": torch.__version__, "monai": monai.__version__,
             "numpy": np.__version__, "python": platform.python_version()}
 
 
 def _save(model: DemoModel, net: Any, out: Path) -> Path:
-    from ..model import save_spec_model
+    from ...model import save_spec_model
 
     return save_spec_model(net, model.network, model.args, out / f"{model.name}.json", **model.spec())
 
 
 def _reproduce(seed: int, scale: float) -> str:
     extra = "" if scale == 1.0 else f" --scale {scale:g}"
-    return f"python -m MedXAILib.training --out Resources/Models --seed {seed}{extra}"
+    return f"python -m MedXAILib.demo.training --out Resources/Models --seed {seed}{extra}"
 
 
 def _describe_intensity(model: DemoModel) -> str:
@@ -506,20 +506,20 @@ def _write_card(model: DemoModel, out: Path, metrics: dict[str, Any], train: dic
     lines += ["## Data", ""]
     if model.task == "segmentation":
         lines += [
-            f"Training: {train['n_train_phantoms']} phantoms `MedXAILib.training.demo_models.segmenter_case(s, "
+            f"Training: {train['n_train_phantoms']} phantoms `MedXAILib.demo.training.demo_models.segmenter_case(s, "
             f"train=True)`, seeds {train['train_seeds'][0]} to {train['train_seeds'][1]}: "
-            "`MedXAILib.samples.ct_phantom(s, ...)` (96 x 96 x 64 voxels of 2 x 2 x 3 mm) with 0-3 lesions "
+            "`MedXAILib.demo.samples.ct_phantom(s, ...)` (96 x 96 x 64 voxels of 2 x 2 x 3 mm) with 0-3 lesions "
             "(liver 3x as likely as spleen, kidney or lung; radius 3-12 mm), grid rotations of up to 8 degrees "
             "about S and noise of 10-20 HU, all drawn from the seed.",
             f"Evaluation: the default phantoms `ct_phantom(s)` (two liver lesions each, no rotation, 15 HU noise) "
             f"for the held-out seeds {metrics['seeds'][0]} to {metrics['seeds'][-1]}.", ""]
     else:
         lines += [
-            f"Training: {train['n_train_phantoms'] // 2} pairs `MedXAILib.training.demo_models.classifier_case(s, "
+            f"Training: {train['n_train_phantoms'] // 2} pairs `MedXAILib.demo.training.demo_models.classifier_case(s, "
             f"lesion=True/False, train=True)`, seeds {train['train_seeds'][0]} to {train['train_seeds'][1]}: "
             "the same phantom (anatomy and noise) with and without one liver lesion (drawn as `ct_phantom` "
             "does: radius 5-12 mm, CT contrast -70 to -35 HU, SUV 6-10), grid rotations of up to 8 degrees; PET from "
-            "`MedXAILib.samples.pet_channel` (6 mm PSF, Poisson noise) on the CT grid.",
+            "`MedXAILib.demo.samples.pet_channel` (6 mm PSF, Poisson noise) on the CT grid.",
             f"Evaluation: `classifier_case(s)` for the held-out seeds {metrics['seeds'][0]} to {metrics['seeds'][-1]} "
             f"({metrics['n_positive']} with a lesion: the odd seeds; {metrics['n'] - metrics['n_positive']} "
             "without), independent phantoms, no rotation.", ""]
@@ -556,7 +556,7 @@ def _write_card(model: DemoModel, out: Path, metrics: dict[str, Any], train: dic
     else:
         lines += ["| metric | value |", "|---|---|", f"| ROC AUC | {metrics['auc']:.3f} |",
                   f"| accuracy (argmax) | {metrics['accuracy']:.3f} |", f"| cases | {metrics['n']} |", "",
-                  "AUC from the rank statistic of the lesion probability (`MedXAILib.training.metrics.roc_auc`)."]
+                  "AUC from the rank statistic of the lesion probability (`MedXAILib.demo.training.metrics.roc_auc`)."]
     lines += [f"The numbers are also in `{model.name}.metrics.json`; `Testing/Lib/test_demo_models.py` checks that "
               "the shipped weights reproduce them.", "",
               "## Reproduce", "", "```bash", _reproduce(seed, scale), "```", "",

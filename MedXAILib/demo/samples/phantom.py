@@ -42,8 +42,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..errors import InputError
-from ..volume import ImageVolume
+from ...errors import InputError
+from ...volume import ImageVolume
 
 __all__ = ["CLASS_NAMES", "LESION_ORGANS", "ORGAN_HU", "Lesion", "ct_phantom", "phantom_affine", "sphere_mask",
            "voxel_ras"]
@@ -73,7 +73,7 @@ class Lesion:
             whole sphere lies inside the organ (at least 1.5 mm from its border and from other
             lesions).
         suv: PET uptake of the lesion (standardised uptake value) used by
-            :func:`MedXAILib.samples.pet.pet_channel`.
+            :func:`MedXAILib.demo.samples.pet.pet_channel`.
     """
 
     organ: str = "liver"
@@ -338,7 +338,7 @@ def ct_phantom(
         noise = _blur(noise_rng.standard_normal(shape), kernel_fwhm_mm, spacing_arr)
         image += noise * (noise_hu / max(float(noise.std()), 1e-12))
     volume = ImageVolume(image.astype(np.float32)[np.newaxis], affine, channel_names=["CT"],
-                         meta={"source": f"MedXAILib.samples.ct_phantom(seed={int(seed)})", "modality": "CT",
+                         meta={"source": f"MedXAILib.demo.samples.ct_phantom(seed={int(seed)})", "modality": "CT",
                                "unit": "HU"})
     info = {
         "seed": int(seed),

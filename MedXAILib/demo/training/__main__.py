@@ -1,4 +1,4 @@
-"""``python -m MedXAILib.training``: train the demo models into Resources/Models (or --out)."""
+"""``python -m MedXAILib.demo.training``: train the demo models into Resources/Models (or --out)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A PET-like SUV channel for the CT phantom of :mod:`MedXAILib.samples.phantom`.
+"""A PET-like SUV channel for the CT phantom of :mod:`MedXAILib.demo.samples.phantom`.
 
 :func:`pet_channel` turns the phantom's labels into an ideal uptake map (standardised uptake values,
 SUV, typical of FDG PET/CT), blurs it with a Gaussian point-spread function of ``psf_fwhm_mm``
@@ -26,8 +26,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import InputError
-from ..volume import ImageVolume
+from ...errors import InputError
+from ...volume import ImageVolume
 from .phantom import CLASS_NAMES, LABEL, _blur, ct_phantom, sphere_mask
 
 __all__ = ["ORGAN_SUV", "pet_channel", "pet_ct_phantom"]
@@ -82,17 +82,17 @@ def pet_channel(
     counts = rng.poisson(np.clip(ideal, 0, None) * counts_per_suv).astype(np.float64)
     measured = _blur(counts / counts_per_suv, postfilter_fwhm_mm, spacing)
     return ImageVolume(measured.astype(np.float32)[np.newaxis], affine, channel_names=["PET"],
-                       meta={"source": f"MedXAILib.samples.pet_channel(seed={info.get('seed')})", "modality": "PT",
+                       meta={"source": f"MedXAILib.demo.samples.pet_channel(seed={info.get('seed')})", "modality": "PT",
                              "unit": "SUVbw", "psf_fwhm_mm": psf_fwhm_mm})
 
 
 def pet_ct_phantom(seed: int = 0, **kwargs: Any) -> tuple[ImageVolume, np.ndarray, dict[str, Any]]:
-    """:func:`~MedXAILib.samples.phantom.ct_phantom` plus its PET: a two-channel (CT, PET) volume.
+    """:func:`~MedXAILib.demo.samples.phantom.ct_phantom` plus its PET: a two-channel (CT, PET) volume.
 
     Takes the same arguments as ``ct_phantom``; the PET noise seed derives from `seed`.
     """
     ct, labels, info = ct_phantom(seed, **kwargs)
     pet = pet_channel(labels, info)
     volume = ImageVolume(np.concatenate([ct.array, pet.array]), ct.affine, channel_names=["CT", "PET"],
-                         meta={"source": f"MedXAILib.samples.pet_ct_phantom(seed={int(seed)})", "modality": "PT/CT"})
+                         meta={"source": f"MedXAILib.demo.samples.pet_ct_phantom(seed={int(seed)})", "modality": "PT/CT"})
     return volume, labels, info

@@ -6,7 +6,7 @@
 - :func:`mni_t1`: the MNI ICBM152 2009 T1 template with GM and WM maps, read from the files that
   ship inside nilearn (:mod:`.mni`; needs ``pip install nilearn``, part of the ``demo`` extra).
 
-The demo models in ``Resources/Models`` were trained on these phantoms (:mod:`MedXAILib.training`).
+The demo models in ``Resources/Models`` were trained on these phantoms (:mod:`MedXAILib.demo.training`).
 """
 
 from __future__ import annotations

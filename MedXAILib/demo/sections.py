@@ -33,7 +33,7 @@ GROW_MM = 8.0  # the inpainted region: the lesion grown by this margin
 def compare_demo_methods(image: Any, adapter: Any, attributions: Mapping[str, Any], target: Any,
                          lesion: np.ndarray, out: Path, small: bool, seed: int) -> dict[str, Any]:
     """Grade and rank the precomputed `attributions` ``{method: Attribution}``; write ``out/comparison``."""
-    from .evaluation.compare import compare_methods
+    from ..evaluation.compare import compare_methods
 
     steps = 10 if small else 20
     # removed voxels take a blurred copy of the image: a constant (0 HU is water) would paint dark,
@@ -60,7 +60,7 @@ def inpaint_lesion(image: Any, adapter: Any, lesion: np.ndarray, out: Path, seed
     Returns:
         The :class:`~MedXAILib.counterfactual.Counterfactual` and its summary entry.
     """
-    from .counterfactual import OUTPUT_NAMES, Goal, generate_counterfactual
+    from ..counterfactual import OUTPUT_NAMES, Goal, generate_counterfactual
 
     # grown by 8 mm: the PET channel's point-spread (6 mm FWHM) carries the lesion's uptake beyond
     # its CT border, and a ring of it left behind would still look like a lesion (4 mm is not enough

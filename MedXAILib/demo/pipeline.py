@@ -3,9 +3,9 @@
 ``medxai demo [--out DIR]`` (and ``make demo``) runs without any download, in a few minutes on a
 laptop CPU:
 
-1. draws a CT phantom (:func:`MedXAILib.samples.ct_phantom`) with one liver lesion of known centre
+1. draws a CT phantom (:func:`MedXAILib.demo.samples.ct_phantom`) with one liver lesion of known centre
    and radius, on held-out seeds (never a training phantom), and its PET channel
-   (:func:`MedXAILib.samples.pet_channel`);
+   (:func:`MedXAILib.demo.samples.pet_channel`);
 2. segments the CT with the shipped ``phantom_segmenter`` and classifies CT + PET with
    ``lesion_classifier_petct`` (``Resources/Models``, see their model cards; the CT-only classifier
    is the weaker of the two on held-out phantoms, and the demo shows per-channel relevance;
@@ -16,7 +16,7 @@ laptop CPU:
 4. measures how much relevance falls in the true lesion compared with its share of the volume
    (and, for the classifier, each channel's share), runs the cascading randomisation sanity check
    for saliency on the classifier, compares the classifier's methods with quality metrics and asks
-   the classifier what it says when the lesion is inpainted (:mod:`MedXAILib.demo_sections`);
+   the classifier what it says when the lesion is inpainted (:mod:`MedXAILib.demo.sections`);
 5. writes into DIR: ``image.nrrd`` (CT), ``pet.nrrd``, ``lesion_mask.nrrd`` (truth),
    ``segmentation.seg.nrrd`` (the predicted label map with class names), one
    ``attribution_<model>_<method>.nrrd`` per map (input geometry, provenance in the header),
@@ -43,9 +43,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .volume import ImageVolume
+from ..volume import ImageVolume
 
-__all__ = ["DemoCase", "DemoModel", "demo_case", "display_limit", "load_demo_models", "lesion_statistics",
+__all__ = ["SEGMENTER", "CLASSIFIER", "METHODS", "PHANTOM_SEED", "DemoCase", "DemoModel", "demo_case", "display_limit", "load_demo_models", "lesion_statistics",
            "run_demo", "synthetic_ct", "train_tiny_classifier"]
 
 SEGMENTER, CLASSIFIER = "phantom_segmenter", "lesion_classifier_petct"
@@ -131,7 +131,7 @@ def _card(folder: Path, name: str) -> tuple[str, dict[str, Any]]:
 
 def load_demo_models(model_dir: Optional[Path] = None, log: Log = print) -> dict[str, DemoModel]:
     """The shipped segmenter and CT classifier found in `model_dir` (default ``Resources/Models``)."""
-    from .model import load_model
+    from ..model import load_model
     from .training.demo_models import default_model_dir
 
     folder = Path(model_dir) if model_dir is not None else default_model_dir()
@@ -190,10 +190,10 @@ def train_tiny_classifier(seed: int = 0, steps: int = 200, log: Optional[Log] = 
 
 
 def _fallback(seed: int, out: Path, log: Log) -> tuple[DemoModel, DemoCase]:
-    from .model import load_model, save_spec_model
+    from ..model import load_model, save_spec_model
 
     log("  Shipped weights are missing: FALLING BACK to a tiny classifier trained now on a simple phantom "
-        "(no segmenter). Run `python -m MedXAILib.training` to create Resources/Models.")
+        "(no segmenter). Run `python -m MedXAILib.demo.training` to create Resources/Models.")
     net = train_tiny_classifier(seed, log=log)
     spec = save_spec_model(
         net, "Classifier", {"in_shape": [1, 32, 32, 24], "classes": 2, "channels": [4, 8, 16], "strides": [2, 2, 2]},
@@ -223,7 +223,7 @@ def _predict(model: DemoModel, image: ImageVolume) -> np.ndarray:
 
 def _segmenter_target(predicted: np.ndarray, case: DemoCase, lesion_class: int):
     """The predicted lesion component nearest to the true lesion centre (or the true lesion as a mask)."""
-    from .target import Target
+    from ..target import Target
 
     voxels = np.argwhere(predicted == lesion_class)
     if len(voxels) == 0:
@@ -251,7 +251,7 @@ def lesion_statistics(attribution: np.ndarray, case: DemoCase) -> dict[str, Any]
     (1 = no more than its size; higher = concentrated in the lesion), and the distance (mm) from
     the lesion centre to the voxel of largest relevance.
     """
-    from .statistics import structure_statistics
+    from ..statistics import structure_statistics
 
     a = np.asarray(attribution, dtype=np.float64)
     labels = np.where(case.lesion, len(case.class_names) - 1, case.labels)  # the lesion is the last class
@@ -274,7 +274,7 @@ def lesion_statistics(attribution: np.ndarray, case: DemoCase) -> dict[str, Any]
 
 
 def _explain(model: DemoModel, case: DemoCase, target, small: bool, seed: int, log: Log) -> dict[str, Any]:
-    from .engine import explain
+    from ..engine import explain
 
     results = {}
     for method in METHODS:
@@ -288,8 +288,8 @@ def _explain(model: DemoModel, case: DemoCase, target, small: bool, seed: int, l
 
 
 def _randomisation(model: DemoModel, case: DemoCase, small: bool, seed: int) -> list[dict[str, Any]]:
-    from .evaluation.randomisation import cascading_randomisation
-    from .target import Target
+    from ..evaluation.randomisation import cascading_randomisation
+    from ..target import Target
 
     _, steps = cascading_randomisation(case.input_for(model), model.adapter, "saliency", Target(class_index=1),
                                        stages=3 if small else 5, seed=seed)
@@ -313,15 +313,15 @@ def _segments(class_names: list[str], labels: np.ndarray) -> list[tuple[int, str
 
 
 def _label(method: str, model: DemoModel) -> str:
-    from .methods import METHODS as REGISTRY
+    from ..methods import METHODS as REGISTRY
 
     return f"{REGISTRY.get(method).title}: {model.role}"
 
 
 def _scene(out: Path, case: DemoCase, labels: np.ndarray, class_names: list[str],
            results: list[tuple[DemoModel, str, Any]]) -> Path:
-    from .attribution import PROVENANCE_KEY
-    from .report.mrb import SceneSegmentation, SceneVolume, write_mrb
+    from ..attribution import PROVENANCE_KEY
+    from ..report.mrb import SceneSegmentation, SceneVolume, write_mrb
 
     volumes = [SceneVolume("CT phantom", case.ct, CT_WINDOW)]
     if case.image.n_channels > 1:
@@ -346,8 +346,8 @@ def _scene(out: Path, case: DemoCase, labels: np.ndarray, class_names: list[str]
 
 def _figures(out: Path, case: DemoCase, labels: np.ndarray, class_names: list[str],
              results: list[tuple[DemoModel, str, Any]], log: Log) -> dict[str, str]:
-    from .errors import MedXAIError
-    from .report import figures
+    from ..errors import MedXAIError
+    from ..report import figures
 
     folder = out / "figures"
     folder.mkdir(exist_ok=True)
@@ -373,8 +373,8 @@ def _figures(out: Path, case: DemoCase, labels: np.ndarray, class_names: list[st
 
 
 def _counterfactual_figure(out: Path, case: DemoCase, result: Any, log: Log) -> Optional[str]:
-    from .errors import MedXAIError
-    from .report import figures
+    from ..errors import MedXAIError
+    from ..report import figures
 
     path = out / "figures" / "counterfactual_inpaint.png"
     difference = result.difference.array[0]
@@ -418,13 +418,13 @@ def run_demo(out: Path, quiet: bool = False, seed: int = 0, small: bool = False,
     Returns:
         0 (the CLI's exit code).
     """
-    from . import __version__
-    from .io import write_image
-    from .provenance import library_versions, timestamp
-    from .report.html import write_report
-    from .report.mrb import SceneSegmentation, write_seg_nrrd
-    from .demo_sections import compare_demo_methods, inpaint_lesion
-    from .target import Target
+    from .. import __version__
+    from ..io import write_image
+    from ..provenance import library_versions, timestamp
+    from ..report.html import write_report
+    from ..report.mrb import SceneSegmentation, write_seg_nrrd
+    from .sections import compare_demo_methods, inpaint_lesion
+    from ..target import Target
     from .training.metrics import dice_per_class
 
     log = (lambda *_: None) if quiet else (lambda text: print(text, flush=True))

@@ -1,20 +1,17 @@
-"""The demo autoencoder behind the ``latent`` counterfactual generator: definition, training, card.
+"""Training of the demo autoencoder behind the ``latent`` counterfactual generator, and its card.
 
-``python -m MedXAILib.training.autoencoder`` trains a tiny 3D ``monai.networks.nets.AutoencoderKL``
+``python -m MedXAILib.demo.training.autoencoder`` trains a tiny 3D ``monai.networks.nets.AutoencoderKL``
 (Rombach et al. 2022, "High-resolution image synthesis with latent diffusion models", CVPR; the
 KL-regularised autoencoder of latent diffusion) on crops of freshly generated CT phantoms
-(:func:`MedXAILib.samples.ct_phantom`), deterministically on CPU in a few minutes, and writes
+(:func:`MedXAILib.demo.samples.ct_phantom`), deterministically on CPU in a few minutes, and writes
 ``demo_autoencoder.json`` (spec), ``demo_autoencoder.pt`` (state dict) and ``demo_autoencoder.md``
 (model card) into ``Resources/Models`` (or ``--out``). Nothing is downloaded.
 
 The latent generator (:mod:`MedXAILib.counterfactual.latent`) follows Cohen et al. 2021 (Latent
 Shift): it shifts the latent code of the image and adds the decoded change to the image.
 
-The spec JSON holds ``network`` (``{"name": "AutoencoderKL", "args": {...}}``), ``weights``,
-``intensity`` (``offset``, ``scale``, optional ``clip``: the network sees clip((HU - offset) / scale)),
-``downsampling``
-(the image shape must be a multiple of it; the generator pads), ``spacing_mm`` and ``modality`` of
-the training data, plus the training record and held-out metrics.
+The spec format, :func:`save_autoencoder` and :func:`load_autoencoder` live with the generator that
+reads them (:mod:`MedXAILib.counterfactual.autoencoder`).
 """
 
 from __future__ import annotations
@@ -22,154 +19,27 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["AUTOENCODER_ARGS", "INTENSITY", "CROP", "EVAL_SEEDS", "NAME", "default_autoencoder_path",
-           "build_autoencoder", "save_autoencoder", "load_autoencoder", "training_case", "train_autoencoder",
-           "evaluate_autoencoder", "train_and_write", "main"]
+from ...counterfactual.autoencoder import (INTENSITY, NAME, build_autoencoder, default_autoencoder_path,
+                                          save_autoencoder)
+from ...io import write_atomic
+
+__all__ = ["CROP", "EVAL_SEEDS", "training_case", "train_autoencoder", "evaluate_autoencoder", "train_and_write",
+           "main"]
 
 Log = Callable[[str], None]
 
-NAME = "demo_autoencoder"
-#: ``monai.networks.nets.AutoencoderKL`` arguments: two levels (one 2x downsampling), no attention.
-AUTOENCODER_ARGS: dict[str, Any] = {
-    "spatial_dims": 3, "in_channels": 1, "out_channels": 1, "num_res_blocks": 1, "channels": [8, 16],
-    "attention_levels": [False, False], "latent_channels": 4, "norm_num_groups": 4,
-    "with_encoder_nonlocal_attn": False, "with_decoder_nonlocal_attn": False,
-}
-#: The network sees clip((HU - offset) / scale, *clip): a soft-tissue window of -250 to 350 HU mapped to
-#: [-2, 2], so the small contrasts of organs and lesions are not drowned by air and bone.
-INTENSITY = {"offset": 50.0, "scale": 150.0, "clip": [-2.0, 2.0]}
 CROP = (48, 48, 32)  # training crops (voxels), multiples of the downsampling factor 4
 EVAL_SEEDS = tuple(range(3_000_000, 3_000_004))
 TRAIN_SEED_OFFSET = 70_000  # training phantoms: seed * 100_000 + 70_000 + i (apart from the other demo models)
 KL_WEIGHT = 1e-6  # as in MONAI's latent-diffusion tutorials: a nearly plain autoencoder, smooth latents
-SPEC_KEYS = {"network", "weights", "intensity", "downsampling", "spacing_mm", "modality", "description",
-             "training", "metrics", "reproduce"}
-
-
-def default_autoencoder_path() -> Path:
-    """``Resources/Models/demo_autoencoder.json`` of the source tree this package lives in."""
-    return Path(__file__).resolve().parents[2] / "Resources" / "Models" / f"{NAME}.json"
-
-
-def _downsampling(args: dict[str, Any]) -> int:
-    return 2 ** (len(args["channels"]) - 1)
-
-
-def build_autoencoder(args: Optional[dict[str, Any]] = None) -> Any:
-    """A fresh ``AutoencoderKL`` with `args` (default :data:`AUTOENCODER_ARGS`)."""
-    from monai.networks.nets import AutoencoderKL
-
-    return AutoencoderKL(**dict(args or AUTOENCODER_ARGS))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.chmod(temp, 0o644)  # mkstemp makes it private; shipped files are world-readable
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def save_autoencoder(net: Any, spec_path: str | Path, args: Optional[dict[str, Any]] = None,
-                     intensity: Optional[dict[str, float]] = None, **extra: Any) -> Path:
-    """Write `net`'s state dict (``<stem>.pt``) and its spec JSON, each atomically.
-
-    Args:
-        net: the trained ``AutoencoderKL``.
-        spec_path: the JSON to write; the weights go beside it with the suffix ``.pt``.
-        args: its constructor arguments (default :data:`AUTOENCODER_ARGS`).
-        intensity: ``{"offset", "scale"}`` (default :data:`INTENSITY`).
-        extra: more spec entries (``spacing_mm``, ``modality``, ``description``, ``training``, ``metrics``).
-
-    Returns:
-        The spec path.
-    """
-    import io
-
-    import torch
-
-    spec_path = Path(spec_path)
-    args = dict(args or AUTOENCODER_ARGS)
-    weights = spec_path.with_suffix(".pt")
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buffer)
-    _write_atomic(weights, buffer.getvalue())
-    body = {"network": {"name": "AutoencoderKL", "args": args}, "weights": weights.name,
-            "intensity": dict(intensity or INTENSITY), "downsampling": _downsampling(args), **extra}
-    unknown = set(body) - SPEC_KEYS
-    if unknown:
-        raise ValueError(f"unknown autoencoder spec entries: {sorted(unknown)}")
-    _write_atomic(spec_path, (json.dumps(body, indent=1) + "\n").encode("utf-8"))
-    return spec_path
-
-
-def load_autoencoder(path: Optional[str | Path] = None, device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
-    """Load an autoencoder spec written by :func:`save_autoencoder` (weights read with weights_only).
-
-    Args:
-        path: the spec JSON; default the shipped ``Resources/Models/demo_autoencoder.json``.
-        device: torch device for the network.
-
-    Returns:
-        ``(network in eval mode with frozen parameters, spec dict)``.
-
-    Raises:
-        ModelError: missing or malformed spec or weights (UntrustedModelError for pickled code).
-    """
-    from ..errors import ModelError
-    from ..model.weights import apply_state_dict, load_state_dict, sha256_of
-
-    path = Path(path) if path else default_autoencoder_path()
-    if not path.is_file():
-        hint = " (train it with: python -m MedXAILib.training.autoencoder)" if not path.exists() else ""
-        raise ModelError(f"autoencoder spec not found: {path}{hint}")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read autoencoder spec {path}: {exc}") from None
-    network = spec.get("network") if isinstance(spec, dict) else None
-    if not isinstance(network, dict) or network.get("name") != "AutoencoderKL" or not isinstance(
-            network.get("args"), dict) or not isinstance(spec.get("weights"), str):
-        raise ModelError(f"{path.name} is not an autoencoder spec: it needs network "
-                         "{\"name\": \"AutoencoderKL\", \"args\": {...}} and weights")
-    intensity = spec.get("intensity", {})
-    try:
-        offset, scale = float(intensity["offset"]), float(intensity["scale"])
-        clip = intensity.get("clip")
-        clip = None if clip is None else [float(clip[0]), float(clip[1])]
-    except (KeyError, TypeError, ValueError, IndexError):
-        raise ModelError(f"{path.name}: intensity needs numbers offset and scale (and clip [low, high])") from None
-    if not scale > 0 or (clip is not None and not clip[0] < clip[1]):
-        raise ModelError(f"{path.name}: intensity scale must be > 0 and clip low < high; got {intensity}")
-    try:
-        net = build_autoencoder(network["args"])
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"{path.name}: AutoencoderKL does not accept these arguments: {exc}") from None
-    weights = (path.parent / spec["weights"]).resolve()
-    if not weights.is_file():
-        raise ModelError(f"weights file {weights} named in {path.name} does not exist")
-    apply_state_dict(net, load_state_dict(weights), weights)
-    net.eval().to(device)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    spec = dict(spec, intensity={"offset": offset, "scale": scale, "clip": clip},
-                downsampling=int(spec.get("downsampling", _downsampling(network["args"]))),
-                sha256=sha256_of(weights), source=str(path))
-    return net, spec
 
 
 def training_case(seed: int) -> tuple[Any, np.ndarray]:
@@ -298,7 +168,7 @@ def _reproduce(seed: int, steps: int, n_phantoms: int) -> str:
     extra = f" --seed {seed}" if seed else ""
     extra += f" --steps {steps}" if steps != 400 else ""
     extra += f" --phantoms {n_phantoms}" if n_phantoms != 16 else ""
-    return f"python -m MedXAILib.training.autoencoder --out Resources/Models{extra}"
+    return f"python -m MedXAILib.demo.training.autoencoder --out Resources/Models{extra}"
 
 
 def _card(spec: dict[str, Any], weights: Path) -> str:
@@ -309,15 +179,15 @@ def _card(spec: dict[str, Any], weights: Path) -> str:
         f"{spec['description']} Spec `{NAME}.json`, weights `{NAME}.pt` ({weights.stat().st_size / 1024:.0f} KiB, "
         f"{t['n_parameters']:,} parameters, sha256 `{digest[:16]}…`).",
         f"Used by the `latent` counterfactual generator (`medxai counterfactual --generator latent`); load it with "
-        f"`MedXAILib.training.autoencoder.load_autoencoder()`.", "",
+        f"`MedXAILib.counterfactual.autoencoder.load_autoencoder()`.", "",
         "## Task", "",
         f"Encode a CT volume (one channel, HU) into a {spec['downsampling']}x downsampled latent code with "
         f"{spec['network']['args']['latent_channels']} channels and decode it back. "
         "The latent generator shifts the code to change a model's prediction and adds the decoded change to the "
         "image (Cohen et al. 2021, *Gifsplanation via Latent Shift*, MIDL, arXiv:2102.09475).", "",
         "## Data", "",
-        f"Training: {t['n_train_phantoms']} phantoms `MedXAILib.training.autoencoder.training_case(s)`, seeds "
-        f"{t['train_seeds'][0]} to {t['train_seeds'][1]}: `MedXAILib.samples.ct_phantom(s, ...)` (96 x 96 x 64 voxels "
+        f"Training: {t['n_train_phantoms']} phantoms `MedXAILib.demo.training.autoencoder.training_case(s)`, seeds "
+        f"{t['train_seeds'][0]} to {t['train_seeds'][1]}: `MedXAILib.demo.samples.ct_phantom(s, ...)` (96 x 96 x 64 voxels "
         "of 2 x 2 x 3 mm) with 0-3 lesions (liver three times as likely as spleen, kidney or lung), grid rotations "
         "of up to 8 degrees and 10-20 HU noise. Random crops of "
         f"{' x '.join(map(str, t['crop']))} voxels, half centred on liver, spleen, kidney or lesion.",
@@ -363,7 +233,7 @@ def train_and_write(out: Optional[str | Path] = None, seed: int = 0, steps: int 
     import monai
     import torch
 
-    from .. import __version__
+    from ... import __version__
 
     out = Path(out) if out is not None else default_autoencoder_path().parent
     out.mkdir(parents=True, exist_ok=True)
@@ -375,18 +245,18 @@ def train_and_write(out: Optional[str | Path] = None, seed: int = 0, steps: int 
     metrics = evaluate_autoencoder(net)
     spec_path = save_autoencoder(
         net, out / f"{NAME}.json", spacing_mm=[2.0, 2.0, 3.0], modality="CT",
-        description="Demo only, trained on synthetic CT phantoms (MedXAILib.samples.ct_phantom); not for clinical use.",
+        description="Demo only, trained on synthetic CT phantoms (MedXAILib.demo.samples.ct_phantom); not for clinical use.",
         training=record, metrics=metrics, reproduce=_reproduce(seed, steps, n_phantoms))
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    _write_atomic(out / f"{NAME}.md", _card(spec, spec_path.with_suffix(".pt")).encode("utf-8"))
+    write_atomic(out / f"{NAME}.md", _card(spec, spec_path.with_suffix(".pt")).encode("utf-8"))
     log(f"  {NAME}: MAE {metrics['mae_hu_body']:.1f} HU in the body, lesion contrast "
         f"{metrics['lesion_contrast_hu']['reconstruction']:.1f} of {metrics['lesion_contrast_hu']['image']:.1f} HU kept")
     return spec_path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m MedXAILib.training.autoencoder``."""
-    parser = argparse.ArgumentParser(prog="python -m MedXAILib.training.autoencoder",
+    """Entry point of ``python -m MedXAILib.demo.training.autoencoder``."""
+    parser = argparse.ArgumentParser(prog="python -m MedXAILib.demo.training.autoencoder",
                                      description="Train the demo autoencoder of the latent counterfactual generator "
                                                  "on synthetic CT phantoms (CPU, deterministic, a few minutes).")
     parser.add_argument("--out", default=None, help="output folder (default: Resources/Models of the source tree)")

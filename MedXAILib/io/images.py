@@ -24,8 +24,8 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import GeometryError, InputError
-from .volume import ImageVolume
+from ..errors import GeometryError, InputError
+from ..volume import ImageVolume
 
 __all__ = ["read_image", "read_images", "read_label_map", "write_image", "resample_to", "to_sitk",
            "from_sitk", "SUPPORTED_SUFFIXES"]

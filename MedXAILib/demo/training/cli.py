@@ -1,4 +1,4 @@
-"""The ``train-demo`` command line: ``python -m MedXAILib.training`` and ``medxai train-demo``.
+"""The ``train-demo`` command line: ``python -m MedXAILib.demo.training`` and ``medxai train-demo``.
 
 :func:`add_arguments` adds the options to any argparse parser (the ``medxai`` sub-command uses it)
 and :func:`run` executes parsed arguments; both import nothing heavy, so the ``medxai`` parser stays
@@ -17,7 +17,7 @@ __all__ = ["add_arguments", "main", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of ``train-demo`` (shared by ``python -m MedXAILib.training`` and ``medxai``)."""
+    """The options of ``train-demo`` (shared by ``python -m MedXAILib.demo.training`` and ``medxai``)."""
     parser.add_argument("--out", default=None, help="output folder (default: Resources/Models of the source tree)")
     parser.add_argument("--seed", type=int, default=0, help="0-9: training phantoms and initial weights (default 0)")
     parser.add_argument("--models", default=None, metavar="NAMES",
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = add_arguments(argparse.ArgumentParser(
-        prog="python -m MedXAILib.training",
+        prog="python -m MedXAILib.demo.training",
         description="Train the demo models (a phantom segmenter and two lesion classifiers) on synthetic "
                     "phantoms, deterministically, on CPU in minutes."))
     return run(parser.parse_args(argv))
