@@ -1005,8 +1005,8 @@ class MedXAITest(ScriptedLoadableModuleTest):
 
             self.assertIs(p.outputVolume, node)
             self.assertEqual(node.GetImageData().GetDimensions(), volumeNode.GetImageData().GetDimensions())
-            np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(self._ijkToRas(node)),
-                                       slicer.util.arrayFromVTKMatrix(self._ijkToRas(volumeNode)), atol=1e-6)
+            np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(self.ijkToRas(node)),
+                                       slicer.util.arrayFromVTKMatrix(self.ijkToRas(volumeNode)), atol=1e-6)
             values = slicer.util.arrayFromVolume(node)
             self.assertTrue(np.all(np.isfinite(values)))
             self.assertGreater(float(np.abs(values).max()), 0.0)
@@ -1083,7 +1083,7 @@ class MedXAITest(ScriptedLoadableModuleTest):
         self.delayDisplay("Analysis panels test passed")
 
     @staticmethod
-    def _ijkToRas(volumeNode):
+    def ijkToRas(volumeNode):
         matrix = vtk.vtkMatrix4x4()
         volumeNode.GetIJKToRASMatrix(matrix)
         return matrix

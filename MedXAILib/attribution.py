@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError
 from .io.jsondata import to_json
 from .volume import ImageVolume
 
-__all__ = ["Attribution", "PROVENANCE_KEY"]
+__all__ = ["Attribution", "PROVENANCE_KEY", "map3d"]
 
 #: Header key (NRRD/MetaImage) or node attribute (Slicer) under which the provenance JSON is stored.
 PROVENANCE_KEY = "MedXAI.Provenance"
@@ -68,3 +69,24 @@ class Attribution:
             self.to_volume(per_channel), path, metadata={PROVENANCE_KEY: self.provenance_json()}
         )
 
+
+def map3d(attribution_map: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """An (I, J, K) float64 relevance map; a (C, I, J, K) map is summed over channels (as displayed).
+
+    Raises:
+        InputError: not 3D or 4D, not numeric, not of `shape`, or not finite.
+    """
+    array = np.asarray(attribution_map)
+    if array.ndim == 4:
+        array = array.sum(axis=0, dtype=np.float64)
+    if array.ndim != 3:
+        raise InputError(f"an attribution map must be (I, J, K) or (C, I, J, K); got shape {array.shape}")
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"an attribution map must be numeric; got dtype {array.dtype}")
+    array = array.astype(np.float64, copy=False)
+    if shape is not None and array.shape != tuple(shape):
+        raise InputError(f"the attribution map has shape {array.shape} but the mask/labels have "
+                         f"{tuple(shape)}; resample the labels onto the map's grid first")
+    if not np.all(np.isfinite(array)):
+        raise InputError("the attribution map holds NaN or infinite values")
+    return array

@@ -8,7 +8,7 @@ import platform
 from importlib import metadata
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 
 __all__ = ["library_versions", "timestamp", "summarise_prediction"]
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .errors import TargetError
+from .regions import boundary_band, component_at, predicted_mask
 from .target import Target
 
 __all__ = ["TargetScorer", "resolve_target", "margin"]
@@ -109,20 +110,16 @@ def resolve_target(
     if target.region == "class":
         region = np.ones(shape, bool)
     elif target.region == "predicted":
-        region = _predicted_mask(output, index, activation)
+        region = predicted_mask(output, index, activation)
         if not region.any():
             raise TargetError(f"the model predicts no voxel of class {index}; choose another class or region")
     elif target.region == "component":
-        target._check_voxel(shape)
-        from scipy import ndimage
-
-        predicted = _predicted_mask(output, index, activation)
-        if not predicted[tuple(target.voxel)]:
+        target.check_voxel(shape)
+        region = component_at(predicted_mask(output, index, activation), target.voxel)
+        if not region.any():
             raise TargetError(
                 f"voxel {tuple(target.voxel)} is not predicted as class {index}, so it lies in no component"
             )
-        labels, _ = ndimage.label(predicted)
-        region = labels == labels[tuple(target.voxel)]
     elif target.region == "boundary":
         region = _boundary_region(target, output, index, activation, shape, spacing)
     else:
@@ -139,8 +136,6 @@ def resolve_target(
 
 def _boundary_region(target: Target, output: torch.Tensor, index: int, activation: str,
                      shape: tuple[int, ...], spacing: Optional[Sequence[float]]) -> np.ndarray:
-    from .boundary import boundary_band
-
     if spacing is None:
         raise TargetError("a boundary target is measured in mm: pass the image spacing "
                           "(resolve_target(..., spacing=image.spacing))")
@@ -149,7 +144,7 @@ def _boundary_region(target: Target, output: torch.Tensor, index: int, activatio
         if not structure.any():
             raise TargetError("the boundary target's mask covers no voxel; its structure is empty")
     else:
-        structure = _predicted_mask(output, index, activation)
+        structure = predicted_mask(output, index, activation)
         if not structure.any():
             raise TargetError(f"the model predicts no voxel of class {index}, so it has no boundary; "
                               "choose another class or give the structure as a mask")
@@ -164,14 +159,6 @@ def _boundary_region(target: Target, output: torch.Tensor, index: int, activatio
                           "a voxel from the surface); widen band_mm")
     return band
 
-
-def _predicted_mask(output: torch.Tensor, index: int, activation: str) -> np.ndarray:
-    with torch.no_grad():
-        if activation == "sigmoid":
-            mask = output[0, index] > 0
-        else:
-            mask = output[0].argmax(0) == index
-    return mask.cpu().numpy()
 
 
 def _check_class(index: int, n_classes: int) -> None:

@@ -113,7 +113,7 @@ class Target:
             if np.all(hi >= lo):
                 mask[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1] = True
         elif self.region == "voxel":
-            self._check_voxel(shape)
+            self.check_voxel(shape)
             mask = np.zeros(shape, bool)
             mask[tuple(self.voxel)] = True
         else:
@@ -140,7 +140,7 @@ class Target:
             )
         return mask
 
-    def _check_voxel(self, shape: tuple[int, int, int]) -> None:
+    def check_voxel(self, shape: tuple[int, int, int]) -> None:
         if any(not 0 <= int(v) < n for v, n in zip(self.voxel, shape)):
             raise TargetError(f"voxel {tuple(self.voxel)} lies outside the image grid {tuple(shape)}")
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from MedXAILib.errors import InputError
 
-from .volumes import _checkVolumeNode, _nodeLabel
+from .volumes import checkVolumeNode, nodeLabel
 
 __all__ = ["applyAttributionDisplay", "showInSliceViews", "DIVERGING_TABLE_NAME", "SEQUENTIAL_TABLE_NAME"]
 
@@ -95,7 +95,7 @@ def _rgbaOfColorNode(colorNode) -> np.ndarray:
     if lookup is None:
         lookup = colorNode.GetScalarsToColors()
     if lookup is None:
-        raise InputError(f"the colour node {_nodeLabel(colorNode)} has no colours")
+        raise InputError(f"the colour node {nodeLabel(colorNode)} has no colours")
     lo, hi = lookup.GetRange()
     rgba = np.ones((_ENTRIES, 4))
     rgb = [0.0, 0.0, 0.0]
@@ -195,10 +195,10 @@ def applyAttributionDisplay(node, colormap: str = "auto", opacity: float = 0.5, 
         InputError: no voxels, no scene, an unknown colour map or colour node ID, or an opacity /
             percentile out of range.
     """
-    imageData = _checkVolumeNode(node, "attribution")
+    imageData = checkVolumeNode(node, "attribution")
     scene = node.GetScene()
     if scene is None:
-        raise InputError(f"{_nodeLabel(node)} is not in a scene")
+        raise InputError(f"{nodeLabel(node)} is not in a scene")
     if not 0.0 <= float(opacity) <= 1.0:
         raise InputError(f"opacity must be in [0, 1]; got {opacity}")
     if not 0.0 <= float(thresholdPercentile) < 100.0:
@@ -238,7 +238,7 @@ def applyAttributionDisplay(node, colormap: str = "auto", opacity: float = 0.5, 
         node.CreateDefaultDisplayNodes()
         display = node.GetDisplayNode()
     if display is None or not display.IsA("vtkMRMLScalarVolumeDisplayNode"):
-        raise InputError(f"{_nodeLabel(node)} has no scalar volume display; is it a scalar volume?")
+        raise InputError(f"{nodeLabel(node)} has no scalar volume display; is it a scalar volume?")
 
     table = None
     applyThreshold = False

@@ -29,7 +29,7 @@ import vtk
 from MedXAILib.attribution import PROVENANCE_KEY, Attribution
 from MedXAILib.errors import GeometryError, InputError
 
-from .volumes import _checkVolumeNode, _ijkToRas, _imageDataFromArray, _nodeLabel, _placeLikeInput, _shapeOf
+from .volumes import checkVolumeNode, ijkToRas, imageDataFromArray, nodeLabel, placeLikeInput, shapeOf
 
 __all__ = ["createAttributionNode", "attributionProvenance", "FOLDER_NAME", "RESULT_ATTRIBUTE"]
 
@@ -105,22 +105,22 @@ def createAttributionNode(attribution: Attribution, inputVolumeNode, name: Optio
     """
     if not isinstance(attribution, Attribution):
         raise InputError(f"an Attribution was expected; got {type(attribution).__name__}")
-    _checkVolumeNode(inputVolumeNode, "input volume")
+    checkVolumeNode(inputVolumeNode, "input volume")
     scene = inputVolumeNode.GetScene()
     if scene is None:
-        raise InputError(f"the input volume {_nodeLabel(inputVolumeNode)} is not in a scene")
+        raise InputError(f"the input volume {nodeLabel(inputVolumeNode)} is not in a scene")
     summed = np.asarray(attribution.summed, dtype=np.float32)
-    shape = _shapeOf(inputVolumeNode)
+    shape = shapeOf(inputVolumeNode)
     if summed.shape != shape:
         raise GeometryError(
             f"the attribution map has shape {summed.shape} but the input volume "
-            f"{_nodeLabel(inputVolumeNode)} is {shape}; it was computed on another image"
+            f"{nodeLabel(inputVolumeNode)} is {shape}; it was computed on another image"
         )
     affine = np.asarray(attribution.affine, dtype=np.float64)
-    inputAffine = _ijkToRas(inputVolumeNode)
+    inputAffine = ijkToRas(inputVolumeNode)
     if affine.shape != (4, 4) or not np.allclose(affine, inputAffine, atol=_GEOMETRY_TOLERANCE_MM):
         raise GeometryError(
-            f"the attribution map's geometry differs from the input volume {_nodeLabel(inputVolumeNode)} "
+            f"the attribution map's geometry differs from the input volume {nodeLabel(inputVolumeNode)} "
             "(IJK -> RAS matrix); it was computed on another image or grid"
         )
     provenance = dict(attribution.provenance or {})
@@ -132,7 +132,7 @@ def createAttributionNode(attribution: Attribution, inputVolumeNode, name: Optio
     ijkToRas = vtk.vtkMatrix4x4()
     inputVolumeNode.GetIJKToRASMatrix(ijkToRas)
     node.SetIJKToRASMatrix(ijkToRas)
-    imageData = _imageDataFromArray(summed[np.newaxis])
+    imageData = imageDataFromArray(summed[np.newaxis])
     imageData.SetExtent(inputVolumeNode.GetImageData().GetExtent())
     node.SetAndObserveImageData(imageData)
     node.SetAttribute(PROVENANCE_KEY, attribution.provenance_json())
@@ -148,7 +148,7 @@ def createAttributionNode(attribution: Attribution, inputVolumeNode, name: Optio
     node.SetAttribute("MedXAI.InputVolumeID", inputVolumeNode.GetID() or "")
     scene.AddNode(node)
     node.SetNodeReferenceID("MedXAI.InputVolume", inputVolumeNode.GetID())
-    _placeLikeInput(node, inputVolumeNode)
+    placeLikeInput(node, inputVolumeNode)
     _placeInFolder(scene, node, inputVolumeNode)
     return node
 
@@ -167,7 +167,7 @@ def attributionProvenance(node) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except ValueError as error:
-        raise InputError(f"the provenance stored on {_nodeLabel(node)} is not valid JSON: {error}") from None
+        raise InputError(f"the provenance stored on {nodeLabel(node)} is not valid JSON: {error}") from None
     if not isinstance(value, dict):
-        raise InputError(f"the provenance stored on {_nodeLabel(node)} is not a JSON object")
+        raise InputError(f"the provenance stored on {nodeLabel(node)} is not a JSON object")
     return value

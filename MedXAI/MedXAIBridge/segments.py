@@ -21,7 +21,7 @@ from vtk.util import numpy_support
 
 from MedXAILib.errors import GeometryError, InputError
 
-from .volumes import _checkVolumeNode, _nodeLabel, _placeLikeInput, _shapeOf, _transformId
+from .volumes import checkVolumeNode, nodeLabel, placeLikeInput, shapeOf, transformId
 
 __all__ = ["maskFromSegment", "labelMapFromSegmentation", "segmentationNodeFromLabelMap",
            "segmentOutlineFromTopFraction"]
@@ -42,7 +42,7 @@ def _checkSegmentation(segmentationNode) -> "slicer.vtkSegmentation":
         raise InputError(f"a segmentation node was expected; got a {segmentationNode.GetClassName()}")
     segmentation = segmentationNode.GetSegmentation()
     if segmentation is None:
-        raise InputError(f"{_nodeLabel(segmentationNode)} holds no segmentation")
+        raise InputError(f"{nodeLabel(segmentationNode)} holds no segmentation")
     return segmentation
 
 
@@ -96,13 +96,13 @@ def _segmentMask(segmentationNode, segmentation, segmentId: str, referenceVolume
         segmentationNode, segmentId, labelmap, False
     ):
         raise InputError(
-            f"segment '{segment.GetName()}' of {_nodeLabel(segmentationNode)} cannot be converted to a "
+            f"segment '{segment.GetName()}' of {nodeLabel(segmentationNode)} cannot be converted to a "
             "binary labelmap; create it in the Segment Editor first"
         )
     transform = None
     segParent = segmentationNode.GetParentTransformNode()
     refParent = referenceVolumeNode.GetParentTransformNode()
-    if _transformId(segParent) != _transformId(refParent):
+    if transformId(segParent) != transformId(refParent):
         transform = vtk.vtkGeneralTransform()
         slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(segParent, refParent, transform)
     geometry = _referenceGeometry(referenceVolumeNode)
@@ -112,7 +112,7 @@ def _segmentMask(segmentationNode, segmentation, segmentId: str, referenceVolume
     ):
         raise GeometryError(
             f"segment '{segment.GetName()}' cannot be resampled onto the grid of "
-            f"{_nodeLabel(referenceVolumeNode)}"
+            f"{nodeLabel(referenceVolumeNode)}"
         )
     values = _arrayOnExtent(resampled, geometry.GetExtent())
     # A shared labelmap layer holds several segments, each under its own label value.
@@ -152,13 +152,13 @@ def maskFromSegment(segmentationNode, segmentId: str, referenceVolumeNode) -> np
             empty or lies outside the volume).
     """
     segmentation = _checkSegmentation(segmentationNode)
-    _checkVolumeNode(referenceVolumeNode, "reference volume")
+    checkVolumeNode(referenceVolumeNode, "reference volume")
     if segmentation.GetSegment(segmentId) is None:
         byName = segmentation.GetSegmentIdBySegmentName(segmentId) if segmentId else ""
         if not byName:
             names = [segmentation.GetSegment(i).GetName() for i in _segmentIds(segmentation)]
             raise InputError(
-                f"{_nodeLabel(segmentationNode)} has no segment '{segmentId}'; its segments are: "
+                f"{nodeLabel(segmentationNode)} has no segment '{segmentId}'; its segments are: "
                 + (", ".join(names) if names else "(none)")
             )
         segmentId = byName
@@ -166,7 +166,7 @@ def maskFromSegment(segmentationNode, segmentId: str, referenceVolumeNode) -> np
     if not mask.any():
         raise InputError(
             f"segment '{segmentation.GetSegment(segmentId).GetName()}' has no voxel on the grid of "
-            f"{_nodeLabel(referenceVolumeNode)}: it is empty or lies outside that volume"
+            f"{nodeLabel(referenceVolumeNode)}: it is empty or lies outside that volume"
         )
     return mask
 
@@ -183,8 +183,8 @@ def labelMapFromSegmentation(segmentationNode, referenceVolumeNode) -> tuple[np.
         name of label n.
     """
     segmentation = _checkSegmentation(segmentationNode)
-    _checkVolumeNode(referenceVolumeNode, "reference volume")
-    labels = np.zeros(_shapeOf(referenceVolumeNode), dtype=np.int32)
+    checkVolumeNode(referenceVolumeNode, "reference volume")
+    labels = np.zeros(shapeOf(referenceVolumeNode), dtype=np.int32)
     names = []
     for number, segmentId in enumerate(_segmentIds(segmentation), start=1):
         labels[_segmentMask(segmentationNode, segmentation, segmentId, referenceVolumeNode)] = number
@@ -208,12 +208,12 @@ def segmentationNodeFromLabelMap(scene, labelArray: np.ndarray, referenceVolumeN
     """
     if scene is None:
         raise InputError("no scene was given to create the segmentation node in")
-    _checkVolumeNode(referenceVolumeNode, "reference volume")
+    checkVolumeNode(referenceVolumeNode, "reference volume")
     labels = np.asarray(labelArray)
-    shape = _shapeOf(referenceVolumeNode)
+    shape = shapeOf(referenceVolumeNode)
     if labels.shape != shape:
         raise GeometryError(
-            f"the label map has shape {labels.shape} but {_nodeLabel(referenceVolumeNode)} is {shape} "
+            f"the label map has shape {labels.shape} but {nodeLabel(referenceVolumeNode)} is {shape} "
             "(I, J, K); resample it onto that grid first"
         )
     if labels.dtype == bool:
@@ -228,7 +228,7 @@ def segmentationNodeFromLabelMap(scene, labelArray: np.ndarray, referenceVolumeN
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or "Segmentation")
     node.CreateDefaultDisplayNodes()
     node.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
-    _placeLikeInput(node, referenceVolumeNode)
+    placeLikeInput(node, referenceVolumeNode)
     segmentation = node.GetSegmentation()
     # "Source" since Slicer 5.4; "Master" before.
     setSource = getattr(segmentation, "SetSourceRepresentationName", None)
@@ -274,7 +274,7 @@ def segmentOutlineFromTopFraction(scene, attributionNode, fraction: float, name:
     flat = magnitude.ravel()
     if not np.any(flat > 0):
         raise InputError(
-            f"{_nodeLabel(attributionNode)} is zero everywhere; there is no relevant region to outline"
+            f"{nodeLabel(attributionNode)} is zero everywhere; there is no relevant region to outline"
         )
     k = min(flat.size, max(1, math.ceil(float(fraction) * flat.size)))
     cutoff = float(np.partition(flat, flat.size - k)[flat.size - k])

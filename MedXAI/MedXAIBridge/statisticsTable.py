@@ -15,7 +15,7 @@ from typing import Mapping, Optional, Sequence
 import slicer
 
 from MedXAILib.errors import InputError
-from MedXAILib.statistics import COMPARE_SEPARATOR, STATISTIC_UNITS
+from MedXAILib.analysis.statistics import COMPARE_SEPARATOR, STATISTIC_UNITS
 
 from .tables import tableNodeFromColumns
 

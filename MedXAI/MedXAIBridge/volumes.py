@@ -24,7 +24,8 @@ from vtk.util import numpy_support
 from MedXAILib.errors import GeometryError, InputError
 from MedXAILib.volume import ImageVolume
 
-__all__ = ["imageVolumeFromNode", "imageVolumeFromNodes", "volumeNodeFromImageVolume"]
+__all__ = ["imageVolumeFromNode", "imageVolumeFromNodes", "volumeNodeFromImageVolume", "checkVolumeNode", "ijkToRas",
+           "imageDataFromArray", "nodeLabel", "placeLikeInput", "shapeOf", "transformId"]
 
 _SCALAR_CLASS = "vtkMRMLScalarVolumeNode"
 _VECTOR_CLASS = "vtkMRMLVectorVolumeNode"
@@ -47,11 +48,11 @@ def _matrixFromArray(array: np.ndarray) -> vtk.vtkMatrix4x4:
     return matrix
 
 
-def _nodeLabel(node) -> str:
+def nodeLabel(node) -> str:
     return f"'{node.GetName()}'" if node is not None and node.GetName() else "the volume"
 
 
-def _checkVolumeNode(volumeNode, what: str = "volume") -> vtk.vtkImageData:
+def checkVolumeNode(volumeNode, what: str = "volume") -> vtk.vtkImageData:
     """The node's image data, or an :class:`InputError` saying what is missing."""
     if volumeNode is None:
         raise InputError(f"no {what} node was given")
@@ -60,11 +61,11 @@ def _checkVolumeNode(volumeNode, what: str = "volume") -> vtk.vtkImageData:
         raise InputError(f"a volume node was expected for the {what}; got a {kind}")
     imageData = volumeNode.GetImageData()
     if imageData is None or imageData.GetPointData() is None or imageData.GetPointData().GetScalars() is None:
-        raise InputError(f"the {what} {_nodeLabel(volumeNode)} has no voxel data; load or compute it first")
+        raise InputError(f"the {what} {nodeLabel(volumeNode)} has no voxel data; load or compute it first")
     return imageData
 
 
-def _ijkToRas(volumeNode) -> np.ndarray:
+def ijkToRas(volumeNode) -> np.ndarray:
     """The node's IJK -> RAS matrix as a 4x4 array, for voxel indices counted from the extent start.
 
     Slicer volumes normally have an extent starting at 0; a cropped ``vtkImageData`` may not, and then
@@ -81,7 +82,7 @@ def _ijkToRas(volumeNode) -> np.ndarray:
     return affine
 
 
-def _shapeOf(volumeNode) -> tuple[int, int, int]:
+def shapeOf(volumeNode) -> tuple[int, int, int]:
     """Spatial shape (I, J, K) of a node's image data."""
     return tuple(int(n) for n in volumeNode.GetImageData().GetDimensions())  # type: ignore[return-value]
 
@@ -95,7 +96,7 @@ def _arrayFromImageData(imageData: vtk.vtkImageData) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(kjic, (3, 2, 1, 0)))
 
 
-def _imageDataFromArray(array: np.ndarray) -> vtk.vtkImageData:
+def imageDataFromArray(array: np.ndarray) -> vtk.vtkImageData:
     """A new ``vtkImageData`` (origin 0, spacing 1) holding a deep copy of a (C, I, J, K) array."""
     channels, i, j, k = array.shape
     kjic = np.ascontiguousarray(np.transpose(array, (3, 2, 1, 0))).reshape(-1, channels)
@@ -116,7 +117,7 @@ def _checkAffineForSlicer(affine: np.ndarray) -> None:
         )
 
 
-def _transformId(transformNode) -> Optional[str]:
+def transformId(transformNode) -> Optional[str]:
     return transformNode.GetID() if transformNode is not None else None
 
 
@@ -127,7 +128,7 @@ def _sourceOf(volumeNode) -> str:
     return fileName or volumeNode.GetName() or volumeNode.GetID() or "<volume node>"
 
 
-def _placeLikeInput(node, inputNode) -> None:
+def placeLikeInput(node, inputNode) -> None:
     """Put `node` under the same parent transform as `inputNode` (so they overlay in every view)."""
     parent = inputNode.GetParentTransformNode() if inputNode is not None else None
     node.SetAndObserveTransformNodeID(parent.GetID() if parent is not None else None)
@@ -157,15 +158,15 @@ def imageVolumeFromNode(volumeNode) -> ImageVolume:
     Raises:
         InputError: no node, not a volume node, no voxel data, or a tensor volume.
     """
-    imageData = _checkVolumeNode(volumeNode)
+    imageData = checkVolumeNode(volumeNode)
     if volumeNode.IsA("vtkMRMLDiffusionTensorVolumeNode"):
-        raise InputError(f"{_nodeLabel(volumeNode)} is a diffusion tensor volume; compute a scalar map first")
+        raise InputError(f"{nodeLabel(volumeNode)} is a diffusion tensor volume; compute a scalar map first")
     array = _arrayFromImageData(imageData)
     name = volumeNode.GetName() or "volume"
     names = [name] if array.shape[0] == 1 else [f"{name} [{c}]" for c in range(array.shape[0])]
     return ImageVolume(
         array.astype(np.float32, copy=False),
-        _ijkToRas(volumeNode),
+        ijkToRas(volumeNode),
         channel_names=names,
         meta={"source": _sourceOf(volumeNode), "node_id": volumeNode.GetID(), "node_name": name},
     )
@@ -196,11 +197,11 @@ def imageVolumeFromNodes(volumeNodes: Sequence) -> ImageVolume:
     for node in nodes[1:]:
         volume = imageVolumeFromNode(node)
         parent = node.GetParentTransformNode()
-        if _transformId(parent) != _transformId(firstParent):
+        if transformId(parent) != transformId(firstParent):
             toFirst = vtk.vtkMatrix4x4()
             if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(parent, firstParent, toFirst):
                 raise GeometryError(
-                    f"{_nodeLabel(node)} and {_nodeLabel(nodes[0])} are related by a non-linear transform; "
+                    f"{nodeLabel(node)} and {nodeLabel(nodes[0])} are related by a non-linear transform; "
                     "harden the transform (Data module: right-click > Harden transform) first"
                 )
             volume = ImageVolume(volume.array, _arrayFromMatrix(toFirst) @ volume.affine,
@@ -212,7 +213,7 @@ def imageVolumeFromNodes(volumeNodes: Sequence) -> ImageVolume:
                 volume = resample_to(volume, first, interpolation="linear")
             except GeometryError as error:
                 raise GeometryError(
-                    f"{_nodeLabel(node)} cannot be used with {_nodeLabel(nodes[0])}: {error}"
+                    f"{nodeLabel(node)} cannot be used with {nodeLabel(nodes[0])}: {error}"
                 ) from None
         arrays.append(volume.array)
         names.extend(volume.channel_names)
@@ -266,7 +267,7 @@ def volumeNodeFromImageVolume(scene, volume: ImageVolume, name: str, nodeClass: 
         array = array.astype(np.int16 if -32768 <= lo and hi <= 32767 else np.int32)
     node.SetName(name or "volume")
     node.SetIJKToRASMatrix(_matrixFromArray(volume.affine))
-    node.SetAndObserveImageData(_imageDataFromArray(array))
+    node.SetAndObserveImageData(imageDataFromArray(array))
     scene.AddNode(node)
     node.CreateDefaultDisplayNodes()
     return node

@@ -101,7 +101,7 @@ def tableNode(scene: Any, name: str, columns: Mapping[str, Sequence], units: Opt
     """
     from MedXAIBridge import tables
 
-    from MedXAILib.statistics import units_for
+    from MedXAILib.analysis.statistics import units_for
 
     converted = {}
     for key, values in columns.items():

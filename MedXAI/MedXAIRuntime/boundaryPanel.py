@@ -86,7 +86,7 @@ def bandLabelMap(structure: np.ndarray, spacing: Any, innerMm: float, outerMm: f
     Outlined in the slice views, label 1 shows the band's inner limit and the surface, label 2 the
     surface and the outer limit.
     """
-    from MedXAILib.boundary import boundary_band
+    from MedXAILib.regions import boundary_band
 
     structure = np.asarray(structure, dtype=bool)
     band = boundary_band(structure, spacing, innerMm, outerMm)
@@ -154,7 +154,7 @@ def computeProfile(p: Any, attributionNode: Any) -> dict[str, list]:
     """
     from MedXAIBridge import volumes
 
-    from MedXAILib.boundary import relevance_profile
+    from MedXAILib.analysis.boundary import relevance_profile
 
     if attributionNode is None:
         raise InputError("Select a result (Results section) whose relevance profile to compute.")

@@ -81,7 +81,7 @@ def relevanceMeasures(attribution: np.ndarray, mask: np.ndarray, affine: np.ndar
     Raises:
         InputError: an unknown key, an empty mask, or a map and mask on different grids.
     """
-    from MedXAILib.statistics import structure_statistics
+    from MedXAILib.analysis.statistics import structure_statistics
 
     keys = list(PLUGIN_KEYS if keys is None else keys)
     unknown = [k for k in keys if k not in MEASUREMENTS]
@@ -101,7 +101,7 @@ def relevanceMeasures(attribution: np.ndarray, mask: np.ndarray, affine: np.ndar
 
 def measurementInfo(key: str) -> Optional[dict[str, str]]:
     """``name``, ``title``, ``description`` and ``units`` of a key (None for an unknown key), as Segment Statistics wants."""
-    from MedXAILib.statistics import STATISTIC_UNITS
+    from MedXAILib.analysis.statistics import STATISTIC_UNITS
 
     if key not in MEASUREMENTS:
         return None

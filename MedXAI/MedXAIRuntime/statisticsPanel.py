@@ -72,7 +72,7 @@ def curvesToColumns(curves: Mapping[str, Mapping[str, Sequence[float]]],
     Raises:
         InputError: no curve left, or curves with different thresholds.
     """
-    from MedXAILib.statistics import COMPARE_SEPARATOR
+    from MedXAILib.analysis.statistics import COMPARE_SEPARATOR
 
     kept = {name: curve for name, curve in curves.items() if name not in skip}
     if not kept:
@@ -133,7 +133,7 @@ def computeStatistics(p: Any) -> tuple[dict[str, list], Any]:
     """The statistics table of the section's settings, and the attribution node it measures."""
     from MedXAIBridge import volumes
 
-    from MedXAILib.statistics import compare_statistics, structure_statistics
+    from MedXAILib.analysis.statistics import compare_statistics, structure_statistics
 
     attribution = _attributionOf(p)
     labels, names = labelsForAttribution(p.statisticsSegmentation, attribution)
@@ -163,7 +163,7 @@ def computeCurves(p: Any) -> tuple[dict[str, list], Any]:
     """The relevance-volume curves of the selected attribution as table columns (background left out)."""
     from MedXAIBridge import volumes
 
-    from MedXAILib.statistics import relevance_volume_curves
+    from MedXAILib.analysis.statistics import relevance_volume_curves
 
     attribution = _attributionOf(p)
     labels, names = labelsForAttribution(p.statisticsSegmentation, attribution)
@@ -173,7 +173,7 @@ def computeCurves(p: Any) -> tuple[dict[str, list], Any]:
 
 def showCurves(columns: Mapping[str, Sequence], attributionNode: Any):
     """NEW table and chart nodes: volume fraction against |relevance| threshold, one line per structure."""
-    from MedXAILib.statistics import COMPARE_SEPARATOR
+    from MedXAILib.analysis.statistics import COMPARE_SEPARATOR
 
     scene = attributionNode.GetScene()
     name = f"{attributionNode.GetName()} · relevance-volume curves"

@@ -211,7 +211,7 @@ def _volumeOf(request: TaskRequest, array: np.ndarray) -> ImageVolume:
 
 
 def _boundaryUncertainty(request: TaskRequest, model: Any, monitor: Monitor) -> TaskResult:
-    from MedXAILib.boundary import boundary_uncertainty
+    from MedXAILib.analysis.boundary import boundary_uncertainty
 
     args = request.arguments
     maps = boundary_uncertainty(

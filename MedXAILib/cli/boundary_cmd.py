@@ -68,12 +68,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..attribution import PROVENANCE_KEY
     from ..io import to_json, write_atomic
-    from ..boundary import (UNCERTAINTY_MAPS, boundary_band, boundary_uncertainty, plot_profile,
-                            predicted_structure, relevance_profile)
+    from ..analysis.boundary import (UNCERTAINTY_MAPS, boundary_uncertainty, plot_profile, predicted_structure,
+                                     relevance_profile)
+    from ..regions import boundary_band
     from ..engine import explain
     from ..io import read_label_map, write_image
     from ..provenance import library_versions, timestamp
-    from ..statistics import write_table_csv
+    from ..analysis.statistics import write_table_csv
     from ..target import Target
     from .summary import summary_of
 

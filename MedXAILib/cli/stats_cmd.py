@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import GeometryError
     from ..io import json_safe, read_image, read_label_map
-    from ..statistics import (compare_statistics, relevance_volume_curves, structure_statistics,
+    from ..analysis.statistics import (compare_statistics, relevance_volume_curves, structure_statistics,
                               table_to_json, write_table_csv)
 
     out = Path(args.out)

@@ -251,7 +251,7 @@ def lesion_statistics(attribution: np.ndarray, case: DemoCase) -> dict[str, Any]
     (1 = no more than its size; higher = concentrated in the lesion), and the distance (mm) from
     the lesion centre to the voxel of largest relevance.
     """
-    from ..statistics import structure_statistics
+    from ..analysis.statistics import structure_statistics
 
     a = np.asarray(attribution, dtype=np.float64)
     labels = np.where(case.lesion, len(case.class_names) - 1, case.labels)  # the lesion is the last class

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import InputError, ParameterError
 from ..io import json_safe, write_atomic
 from ..params import make_params
-from .metrics import METRICS, _check_mask, _metric_params, _resolve_metrics, evaluate
+from .metrics import METRICS, check_mask, evaluate, parse_metric_params, resolve_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..attribution import Attribution
@@ -318,12 +318,12 @@ def compare_methods(
         if name in given:
             value = given[name].provenance.get("parameters")
         checked[name] = value if isinstance(value, info.params) else make_params(info.params, value)
-    infos = _resolve_metrics(metrics, mask is not None, True)
+    infos = resolve_metrics(metrics, mask is not None, True)
     metric_names_ = [i.name for i in infos]
-    parsed_metric_params = _metric_params(infos, metric_params)
+    parsed_metric_params = parse_metric_params(infos, metric_params)
     if not isinstance(image, ImageVolume):
         raise InputError(f"image must be an ImageVolume; got {type(image).__name__}")
-    _check_mask(mask, image.shape, infos)
+    check_mask(mask, image.shape, infos)
     adapter = model if isinstance(model, ModelAdapter) else load_model(model)
     monitor = monitor or Monitor()
 

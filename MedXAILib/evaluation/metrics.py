@@ -88,6 +88,9 @@ __all__ = [
     "RandomLogitParams",
     "model_randomisation",
     "random_logit",
+    "resolve_metrics",
+    "parse_metric_params",
+    "check_mask",
 ]
 
 METRIC_FAMILIES = ("faithfulness", "localisation", "robustness", "complexity", "randomisation")
@@ -577,7 +580,7 @@ class MetricContext:
 # evaluate()
 
 
-def _resolve_metrics(metrics: Optional[Sequence[str]], has_mask: bool, has_method: bool) -> list[MetricInfo]:
+def resolve_metrics(metrics: Optional[Sequence[str]], has_mask: bool, has_method: bool) -> list[MetricInfo]:
     if metrics is None:
         return [METRICS.get(n) for n in default_metrics(has_mask, has_method)]
     if isinstance(metrics, str):
@@ -593,7 +596,7 @@ def _resolve_metrics(metrics: Optional[Sequence[str]], has_mask: bool, has_metho
     return infos
 
 
-def _metric_params(infos: Sequence[MetricInfo], params: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+def parse_metric_params(infos: Sequence[MetricInfo], params: Optional[Mapping[str, Any]]) -> dict[str, Any]:
     params = dict(params or {})
     names = {i.name for i in infos}
     for key in params:
@@ -608,7 +611,7 @@ def _metric_params(infos: Sequence[MetricInfo], params: Optional[Mapping[str, An
     return out
 
 
-def _check_mask(mask: Any, shape: tuple[int, int, int], infos: Sequence[MetricInfo]) -> Optional[np.ndarray]:
+def check_mask(mask: Any, shape: tuple[int, int, int], infos: Sequence[MetricInfo]) -> Optional[np.ndarray]:
     if mask is None:
         missing = [i.name for i in infos if i.needs_mask]
         if missing:
@@ -714,8 +717,8 @@ def evaluate(
 
     provenance = dict(getattr(attribution, "provenance", None) or {})
     method = method or provenance.get("method")
-    infos = _resolve_metrics(metrics, mask is not None, method is not None)
-    metric_params = _metric_params(infos, params)
+    infos = resolve_metrics(metrics, mask is not None, method is not None)
+    metric_params = parse_metric_params(infos, params)
     if method is None and any(i.needs_method for i in infos):
         needing = ", ".join(i.name for i in infos if i.needs_method)
         raise ParameterError(f"metric(s) {needing} re-run the explanation method; pass method= (--method): the "
@@ -730,7 +733,7 @@ def evaluate(
         raise InputError(f"image must be an ImageVolume; got {type(image).__name__}")
     image.check_finite()
     array = _check_attribution(attribution, image)
-    mask = _check_mask(mask, image.shape, infos)
+    mask = check_mask(mask, image.shape, infos)
     adapter = model if isinstance(model, ModelAdapter) else load_model(model)
     adapter.check_input(image.n_channels)
     monitor = monitor or Monitor()

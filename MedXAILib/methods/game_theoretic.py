@@ -12,8 +12,8 @@ import torch
 from .catalog.game_theoretic import KernelShapParams
 from .context import MethodContext
 from .perturbation import (
-    _region_values,
-    _regions_and_features,
+    region_values,
+    regions_and_features,
     perturbation_baseline,
     run_batches,
     weighted_linear_fit,
@@ -67,7 +67,7 @@ def kernel_shap(ctx: MethodContext, params: KernelShapParams) -> torch.Tensor:
     """
     x = ctx.x.detach()
     n_channels = int(x.shape[1])
-    regions, labels, n_players = _regions_and_features(ctx, params, "KernelSHAP")
+    regions, labels, n_players = regions_and_features(ctx, params, "KernelSHAP")
     coalitions = shapley_kernel_coalitions(int(params.n_samples), n_players, ctx.generator)
     n = int(coalitions.shape[0])  # a single player has only the full and the empty coalition
     if n < n_players + 1:
@@ -83,7 +83,7 @@ def kernel_shap(ctx: MethodContext, params: KernelShapParams) -> torch.Tensor:
     weights = torch.where((present == 0) | (present == n_players), ENDPOINT_WEIGHT, 1.0).double()
     coef, intercept, r2 = weighted_linear_fit(coalitions.float(), scores.float(), weights)
     gap = float(scores[0] - scores[1])  # rows 0 and 1: the full and the empty coalition
-    values = _region_values(regions, coef, n_channels, params.per_channel)
+    values = region_values(regions, coef, n_channels, params.per_channel)
     ctx.diagnostics.update(
         surrogate_r2=r2,
         score_input=float(scores[0]),

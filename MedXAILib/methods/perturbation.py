@@ -47,6 +47,8 @@ __all__ = [
     "BoxGrid",
     "occlude",
     "spearman",
+    "regions_and_features",
+    "region_values",
 ]
 
 
@@ -148,7 +150,7 @@ def weighted_linear_fit(
     return coef, intercept, r2
 
 
-def _regions_and_features(ctx: MethodContext, params, label: str) -> tuple[Regions, torch.Tensor, int]:
+def regions_and_features(ctx: MethodContext, params, label: str) -> tuple[Regions, torch.Tensor, int]:
     ctx.monitor.update(0.0, f"{label}: building {params.regions} regions")
     regions = build_regions(ctx, params)
     labels = torch.as_tensor(regions.labels, device=ctx.x.device)
@@ -158,7 +160,7 @@ def _regions_and_features(ctx: MethodContext, params, label: str) -> tuple[Regio
     return regions, labels, n_features
 
 
-def _region_values(regions: Regions, values: np.ndarray, n_channels: int, per_channel: bool) -> dict:
+def region_values(regions: Regions, values: np.ndarray, n_channels: int, per_channel: bool) -> dict:
     """Per-structure values for the provenance when the regions are the labels of a label map."""
     if regions.values is None:
         return {}
@@ -498,7 +500,7 @@ def feature_ablation(ctx: MethodContext, params: FeatureAblationParams) -> torch
     """
     x = ctx.x.detach()
     n_channels = int(x.shape[1])
-    regions, labels, n_features = _regions_and_features(ctx, params, "Feature ablation")
+    regions, labels, n_features = regions_and_features(ctx, params, "Feature ablation")
     baseline = perturbation_baseline(ctx, params.baseline, params.blur_sigma_mm)
     score = _score_input(ctx)
 
@@ -510,7 +512,7 @@ def feature_ablation(ctx: MethodContext, params: FeatureAblationParams) -> torch
     scores = run_batches(ctx, n_features, params.batch_size, make_batch, "Feature ablation",
                          progress=(0.05, 1.0))
     drops = (score - scores).float()
-    values = _region_values(regions, drops.cpu().numpy(), n_channels, params.per_channel)
+    values = region_values(regions, drops.cpu().numpy(), n_channels, params.per_channel)
     ctx.diagnostics.update(score_input=float(score), n_features=n_features)
     if values:
         ctx.diagnostics["region_values"] = values
@@ -548,7 +550,7 @@ def lime(ctx: MethodContext, params: LimeParams) -> torch.Tensor:
     """
     x = ctx.x.detach()
     n_channels = int(x.shape[1])
-    regions, labels, n_features = _regions_and_features(ctx, params, "LIME")
+    regions, labels, n_features = regions_and_features(ctx, params, "LIME")
     n = int(params.n_samples)
     half = torch.ones(1, n_features) * 0.5
     coalitions = torch.cat([torch.bernoulli(half, generator=ctx.generator) for _ in range(n)]).long()
@@ -571,7 +573,7 @@ def lime(ctx: MethodContext, params: LimeParams) -> torch.Tensor:
             f"{params.distance} distance; raise kernel_width"
         )
     coef, intercept, r2 = weighted_linear_fit(coalitions.float(), scores.float(), similarities)
-    values = _region_values(regions, coef, n_channels, params.per_channel)
+    values = region_values(regions, coef, n_channels, params.per_channel)
     ctx.diagnostics.update(surrogate_r2=r2, surrogate_intercept=intercept, n_features=n_features,
                            n_samples=n)
     if values:

@@ -10,9 +10,9 @@ import pytest
 
 import vtk
 from MedXAIBridge.statisticsTable import PROFILE_SERIES, profilePlotChartNode, statisticsTableNode
-from MedXAILib.boundary import relevance_profile
+from MedXAILib.analysis.boundary import relevance_profile
 from MedXAILib.errors import InputError
-from MedXAILib.statistics import STATISTIC_COLUMNS, compare_statistics, structure_statistics
+from MedXAILib.analysis.statistics import STATISTIC_COLUMNS, compare_statistics, structure_statistics
 
 pytestmark = pytest.mark.mrml
 

@@ -21,8 +21,8 @@ import torch
 from captum.attr import Saliency
 
 from MedXAILib import Cancelled, Monitor, PROVENANCE_KEY, Target, explain
-from MedXAILib.boundary import (boundary_band, boundary_uncertainty, plot_profile, predicted_structure,
-                                relevance_profile, signed_distance_mm)
+from MedXAILib.analysis.boundary import boundary_uncertainty, plot_profile, predicted_structure, relevance_profile
+from MedXAILib.regions import boundary_band, signed_distance_mm
 from MedXAILib.cli.main import main
 from MedXAILib.errors import InputError, ParameterError, TargetError
 from MedXAILib.io import read_image, write_image

@@ -19,7 +19,7 @@ from MedXAILib import ImageVolume
 from MedXAILib.cli.main import main
 from MedXAILib.errors import InputError, ParameterError, UnknownNameError
 from MedXAILib.io import write_image
-from MedXAILib.statistics import (STATISTIC_COLUMNS, STATISTIC_UNITS, compare_statistics, relevance_volume_curves,
+from MedXAILib.analysis.statistics import (STATISTIC_COLUMNS, STATISTIC_UNITS, compare_statistics, relevance_volume_curves,
                                   structure_statistics, write_table_csv, write_table_json)
 
 from conftest import oblique_affine

@@ -64,7 +64,7 @@ def test_uncertain_outline_is_relative_to_the_maximum():
 
 
 def test_uncertainty_maps_are_the_library_maps():
-    from MedXAILib.boundary import UNCERTAINTY_MAPS
+    from MedXAILib.analysis.boundary import UNCERTAINTY_MAPS
 
     assert set(boundaryPanel.UNCERTAINTY_MAPS) == set(UNCERTAINTY_MAPS)
 
@@ -81,7 +81,7 @@ def test_structure_names_put_the_background_first_and_are_unique():
 
 
 def test_curves_become_columns_with_units_per_structure():
-    from MedXAILib.statistics import relevance_volume_curves, units_for
+    from MedXAILib.analysis.statistics import relevance_volume_curves, units_for
 
     labels = np.zeros((4, 4, 4), int)
     labels[:2] = 1

@@ -97,7 +97,7 @@ def _compositeNodes(scene, names):
 
 
 def test_profile_from_nodes_equals_the_library_on_the_arrays(setup):
-    from MedXAILib.boundary import relevance_profile
+    from MedXAILib.analysis.boundary import relevance_profile
     from MedXAILib.volume import spacing_of
 
     p = parameters(boundarySegmentation=setup.segmentation, boundarySegmentId=setup.segmentIds[0])
@@ -169,7 +169,7 @@ def test_uncertainty_nodes_overlay_and_outlines(setup, scene):
 
 def test_statistics_table_equals_the_library_and_compares_results_on_the_same_grid(setup, scene):
     from MedXAIBridge import results
-    from MedXAILib.statistics import structure_statistics
+    from MedXAILib.analysis.statistics import structure_statistics
 
     p = parameters(statisticsAttribution=setup.resultNode, statisticsSegmentation=setup.segmentation)
     table, attribution = statisticsPanel.computeStatistics(p)

@@ -150,7 +150,7 @@ def test_task_runner_reports_progress_result_error_and_cancel(image):
 
 
 def test_uncertainty_task_equals_the_library(segmenter, image):
-    from MedXAILib.boundary import boundary_uncertainty
+    from MedXAILib.analysis.boundary import boundary_uncertainty
     from MedXAILib.model import load_model
 
     request = TaskRequest(kind=TaskKind.boundaryUncertainty, image=image, modelPath=str(segmenter), device="cpu",

@@ -28,7 +28,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...volume import ImageVolume
-from .phantom import CLASS_NAMES, LABEL, _blur, ct_phantom, sphere_mask
+from .phantom import CLASS_NAMES, LABEL, blur, ct_phantom, sphere_mask
 
 __all__ = ["ORGAN_SUV", "pet_channel", "pet_ct_phantom"]
 
@@ -78,9 +78,9 @@ def pet_channel(
         sphere = sphere_mask(affine, array.shape, lesion["centre_ras"], lesion["radius_mm"])
         suv[sphere & (array == LABEL["lesion"])] = float(lesion.get("suv", ORGAN_SUV["lesion"]))
     rng = np.random.default_rng(int(info.get("seed", 0)) * 7919 + 17 if seed is None else int(seed))
-    ideal = _blur(suv, psf_fwhm_mm, spacing)
+    ideal = blur(suv, psf_fwhm_mm, spacing)
     counts = rng.poisson(np.clip(ideal, 0, None) * counts_per_suv).astype(np.float64)
-    measured = _blur(counts / counts_per_suv, postfilter_fwhm_mm, spacing)
+    measured = blur(counts / counts_per_suv, postfilter_fwhm_mm, spacing)
     return ImageVolume(measured.astype(np.float32)[np.newaxis], affine, channel_names=["PET"],
                        meta={"source": f"MedXAILib.demo.samples.pet_channel(seed={info.get('seed')})", "modality": "PT",
                              "unit": "SUVbw", "psf_fwhm_mm": psf_fwhm_mm})

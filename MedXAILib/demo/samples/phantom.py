@@ -46,7 +46,7 @@ from ...errors import InputError
 from ...volume import ImageVolume
 
 __all__ = ["CLASS_NAMES", "LESION_ORGANS", "ORGAN_HU", "Lesion", "ct_phantom", "phantom_affine", "sphere_mask",
-           "voxel_ras"]
+           "voxel_ras", "blur"]
 
 CLASS_NAMES = ["background", "body", "liver", "spleen", "kidney", "lung", "bone", "lesion"]
 LABEL = {name: index for index, name in enumerate(CLASS_NAMES)}
@@ -113,7 +113,7 @@ def _ellipsoid(x, y, z, centre, semi) -> np.ndarray:
     return ((x - centre[0]) / semi[0]) ** 2 + ((y - centre[1]) / semi[1]) ** 2 + ((z - centre[2]) / semi[2]) ** 2 <= 1
 
 
-def _blur(array: np.ndarray, fwhm_mm: float | Sequence[float], spacing: np.ndarray) -> np.ndarray:
+def blur(array: np.ndarray, fwhm_mm: float | Sequence[float], spacing: np.ndarray) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
 
     fwhm = np.broadcast_to(np.asarray(fwhm_mm, dtype=np.float64), (3,))
@@ -333,9 +333,9 @@ def ct_phantom(
         })
 
     noise_rng = np.random.default_rng(noise_seq)
-    image = _blur(hu.astype(np.float64), kernel_fwhm_mm, spacing_arr)
+    image = blur(hu.astype(np.float64), kernel_fwhm_mm, spacing_arr)
     if noise_hu > 0:
-        noise = _blur(noise_rng.standard_normal(shape), kernel_fwhm_mm, spacing_arr)
+        noise = blur(noise_rng.standard_normal(shape), kernel_fwhm_mm, spacing_arr)
         image += noise * (noise_hu / max(float(noise.std()), 1e-12))
     volume = ImageVolume(image.astype(np.float32)[np.newaxis], affine, channel_names=["CT"],
                          meta={"source": f"MedXAILib.demo.samples.ct_phantom(seed={int(seed)})", "modality": "CT",

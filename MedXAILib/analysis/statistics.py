@@ -27,9 +27,11 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError, ParameterError
-from .io import json_safe, write_atomic
-from .volume import spacing_of
+from ..attribution import map3d
+from ..errors import InputError, ParameterError
+from ..io import json_safe, write_atomic
+from ..regions import boundary_band
+from ..volume import spacing_of
 
 __all__ = [
     "STATISTIC_UNITS",
@@ -94,12 +96,6 @@ COMPARE_SEPARATOR = " · "
 
 # ------------------------------------------------------------------------------------------------
 # Validation
-
-
-def _map(attribution_map: Any) -> np.ndarray:
-    from .boundary import _map3d
-
-    return _map3d(attribution_map)
 
 
 def _labels(labels: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -216,7 +212,7 @@ def structure_statistics(
     - ``top_dice``, ``top_iou``: Dice and IoU of S with the ``round(top_fraction * N)`` voxels of
       largest |a| (at least one);
     - ``boundary_interior_ratio``: mean |a| over the voxels within `boundary_mm` of S's surface
-      (either side, :func:`MedXAILib.boundary.boundary_band`) over mean |a| over S's interior
+      (either side, :func:`MedXAILib.regions.boundary_band`) over mean |a| over S's interior
       (deeper than `boundary_mm`); NaN without interior voxels, inf with an interior free of
       relevance;
     - ``centre_ras_x/y/z``: the |a|-weighted centroid of S in RAS mm; ``centre_distance_mm``: its
@@ -238,9 +234,8 @@ def structure_statistics(
             bad affine or a non-finite map.
         ParameterError: `top_fraction` outside (0, 1] or a negative `boundary_mm`.
     """
-    from .boundary import boundary_band
 
-    a = _map(attribution_map)
+    a = map3d(attribution_map)
     lab = _labels(labels, a.shape)
     names = _names(names, lab)
     affine = _affine(affine)
@@ -345,7 +340,7 @@ def relevance_volume_curves(
         InputError: see :func:`structure_statistics`.
         ParameterError: ``n_points < 2``.
     """
-    a = _map(attribution_map)
+    a = map3d(attribution_map)
     lab = _labels(labels, a.shape)
     names = _names(names, lab)
     if isinstance(n_points, bool) or not isinstance(n_points, (int, np.integer)) or n_points < 2:
@@ -393,7 +388,7 @@ def compare_statistics(
         InputError: no map, or a map on another grid (see :func:`structure_statistics`).
         UnknownNameError: a column that is not a statistic (with the closest name).
     """
-    from .errors import UnknownNameError
+    from ..errors import UnknownNameError
 
     if not maps:
         raise InputError("compare_statistics needs at least one map")
