@@ -29,7 +29,7 @@ from slicer.util import VTKObservationMixin
 import MedXAILib
 from MedXAILib.errors import InputError, ModelError
 from MedXAILib.registry import FAMILIES
-from MedXAIRuntime import boundaryPanel, counterfactualPanel, evaluatePanel, layouts, statisticsPanel, tasks
+from MedXAIRuntime import boundaryPanel, counterfactualPanel, evaluatePanel, layouts, statisticsPanel
 from MedXAIRuntime import demo as demos
 from MedXAIRuntime import dependencies, devices, forms, jobs, process, runners, targets, views
 from MedXAIRuntime.counterfactualPanel import CounterfactualGoal
@@ -233,7 +233,6 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runner = None
         self._demoRunner = None
         self._running = False
-        self._runInput = None
         self._runStarted = 0.0
         self._lastMessage = ""
         self._elapsedTimer = None
@@ -594,54 +593,28 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def startExplain(self, request) -> None:
         """Run an explanation request with progress and Cancel; the result is shown on the input's grid."""
-        if self._busy() or not self._ensureDependencies():
-            return
         p = self._parameterNode
-        try:
-            family = MedXAILib.METHODS.get(request.method).family
-            mode = runners.chooseRunMode(p.runMode, family, request.voxelCount)
-            self._runInput = p.inputVolume  # the result goes on this grid even if the selection changes
-            logging.info(f"MedXAI: {request.method} on {request.image.shape} voxels x {request.image.n_channels} "
-                         f"channel(s), {mode}, device {request.device}")
-            if mode == "inProcess":
-                self._runner = runners.InProcessRunner()
-                self._setRunning(True)
-                self._runner.start(request, self._onProgress, self._onFinished)
-            elif tasks.cliCanExpress(request.target):
-                self._runner = runners.SubprocessRunner()
-                self._setRunning(True)
-                self._runner.start(request, self._onProgress, self._onFinished)
-            else:  # boundary bands and margins: the task worker takes the Target itself
-                self._runner = tasks.SubprocessTaskRunner()
-                self._setRunning(True)
-                self._runner.start(tasks.explainAsTask(request), self._onProgress, self._onExplainTaskFinished)
-        except Exception as error:
-            self._runner = None
-            self._setRunning(False)
-            self._showError(_("Failed to start the explanation."), error)
+        inputVolume = p.inputVolume if p is not None else None  # the result goes on this grid even if the selection changes
 
-    def _onExplainTaskFinished(self, outcome) -> None:
-        converted = jobs.RunOutcome(error=outcome.error, cancelled=outcome.cancelled, seconds=outcome.seconds,
-                                    log=outcome.log)
-        if outcome.result is not None:
-            try:
-                converted.attribution = tasks.attributionFromResult(outcome.result)
-            except Exception as error:
-                converted.error = error
-        self._onFinished(converted)
+        def onResult(result) -> str:
+            return self.logic.showResult(result.attribution(), self._parameterNode, inputVolume).GetName()
+
+        self.runAnalysis(request, onResult, "explanation")
 
     def runAnalysis(self, request, onResult, what: str) -> None:
-        """Run an analysis (:class:`MedXAIRuntime.tasks.TaskRequest`) with progress and Cancel.
+        """Run any request (:class:`MedXAILib.runs.RunRequest`) with progress and Cancel, in Slicer or in the background.
 
-        `onResult(TaskResult)` turns the result into nodes and returns the text for the status line.
+        `onResult(RunResult)` turns the result into nodes and returns the text for the status line.
         """
         if self._busy() or not self._ensureDependencies():
             return
         p = self._parameterNode
         try:
-            mode = tasks.chooseTaskRunMode(p.runMode, request.kind, request.voxelCount)
-            self._runner = tasks.TaskRunner() if mode == "inProcess" else tasks.SubprocessTaskRunner()
-            logging.info(f"MedXAI: {what} on {request.image.shape} voxels, {mode}, device {request.device}")
+            mode = runners.chooseRunMode(p.runMode, request)
+            self._runner = runners.InProcessRunner() if mode == "inProcess" else runners.SubprocessRunner()
+            image = request.image
+            logging.info(f"MedXAI: {what} ({request.arguments.get('method', request.kind.value)}) on {image.shape} "
+                         f"voxels x {image.n_channels} channel(s), {mode}, device {request.device}")
             self._setRunning(True)
             self._runner.start(request, self._onProgress,
                                lambda outcome: self._onAnalysisFinished(outcome, onResult, what))
@@ -696,24 +669,6 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._busy():
             seconds = time.monotonic() - self._runStarted
             self.ui.statusLabel.text = _("{message} ({seconds:.0f} s)").format(message=self._lastMessage, seconds=seconds)
-
-    def _onFinished(self, outcome) -> None:
-        self._runner = None
-        self._setRunning(False)
-        if outcome.cancelled:
-            self.ui.statusLabel.text = _("Cancelled after {seconds:.1f} s; nothing was created.").format(seconds=outcome.seconds)
-            return
-        if outcome.error is not None:
-            self.ui.statusLabel.text = _("Failed: {error}").format(error=outcome.error)
-            self._showError(_("The explanation failed."), outcome.error, outcome.log)
-            return
-        try:
-            node = self.logic.showResult(outcome.attribution, self._parameterNode, self._runInput)
-        except Exception as error:
-            self._showError(_("The result could not be shown."), error)
-            return
-        self.ui.progressBar.value = 1000
-        self.ui.statusLabel.text = _("Done in {seconds:.1f} s: {name}").format(seconds=outcome.seconds, name=node.GetName())
 
     def onCancelButton(self) -> None:
         self._cancelRunning()
@@ -834,8 +789,8 @@ class MedXAILogic(ScriptedLoadableModuleLogic):
     def inputVolumeNodes(p) -> list:
         return [node for node in (p.inputVolume, p.inputVolume2, p.inputVolume3, p.inputVolume4) if node is not None]
 
-    def buildRequest(self, p, target=None) -> jobs.ExplainRequest:
-        """The parameter node's nodes and choices as an :class:`ExplainRequest` (nothing is computed).
+    def buildRequest(self, p, target=None):
+        """The parameter node's nodes and choices as an explanation's :class:`MedXAILib.runs.RunRequest` (nothing is computed).
 
         `target` replaces the Explain section's target (the Boundary section's band, for example).
         """
@@ -849,8 +804,7 @@ class MedXAILogic(ScriptedLoadableModuleLogic):
         image = volumes.imageVolumeFromNodes(self.inputVolumeNodes(p))
         if target is not None:
             params = forms.valuesForMethod(info.params, forms.decodeMethodParameters(p.methodParameters).get(info.name))
-            return jobs.ExplainRequest(image=image, modelPath=p.modelPath, method=info.name, params=params,
-                                       target=target, device=p.device, seed=p.seed, trustBundle=p.trustBundle)
+            return jobs.explainRequest(image, p.modelPath, info.name, params, target, p.device, p.seed, p.trustBundle)
         kind = p.targetKind
         target = targets.targetFromSettings(
             kind, image.affine, image.shape, classIndex=p.targetClass, score=p.targetScore, reduction=p.targetReduction,
@@ -862,8 +816,7 @@ class MedXAILogic(ScriptedLoadableModuleLogic):
             worldToImage=targets.worldToVolumeMatrix(p.inputVolume),
         )
         params = forms.valuesForMethod(info.params, forms.decodeMethodParameters(p.methodParameters).get(info.name))
-        return jobs.ExplainRequest(image=image, modelPath=p.modelPath, method=info.name, params=params, target=target,
-                                   device=p.device, seed=p.seed, trustBundle=p.trustBundle)
+        return jobs.explainRequest(image, p.modelPath, info.name, params, target, p.device, p.seed, p.trustBundle)
 
     def showResult(self, attribution, p, inputVolume=None):
         """A new result node for `attribution` on the grid of `inputVolume` (default: the selected input)."""
@@ -891,7 +844,7 @@ class MedXAILogic(ScriptedLoadableModuleLogic):
 
     def process(self, p):
         """Explain in this process and return the result node (scripts and tests; errors rise)."""
-        return self.showResult(jobs.runInProcess(self.buildRequest(p)), p)
+        return self.showResult(jobs.runInProcess(self.buildRequest(p)).attribution(), p)
 
 
 #

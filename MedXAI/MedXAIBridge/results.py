@@ -129,9 +129,9 @@ def createAttributionNode(attribution: Attribution, inputVolumeNode, name: Optio
 
     node = scene.CreateNodeByClass("vtkMRMLScalarVolumeNode")
     node.SetName(name)
-    ijkToRas = vtk.vtkMatrix4x4()
-    inputVolumeNode.GetIJKToRASMatrix(ijkToRas)
-    node.SetIJKToRASMatrix(ijkToRas)
+    matrix = vtk.vtkMatrix4x4()
+    inputVolumeNode.GetIJKToRASMatrix(matrix)
+    node.SetIJKToRASMatrix(matrix)
     imageData = imageDataFromArray(summed[np.newaxis])
     imageData.SetExtent(inputVolumeNode.GetImageData().GetExtent())
     node.SetAndObserveImageData(imageData)

@@ -7,14 +7,16 @@ Modules (import the one you need, e.g. ``from MedXAIRuntime import runners``):
   constraints file that pins the installed torch (and Slicer's numpy and SimpleITK).
 - ``devices``: the compute devices to offer (auto, CPU, each CUDA GPU with name and memory),
   asked from torch only once torch is installed.
-- ``process``: Qt-free subprocess plumbing: the ``medxai explain`` command line, JSON-lines progress
-  parsing, a line reader on a thread, and killing a whole process tree.
-- ``jobs``: Qt-free explain jobs: :class:`~MedXAIRuntime.jobs.ExplainRequest`, the in-process run,
-  and :class:`~MedXAIRuntime.jobs.ExplainJob` (temporary NRRD files, ``python -m MedXAILib explain``,
-  reading the result back, removing the temporary folder).
+- ``process``: Qt-free subprocess plumbing: JSON-lines progress parsing, a line reader on a thread,
+  and killing a whole process tree.
+- ``jobs``: Qt-free runs: every computation with a model is one :class:`MedXAILib.runs.RunRequest`
+  (:func:`~MedXAIRuntime.jobs.explainRequest`, :func:`~MedXAIRuntime.jobs.analysisRequest`), run in
+  process (:func:`~MedXAIRuntime.jobs.runInProcess`) or as ``python -m MedXAILib.runs FOLDER``
+  (:class:`~MedXAIRuntime.jobs.RunJob`: request folder, progress, result read back, folder removed).
 - ``runners``: :class:`~MedXAIRuntime.runners.InProcessRunner` and
   :class:`~MedXAIRuntime.runners.SubprocessRunner`, the two ways the widget runs a request, with
-  progress and cancel; the subprocess one is polled with a ``qt.QTimer`` and never blocks.
+  progress and cancel (the subprocess one is polled with a ``qt.QTimer`` and never blocks), and
+  :func:`~MedXAIRuntime.runners.chooseRunMode` for the automatic choice.
 - ``forms``: the method parameter form generated from a parameter dataclass
   (:func:`MedXAILib.params.param_specs`), and the JSON kept in the parameter node.
 - ``targets``: target kinds and the geometry that turns an ROI or a point into voxel indices.

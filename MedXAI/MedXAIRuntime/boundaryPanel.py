@@ -23,14 +23,17 @@ that connects the widgets of MedXAI.ui to them.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from MedXAILib.errors import InputError, TargetError
 from MedXAILib.target import Target
 
-from . import analysisNodes, tasks
+from . import analysisNodes, jobs
+
+if TYPE_CHECKING:
+    from MedXAILib.runs import RunRequest, RunResult
 
 __all__ = [
     "SCORES",
@@ -136,14 +139,12 @@ def buildBoundaryRequest(logic: Any, p: Any):
     return logic.buildRequest(p, target=target)
 
 
-def buildUncertaintyRequest(logic: Any, p: Any) -> tasks.TaskRequest:
+def buildUncertaintyRequest(logic: Any, p: Any) -> RunRequest:
     """The uncertainty analysis of the class (model, input, device and seed of the other sections)."""
     request = logic.buildRequest(p, target=Target(class_index=int(p.boundaryClass)))
-    return tasks.TaskRequest(
-        kind=tasks.TaskKind.boundaryUncertainty, image=request.image, modelPath=request.modelPath,
-        arguments={"class_index": int(p.boundaryClass), "flips": bool(p.boundaryFlips),
-                   "n_dropout": int(p.boundaryDropoutSamples)},
-        device=request.device, seed=request.seed, trustBundle=request.trustBundle)
+    return jobs.analysisRequest(request, "boundary_uncertainty",
+                                {"class_index": int(p.boundaryClass), "flips": bool(p.boundaryFlips),
+                                 "n_dropout": int(p.boundaryDropoutSamples)})
 
 
 def computeProfile(p: Any, attributionNode: Any) -> dict[str, list]:
@@ -177,7 +178,7 @@ def showProfile(p: Any, attributionNode: Any, profile: dict[str, list]):
     return chart
 
 
-def showUncertainty(p: Any, result: tasks.TaskResult, inputVolumeNode: Any) -> dict[str, Any]:
+def showUncertainty(p: Any, result: RunResult, inputVolumeNode: Any) -> dict[str, Any]:
     """NEW volume nodes for the three uncertainty maps; ``p.boundaryUncertaintyVolume`` becomes the chosen one.
 
     The nodes reference each other (``MedXAI.Uncertainty.<map>``), so choosing another map later
@@ -357,7 +358,7 @@ class BoundarySection:
             return
         inputVolume = p.inputVolume
 
-        def onResult(result: tasks.TaskResult) -> str:
+        def onResult(result: RunResult) -> str:
             nodes = showUncertainty(p, result, inputVolume)
             showBoundaryOverlay(p, inputVolume, None, nodes[p.boundaryUncertaintyMap])
             return nodes[p.boundaryUncertaintyMap].GetName()

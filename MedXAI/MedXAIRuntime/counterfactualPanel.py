@@ -12,8 +12,8 @@ The result becomes two volumes on the input grid (the counterfactual, shown with
 window so both read alike, and the signed difference x' - x in diverging colours, zero
 transparent), a table of the predictions before and after and the change metrics
 (:func:`metricsRows`), and the three-view comparison original | counterfactual | difference
-(:mod:`MedXAIRuntime.layouts`). The generation runs through :mod:`MedXAIRuntime.tasks`, in the
-background by default.
+(:mod:`MedXAIRuntime.layouts`). The generation is a ``counterfactual`` run
+(:class:`MedXAILib.runs.RunRequest`), in the background by default.
 
 Everything but :class:`CounterfactualSection` is Qt-free.
 """
@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import enum
 import json
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import numpy as np
 
 from MedXAILib.errors import InputError
 
-from . import analysisNodes, tasks
+from . import analysisNodes, jobs
+
+if TYPE_CHECKING:
+    from MedXAILib.runs import RunRequest, RunResult
 
 __all__ = [
     "CounterfactualGoal",
@@ -171,7 +174,7 @@ def metricsRows(data: Mapping[str, Any], classIndex: Optional[int] = None) -> li
 # Logic
 
 
-def buildCounterfactualRequest(logic: Any, p: Any) -> tasks.TaskRequest:
+def buildCounterfactualRequest(logic: Any, p: Any) -> RunRequest:
     """The counterfactual of the section's settings (model, input, device and seed of the other sections)."""
     from MedXAIBridge import segments
 
@@ -189,11 +192,11 @@ def buildCounterfactualRequest(logic: Any, p: Any) -> tasks.TaskRequest:
                                                     p.inputVolume)
     elif info.needs_region:
         raise InputError(f"the {info.title} generator needs a region: select the segment to replace")
-    return tasks.TaskRequest(
-        kind=tasks.TaskKind.counterfactual, image=request.image, modelPath=request.modelPath,
-        arguments={"goal": goal, "generator": info.name, "params": generatorValues(info.name, p.counterfactualParameters),
-                   "bounds": list(bounds) if bounds is not None else None},
-        arrays=arrays, device=request.device, seed=request.seed, trustBundle=request.trustBundle)
+    return jobs.analysisRequest(
+        request, "counterfactual",
+        {"goal": goal, "generator": info.name, "params": generatorValues(info.name, p.counterfactualParameters),
+         "bounds": list(bounds) if bounds is not None else None},
+        arrays=arrays)
 
 
 def _copyWindow(fromNode: Any, toNode: Any) -> None:
@@ -212,7 +215,7 @@ def _copyWindow(fromNode: Any, toNode: Any) -> None:
     target.EndModify(wasModifying)
 
 
-def showCounterfactual(p: Any, result: tasks.TaskResult, inputVolumeNode: Any) -> tuple[Any, Any]:
+def showCounterfactual(p: Any, result: RunResult, inputVolumeNode: Any) -> tuple[Any, Any]:
     """NEW counterfactual and difference volume nodes; ``p.counterfactualVolume`` becomes the counterfactual.
 
     A multi-channel input shows its first channel (the input volume's); the summary (before,
@@ -392,7 +395,7 @@ class CounterfactualSection:
         inputVolume = p.inputVolume
         classIndex = int(p.counterfactualClass)
 
-        def onResult(result: tasks.TaskResult) -> str:
+        def onResult(result: RunResult) -> str:
             node, _ = showCounterfactual(p, result, inputVolume)
             self._showRows(metricsRows(result.data, classIndex))
             self._compare(p, node)

@@ -10,10 +10,11 @@ Two modes (:class:`EvaluateMode`):
   method (each with its parameters from the Explain section), grades every map with the same
   metrics and ranks the methods.
 
-Both run through :mod:`MedXAIRuntime.tasks` (in the background by default: metrics explain and
-perturb many times). Results are shown in the section's table, saved as a table node with units,
-and the deletion / insertion / ROAD curves are plotted. Metric and method choices are kept in the
-parameter node as comma-separated names (:func:`parseNames`, :func:`formatNames`).
+Both are runs (a :class:`MedXAILib.runs.RunRequest` of kind ``evaluate`` or ``compare_methods``), in
+the background by default: metrics explain and perturb many times. Results are shown in the section's
+table, saved as a table node with units, and the deletion / insertion / ROAD curves are plotted. Metric
+and method choices are kept in the parameter node as comma-separated names (:func:`parseNames`,
+:func:`formatNames`).
 
 Everything but :class:`EvaluateSection` is Qt-free.
 """
@@ -23,11 +24,15 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
 
 from MedXAILib.errors import InputError
+from MedXAILib.io import json_safe
 
-from . import analysisNodes, tasks
+from . import analysisNodes, jobs
+
+if TYPE_CHECKING:
+    from MedXAILib.runs import RunRequest, RunResult
 
 __all__ = [
     "EvaluateMode",
@@ -216,7 +221,7 @@ def _referenceMask(p: Any) -> Any:
     return segments.maskFromSegment(p.evaluateSegmentation, p.evaluateSegmentId, p.inputVolume)
 
 
-def buildEvaluateRequest(logic: Any, p: Any) -> tasks.TaskRequest:
+def buildEvaluateRequest(logic: Any, p: Any) -> RunRequest:
     """Score the selected result with the Explain section's model, input and target.
 
     Raises:
@@ -238,14 +243,11 @@ def buildEvaluateRequest(logic: Any, p: Any) -> tasks.TaskRequest:
     if mask is not None:
         arrays["mask"] = mask
     metrics = parseNames(p.evaluateMetrics)
-    return tasks.TaskRequest(
-        kind=tasks.TaskKind.evaluate, image=request.image, modelPath=request.modelPath,
-        arguments={"metrics": metrics or None, "provenance": tasks.jsonSafe(provenance)},
-        arrays=arrays, target=request.target, device=request.device, seed=request.seed,
-        trustBundle=request.trustBundle)
+    return jobs.analysisRequest(request, "evaluate", {"metrics": metrics or None, "provenance": json_safe(provenance)},
+                                arrays=arrays, target=request.target)
 
 
-def buildCompareRequest(logic: Any, p: Any) -> tasks.TaskRequest:
+def buildCompareRequest(logic: Any, p: Any) -> RunRequest:
     """Compare the checked methods (all methods for the model's task when none is checked).
 
     Each method runs with its parameters from the Explain section (the parameter node's JSON).
@@ -265,12 +267,10 @@ def buildCompareRequest(logic: Any, p: Any) -> tasks.TaskRequest:
     mask = _referenceMask(p)
     if mask is not None:
         arrays["mask"] = mask
-    return tasks.TaskRequest(
-        kind=tasks.TaskKind.compareMethods, image=request.image, modelPath=request.modelPath,
-        arguments={"methods": methods, "metrics": parseNames(p.evaluateMetrics) or None,
-                   "method_params": methodParams},
-        arrays=arrays, target=request.target, device=request.device, seed=request.seed,
-        trustBundle=request.trustBundle)
+    return jobs.analysisRequest(
+        request, "compare_methods",
+        {"methods": methods, "metrics": parseNames(p.evaluateMetrics) or None, "method_params": methodParams},
+        arrays=arrays, target=request.target)
 
 
 def _plotCurves(scene: Any, tablesByMetric: Mapping[str, Mapping[str, list]], name: str):
@@ -296,7 +296,7 @@ def _plotCurves(scene: Any, tablesByMetric: Mapping[str, Mapping[str, list]], na
     return chart
 
 
-def showScores(p: Any, result: tasks.TaskResult, referenceNode: Any) -> tuple[Any, Any]:
+def showScores(p: Any, result: RunResult, referenceNode: Any) -> tuple[Any, Any]:
     """NEW table (and curve chart) nodes for an evaluation of `referenceNode`; ``p.evaluateTable`` becomes the table."""
     scores = result.data.get("scores") or {}
     scene = referenceNode.GetScene()
@@ -309,7 +309,7 @@ def showScores(p: Any, result: tasks.TaskResult, referenceNode: Any) -> tuple[An
     return table, chart
 
 
-def showComparison(p: Any, result: tasks.TaskResult, referenceNode: Any) -> tuple[Any, Any]:
+def showComparison(p: Any, result: RunResult, referenceNode: Any) -> tuple[Any, Any]:
     """NEW table (and curve chart) nodes for a comparison; ``p.evaluateTable`` becomes the table."""
     scene = referenceNode.GetScene()
     name = f"{referenceNode.GetName()} · method comparison"
@@ -457,7 +457,7 @@ class EvaluateSection:
             return
         reference = p.inputVolume if compare else (p.evaluateAttribution or p.outputVolume)
 
-        def onResult(result: tasks.TaskResult) -> str:
+        def onResult(result: RunResult) -> str:
             from . import layouts
 
             table, chart = (showComparison if compare else showScores)(p, result, reference)
@@ -468,7 +468,7 @@ class EvaluateSection:
 
         self.host.runAnalysis(request, onResult, "comparison" if compare else "evaluation")
 
-    def _showRows(self, result: tasks.TaskResult, compare: bool) -> None:
+    def _showRows(self, result: RunResult, compare: bool) -> None:
         import qt
 
         widget = self.host.ui.evaluateResultsTableWidget

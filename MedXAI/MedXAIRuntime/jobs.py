@@ -1,82 +1,129 @@
-"""Explain jobs without Qt: what to run, the in-process run, and the subprocess job.
+"""Runs of the MedXAI module without Qt: building requests, the in-process run and the background job.
 
-:class:`ExplainRequest` is everything one Apply needs, already converted from MRML by the Bridge
-(an :class:`~MedXAILib.volume.ImageVolume` and a :class:`~MedXAILib.target.Target`). Two ways run it:
+Everything the module computes with a model (an explanation, boundary uncertainty, an evaluation, a
+comparison of methods, a counterfactual) is one :class:`MedXAILib.runs.RunRequest`, already converted
+from MRML by the Bridge, and comes back as one :class:`MedXAILib.runs.RunResult` (named volumes on the
+input grid and JSON data), whichever way it ran:
 
-- :func:`runInProcess`: :func:`MedXAILib.explain` in this interpreter, with a
-  :class:`~MedXAILib.monitor.Monitor` for progress and cancel;
-- :class:`ExplainJob`: writes the inputs to temporary NRRD files with :mod:`MedXAILib.io`, starts
-  ``python -m MedXAILib explain ... --progress-json`` (PythonSlicer in Slicer), is polled for
-  progress, and reads the attribution back. The temporary folder is always removed.
+- :func:`runInProcess`: :func:`MedXAILib.runs.run_request` in this interpreter, with a
+  :class:`~MedXAILib.monitor.Monitor` for progress and cancel (one cached model);
+- :class:`RunJob`: writes the request into a temporary folder (:func:`MedXAILib.runs.write_request`),
+  starts ``python -m MedXAILib.runs FOLDER`` (PythonSlicer in Slicer), is polled for its JSON-lines
+  progress without blocking, and reads the result back (:func:`MedXAILib.runs.read_result`); Cancel
+  kills the whole process tree. The temporary folder is always removed.
 
-:class:`BackgroundJob` is that subprocess lifecycle without the explain-specific parts; the
-analysis panels' :class:`~MedXAIRuntime.tasks.TaskJob` shares it.
-
-Nothing here imports qt or slicer; torch, MONAI and SimpleITK are imported inside the functions
-that need them, so Slicer can load this file before they are installed.
+:func:`explainRequest` and :func:`analysisRequest` are the Slicer-style constructors the widget and
+the panels use. Nothing here imports qt or slicer, and MedXAILib.runs is imported inside the
+functions (torch, MONAI and SimpleITK load only when a run starts), so Slicer can load this file
+before they are installed.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
-import numpy as np
-
-from MedXAILib.attribution import PROVENANCE_KEY, Attribution
-from MedXAILib.errors import InputError, MedXAIError
+from MedXAILib.errors import MedXAIError
 from MedXAILib.monitor import Monitor
 from MedXAILib.target import Target
 from MedXAILib.volume import ImageVolume
 
 from . import process
 
+if TYPE_CHECKING:
+    from MedXAILib.runs import RunRequest, RunResult
+
 __all__ = [
-    "ExplainRequest", "Outcome", "RunOutcome", "BackgroundProcessError", "ExplainProcessError",
-    "runInProcess", "BackgroundJob", "ExplainJob",
+    "KIND_TITLES", "explainRequest", "analysisRequest", "kindTitle", "runInProcess", "runCommand",
+    "RunOutcome", "RunProcessError", "RunJob",
 ]
 
 ProgressCallback = Callable[[float, str], None]
 
+#: What each kind of run is called in messages ("Starting the explanation process").
+KIND_TITLES = {
+    "explain": "explanation",
+    "boundary_uncertainty": "uncertainty analysis",
+    "evaluate": "evaluation",
+    "compare_methods": "comparison",
+    "counterfactual": "counterfactual",
+}
 
-@dataclass
-class ExplainRequest:
-    """One explanation to compute.
 
-    Attributes:
+def kindTitle(request: Any) -> str:
+    """The word for `request`'s kind in messages."""
+    kind = getattr(getattr(request, "kind", None), "value", getattr(request, "kind", ""))
+    return KIND_TITLES.get(str(kind), "computation")
+
+
+def explainRequest(
+    image: ImageVolume,
+    modelPath: str,
+    method: str = "integrated_gradients",
+    params: Optional[Mapping[str, Any]] = None,
+    target: Optional[Target] = None,
+    device: str = "auto",
+    seed: int = 0,
+    trustBundle: bool = False,
+) -> "RunRequest":
+    """The :class:`~MedXAILib.runs.RunRequest` of an explanation.
+
+    Args:
         image: the input, one channel per input volume, on the first volume's grid.
         modelPath: TorchScript file, exported program, MONAI bundle folder or model spec JSON.
         method: a registered method name.
         params: the method's parameters (names and values as in its parameter dataclass).
-        target: what to explain; a ``mask`` target carries its boolean (I, J, K) mask.
+        target: what to explain; a ``mask`` or ``boundary`` target carries its mask.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         seed: seeds every random draw.
         trustBundle: let a MONAI bundle's config run code.
     """
+    from MedXAILib.runs import RunRequest
 
-    image: ImageVolume
-    modelPath: str
-    method: str = "integrated_gradients"
-    params: dict[str, Any] = field(default_factory=dict)
-    target: Optional[Target] = None
-    device: str = "auto"
-    seed: int = 0
-    trustBundle: bool = False
-
-    @property
-    def voxelCount(self) -> int:
-        i, j, k = self.image.shape
-        return int(i) * int(j) * int(k) * self.image.n_channels
+    return RunRequest(kind="explain", image=image, model_path=modelPath,
+                      arguments={"method": method, "params": dict(params or {})}, target=target,
+                      device=device, seed=int(seed), trust_bundle=bool(trustBundle))
 
 
-class BackgroundProcessError(MedXAIError):
-    """A MedXAI subprocess failed; the message is its own one-line reason."""
+def analysisRequest(
+    base: "RunRequest",
+    kind: str,
+    arguments: Mapping[str, Any],
+    arrays: Optional[Mapping[str, Any]] = None,
+    target: Optional[Target] = None,
+) -> "RunRequest":
+    """Another kind of run on `base`'s input with its model, device, seed and trust.
+
+    Args:
+        base: usually the Explain section's request (:meth:`MedXAILogic.buildRequest`).
+        kind: ``boundary_uncertainty``, ``evaluate``, ``compare_methods`` or ``counterfactual``.
+        arguments: the kind's JSON arguments (:class:`MedXAILib.runs.RunKind`).
+        arrays: the kind's arrays on the image grid (``mask``, ``attribution``, ``region``).
+        target: what is evaluated (None for the kinds that take no target).
+    """
+    return dataclasses.replace(base, kind=kind, arguments=dict(arguments), arrays=dict(arrays or {}), target=target)
+
+
+def runInProcess(request: "RunRequest", monitor: Optional[Monitor] = None) -> "RunResult":
+    """Run `request` in this interpreter; MedXAILib errors and :class:`~MedXAILib.errors.Cancelled` rise."""
+    from MedXAILib.runs import run_request
+
+    return run_request(request, monitor)
+
+
+def runCommand(python: str, folder: Path) -> list[str]:
+    """``python -m MedXAILib.runs FOLDER``: the worker of every background run."""
+    return [str(python), "-m", "MedXAILib.runs", str(folder)]
+
+
+class RunProcessError(MedXAIError):
+    """A background run failed; the message is its own one-line reason."""
 
     def __init__(self, message: str, returnCode: Optional[int] = None, log: str = ""):
         super().__init__(message)
@@ -84,15 +131,11 @@ class BackgroundProcessError(MedXAIError):
         self.log = log
 
 
-class ExplainProcessError(BackgroundProcessError):
-    """The explain subprocess failed; the message is its own one-line reason."""
-
-
 @dataclass
-class Outcome:
+class RunOutcome:
     """How a run ended: exactly one of `result`, `error` or `cancelled` is set."""
 
-    result: Any = None
+    result: Optional["RunResult"] = None
     error: Optional[BaseException] = None
     cancelled: bool = False
     seconds: float = 0.0
@@ -102,95 +145,35 @@ class Outcome:
     def succeeded(self) -> bool:
         return self.result is not None
 
-
-class RunOutcome(Outcome):
-    """How an explanation ended; its `result` is the :class:`~MedXAILib.attribution.Attribution`."""
-
     @property
-    def attribution(self) -> Optional[Attribution]:
-        return self.result
-
-    @attribution.setter
-    def attribution(self, value: Optional[Attribution]) -> None:
-        self.result = value
+    def attribution(self) -> Any:
+        """An explanation's :class:`~MedXAILib.attribution.Attribution` (None without a result)."""
+        return None if self.result is None else self.result.attribution()
 
 
-# ------------------------------------------------------------------------------------------------
-# In-process
-
-
-_modelCache: dict[tuple, Any] = {}
-
-
-def loadModelCached(request: ExplainRequest) -> Any:
-    """Load the request's model, reusing the last one when path, file time, device and trust match."""
-    from MedXAILib.model import load_model
-
-    path = Path(request.modelPath)
-    try:
-        stamp = path.stat().st_mtime_ns
-    except OSError:
-        stamp = None
-    key = (str(path.resolve()) if path.exists() else str(path), stamp, request.device, request.trustBundle)
-    if key not in _modelCache:
-        _modelCache.clear()  # keep at most one model in memory
-        _modelCache[key] = load_model(path, trust_bundle=request.trustBundle, device=request.device)
-    return _modelCache[key]
-
-
-def runInProcess(request: ExplainRequest, monitor: Optional[Monitor] = None) -> Attribution:
-    """Run :func:`MedXAILib.explain` for `request` in this interpreter.
-
-    MedXAILib errors and :class:`~MedXAILib.errors.Cancelled` rise to the caller.
-    """
-    from MedXAILib.engine import explain
-
-    monitor = monitor or Monitor()
-    monitor.update(0.0, "Loading the model")
-    model = loadModelCached(request)
-    return explain(
-        request.image,
-        model,
-        request.method,
-        request.target,
-        request.params,
-        monitor=monitor,
-        seed=request.seed,
-    )
-
-
-# ------------------------------------------------------------------------------------------------
-# Subprocess
-
-
-class BackgroundJob:
-    """A MedXAI subprocess for one request, polled without blocking.
+class RunJob:
+    """``python -m MedXAILib.runs FOLDER`` for one request, polled without blocking.
 
     Usage::
 
-        job = ExplainJob(request)         # or another subclass
-        job.start()                       # writes the inputs, starts the process
+        job = RunJob(request)
+        job.start()                       # writes the request folder, starts the process
         while not job.finished:
             for fraction, message in job.poll(): ...
         outcome = job.outcome()           # reads the result; the temporary folder is removed
-
-    A subclass writes its inputs and names the command (:meth:`_prepare`), reads the result back
-    (:meth:`_readResult`), and sets the outcome and error types and `what` it runs (in messages).
     """
 
-    what = "background"
-    tempPrefix = "MedXAI-"
-    outcomeType: Callable[..., Outcome] = Outcome
-    errorType: Callable[..., BaseException] = BackgroundProcessError
+    tempPrefix = "MedXAI-run-"
 
     def __init__(
         self,
-        request: Any,
+        request: "RunRequest",
         python: Optional[str] = None,
         env: Optional[Mapping[str, str]] = None,
         tempRoot: Optional[str] = None,
     ):
         self.request = request
+        self.what = kindTitle(request)
         self.python = python or process.pythonExecutable()
         self.env = env
         self.tempRoot = tempRoot
@@ -204,34 +187,23 @@ class BackgroundJob:
         self._process: Optional[process.BackgroundProcess] = None
         self._cancelled = False
         self._started = 0.0
-        self._outcome: Optional[Outcome] = None
-
-    # -- what a subclass provides ------------------------------------------------------------
-
-    def _prepare(self, folder: Path) -> list[str]:
-        """Write the inputs into `folder`; return the command to run."""
-        raise NotImplementedError
-
-    def _readResult(self) -> Any:
-        """The result the finished process left in :attr:`folder`."""
-        raise NotImplementedError
-
-    def _environment(self) -> dict[str, str]:
-        return process.childEnvironment(self.env, process.libraryRoot())
-
-    # -- lifecycle ---------------------------------------------------------------------------
+        self._outcome: Optional[RunOutcome] = None
 
     def start(self) -> None:
-        """Write the inputs into a new temporary folder and start the process."""
+        """Write the request into a new temporary folder and start the worker."""
+        from MedXAILib.runs import write_request
+
         self._started = time.monotonic()
         self.folder = Path(tempfile.mkdtemp(prefix=self.tempPrefix, dir=self.tempRoot))
         try:
-            self.command = self._prepare(self.folder)
+            write_request(self.request, self.folder)
+            self.command = runCommand(self.python, self.folder)
             logging.info("MedXAI: starting %s", " ".join(self.command))
+            root = process.libraryRoot()
             self._process = process.BackgroundProcess(
                 self.command,
-                cwd=process.libraryRoot(),  # `-m MedXAILib` finds the package shipped beside the module
-                env=self._environment(),
+                cwd=root,  # `-m MedXAILib.runs` finds the package shipped beside the module
+                env=process.childEnvironment(self.env, root),
                 stderrPath=self.folder / "stderr.txt",
             )
             self._process.start()
@@ -277,7 +249,7 @@ class BackgroundJob:
             self._process.readLines()
             self.returnCode = self._process.popen.returncode if self._process.popen is not None else -1
 
-    def wait(self, timeout: Optional[float] = None, onProgress: Optional[ProgressCallback] = None) -> Outcome:
+    def wait(self, timeout: Optional[float] = None, onProgress: Optional[ProgressCallback] = None) -> RunOutcome:
         """Poll until the process ends (scripts and tests; the GUI uses a timer instead)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.finished:
@@ -290,24 +262,26 @@ class BackgroundJob:
             time.sleep(0.05)
         return self.outcome()
 
-    def outcome(self) -> Outcome:
+    def outcome(self) -> RunOutcome:
         """The result once finished: read it back (or the error), then remove the temporary folder."""
+        from MedXAILib.runs import EXIT_CANCELLED, EXIT_OK, read_result
+
         if self._outcome is not None:
             return self._outcome
         if not self.finished:
             raise RuntimeError(f"the {self.what} process is still running")
         stderr = self._process.stderrText() if self._process is not None else ""
         log = "\n".join(self.logLines + ([stderr] if stderr else []))
-        outcome = self.outcomeType(seconds=self.elapsedSeconds, log=log)
+        outcome = RunOutcome(seconds=self.elapsedSeconds, log=log)
         try:
-            if self._cancelled or self.returnCode == process.EXIT_CANCELLED:
+            if self._cancelled or self.returnCode == EXIT_CANCELLED:
                 outcome.cancelled = True
-            elif self.returnCode == process.EXIT_OK:
-                outcome.result = self._readResult()
+            elif self.returnCode == EXIT_OK:
+                outcome.result = read_result(self.folder)
             else:
                 message = process.lastErrorLine(stderr, self.returnCode)
                 logging.error("MedXAI %s failed (exit code %s):\n%s", self.what, self.returnCode, stderr)
-                outcome.error = self.errorType(message, self.returnCode, log)
+                outcome.error = RunProcessError(message, self.returnCode, log)
         except Exception as error:  # reading the result back failed
             outcome.error = error
         finally:
@@ -329,57 +303,3 @@ class BackgroundJob:
             self.cleanup()
         except Exception:
             pass
-
-
-class ExplainJob(BackgroundJob):
-    """``python -m MedXAILib explain`` for one :class:`ExplainRequest`, polled without blocking."""
-
-    what = "explain"
-    outcomeType = RunOutcome
-    errorType = ExplainProcessError
-
-    def _prepare(self, folder: Path) -> list[str]:
-        from MedXAILib.io import write_image  # SimpleITK: only when a job runs
-
-        image = self.request.image
-        imagePaths = []
-        for channel in range(image.n_channels):
-            path = folder / f"image_{channel}.nrrd"
-            write_image(image.with_array(image.array[channel : channel + 1]), path, compress=False)
-            imagePaths.append(path)
-        maskPath = None
-        target = self.request.target
-        if target is not None and target.region == "mask":
-            maskPath = folder / "target_mask.nrrd"
-            mask = np.asarray(target.mask).astype(np.float32)[np.newaxis]
-            write_image(image.with_array(mask), maskPath)
-        return process.explainCommand(
-            self.python,
-            imagePaths,
-            self.request.modelPath,
-            folder / "attribution.nrrd",
-            summaryPath=folder / "summary.json",
-            method=self.request.method,
-            params=self.request.params,
-            target=target,
-            maskPath=maskPath,
-            device=self.request.device,
-            seed=self.request.seed,
-            trustBundle=self.request.trustBundle,
-        )
-
-    def _readResult(self) -> Attribution:
-        from MedXAILib.io import read_image
-
-        assert self.folder is not None
-        out = self.folder / "attribution.nrrd"
-        if not out.is_file():
-            raise InputError("the explain process ended without writing its attribution file")
-        volume = read_image(out)
-        summary = self.folder / "summary.json"
-        provenance: dict[str, Any] = {}
-        if summary.is_file():
-            provenance = json.loads(summary.read_text(encoding="utf-8")).get("provenance", {})
-        elif PROVENANCE_KEY in volume.meta.get("header", {}):
-            provenance = json.loads(volume.meta["header"][PROVENANCE_KEY])
-        return Attribution(array=volume.array, affine=volume.affine, provenance=provenance)

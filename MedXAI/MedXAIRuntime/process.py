@@ -1,9 +1,9 @@
-"""Qt-free subprocess plumbing for running ``python -m MedXAILib explain`` next to Slicer.
+"""Qt-free subprocess plumbing for running MedXAI processes next to Slicer.
 
 Everything here is plain Python (no qt, no slicer), so it is unit tested with pytest:
 
-- :func:`explainCommand` builds the command line of ``medxai explain`` for a request;
-- :func:`parseOutputLine` reads one line of ``--progress-json`` output;
+- :func:`parseOutputLine` reads one line of the JSON-lines progress every MedXAI process writes
+  (:mod:`MedXAILib.runs.protocol`);
 - :func:`lastErrorLine` picks the message to show from the process's stderr;
 - :func:`popenKeywords` starts the process in its own session / process group, and
   :func:`killProcessTree` ends it together with every process it started (the PythonSlicer
@@ -11,6 +11,9 @@ Everything here is plain Python (no qt, no slicer), so it is unit tested with py
   child running: DESIGN.md, section 6);
 - :class:`BackgroundProcess` reads stdout on a thread into a queue that the caller drains without
   blocking (the Qt runner drains it from a ``QTimer``).
+
+The exit codes (``process.EXIT_OK``, ``EXIT_BAD_INPUT``, ``EXIT_CANCELLED``, ...) are those of
+:mod:`MedXAILib.runs.protocol`, looked up there on first use.
 """
 
 from __future__ import annotations
@@ -27,17 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from MedXAILib.target import Target
-
 __all__ = [
     "ProgressEvent",
     "DoneEvent",
     "LogLine",
     "parseOutputLine",
     "lastErrorLine",
-    "formatParameterValue",
-    "targetArguments",
-    "explainCommand",
     "libraryRoot",
     "childEnvironment",
     "pythonExecutable",
@@ -47,7 +45,17 @@ __all__ = [
     "BackgroundProcess",
 ]
 
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130  # as MedXAILib.cli.main
+_EXIT_CODES = ("EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_CANCELLED")
+
+
+def __getattr__(name: str) -> Any:
+    # The exit codes have one definition, in MedXAILib.runs.protocol; imported on first use because
+    # Slicer loads this file at start-up, where only MedXAILib's light core may be imported.
+    if name in _EXIT_CODES:
+        from MedXAILib.runs import protocol
+
+        return getattr(protocol, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -81,9 +89,9 @@ OutputEvent = Union[ProgressEvent, DoneEvent, LogLine]
 
 
 def parseOutputLine(line: str) -> Optional[OutputEvent]:
-    """Parse one stdout line of ``medxai explain --progress-json``; None for a blank line.
+    """Parse one stdout line of a MedXAI process (``--progress-json``, the run worker); None for a blank line.
 
-    Lines that are not the CLI's JSON objects come back as :class:`LogLine`, so a stray print from a
+    Lines that are not the protocol's JSON objects come back as :class:`LogLine`, so a stray print from a
     library never breaks the progress display.
     """
     text = line.strip()
@@ -111,7 +119,7 @@ def parseOutputLine(line: str) -> Optional[OutputEvent]:
 def lastErrorLine(stderrText: str, returnCode: Optional[int] = None) -> str:
     """The line to show the user from a failed run's stderr.
 
-    The CLI prints ``medxai: error: <reason>`` for bad input (exit code 2); the reason is returned
+    MedXAI processes print ``medxai: error: <reason>`` for bad input (exit code 2); the reason is returned
     without the prefix. Otherwise the last non-empty line is returned (for a Python traceback,
     that is the exception), or a generic message naming the exit code.
     """
@@ -122,105 +130,8 @@ def lastErrorLine(stderrText: str, returnCode: Optional[int] = None) -> str:
     if lines:
         return lines[-1]
     if returnCode is not None and returnCode < 0:
-        return f"the explain process was ended by signal {-returnCode}"
-    return f"the explain process failed with exit code {returnCode}" if returnCode is not None else "the explain process failed"
-
-
-# ------------------------------------------------------------------------------------------------
-# Building the command line
-
-
-def formatParameterValue(value: Any) -> str:
-    """A method parameter as the CLI's ``--param NAME=VALUE`` expects it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-def _indices(values: Sequence[int]) -> str:
-    return ",".join(str(int(v)) for v in values)
-
-
-def targetArguments(target: Optional[Target], maskPath: Optional[Union[str, Path]] = None) -> list[str]:
-    """The ``--target-*`` options for `target` (a ``mask`` target needs `maskPath`, the mask file).
-
-    Options are written as ``--option=value`` so that a value can never be taken for an option.
-    """
-    if target is None:
-        return []
-    args: list[str] = []
-    if target.class_index is not None:
-        args.append(f"--target-class={int(target.class_index)}")
-    region = target.region
-    if region == "predicted":
-        args.append("--target-predicted")
-    elif region == "mask":
-        if maskPath is None:
-            raise ValueError("a mask target needs the path of the mask file written for the subprocess")
-        args.append(f"--target-mask={maskPath}")
-    elif region == "box":
-        args.append(f"--target-box={_indices(target.box)}")
-    elif region == "voxel":
-        args.append(f"--target-voxel={_indices(target.voxel)}")
-    elif region == "component":
-        args.append(f"--target-component={_indices(target.voxel)}")
-    elif region == "boundary":
-        if target.mask is not None:  # the explain command bands only predicted structures
-            raise ValueError("a boundary band around a user mask runs through the task worker, not 'explain'")
-        args.append(f"--target-boundary={float(target.band_mm[0])},{float(target.band_mm[1])}")
-    elif region != "class":
-        raise ValueError(f"unknown target region {region!r}")
-    if target.score in ("probability", "margin"):
-        args.append(f"--target-{target.score}")
-    if target.reduction == "mean":
-        args.append("--target-mean")
-    return args
-
-
-def explainCommand(
-    python: Union[str, Path],
-    imagePaths: Sequence[Union[str, Path]],
-    modelPath: Union[str, Path],
-    outPath: Union[str, Path],
-    *,
-    summaryPath: Optional[Union[str, Path]] = None,
-    method: str = "integrated_gradients",
-    params: Optional[Mapping[str, Any]] = None,
-    target: Optional[Target] = None,
-    maskPath: Optional[Union[str, Path]] = None,
-    device: str = "auto",
-    seed: int = 0,
-    trustBundle: bool = False,
-) -> list[str]:
-    """The argument list of ``python -m MedXAILib explain ... --progress-json``.
-
-    Args:
-        python: the interpreter (PythonSlicer inside Slicer).
-        imagePaths: one single-channel file per input channel, all on one grid.
-        modelPath: model file, bundle folder or spec JSON.
-        outPath: the attribution file to write (``.nrrd``).
-        summaryPath: the JSON summary to write (provenance and statistics).
-        method, params, target, device, seed, trustBundle: as for :func:`MedXAILib.explain`.
-    """
-    if not imagePaths:
-        raise ValueError("at least one image path is needed")
-    command = [str(python), "-m", "MedXAILib", "explain"]
-    for path in imagePaths:
-        command.append(f"--image={path}")
-    command.append(f"--model={modelPath}")
-    if trustBundle:
-        command.append("--trust-bundle")
-    command.append(f"--method={method}")
-    for name, value in (params or {}).items():
-        command += ["--param", f"{name}={formatParameterValue(value)}"]
-    command += targetArguments(target, maskPath)
-    command += [f"--device={device or 'auto'}", f"--seed={int(seed)}", f"--out={outPath}"]
-    if summaryPath is not None:
-        command.append(f"--json={summaryPath}")
-    command.append("--progress-json")
-    return command
+        return f"the process was ended by signal {-returnCode}"
+    return f"the process failed with exit code {returnCode}" if returnCode is not None else "the process failed"
 
 
 # ------------------------------------------------------------------------------------------------

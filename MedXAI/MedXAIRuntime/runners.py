@@ -1,23 +1,23 @@
-"""The two ways the MedXAI widget runs an :class:`~MedXAIRuntime.jobs.ExplainRequest`.
+"""The two ways the MedXAI widget runs a :class:`MedXAILib.runs.RunRequest`, and a plain command runner.
 
-Both have the same interface::
+Both run every kind of run (explanations and the analyses of the other sections) and have the same
+interface::
 
     runner.start(request, onProgress, onFinished)   # onProgress(fraction, message, elapsedSeconds)
     runner.cancel()                                 # onFinished(RunOutcome) is still called once
     runner.running
 
-- :class:`InProcessRunner` runs :func:`MedXAILib.explain` on the main thread (only the main thread
-  touches MRML and Qt), processing application events at every progress update so the Cancel
-  button and the progress bar stay alive. For light jobs: no start-up cost, but the GUI is only
-  as responsive as the method's progress updates.
-- :class:`SubprocessRunner` runs ``python -m MedXAILib explain`` (PythonSlicer) through
-  :class:`~MedXAIRuntime.jobs.ExplainJob` and polls it with a ``qt.QTimer``: Slicer stays fully
+- :class:`InProcessRunner` runs :func:`MedXAILib.runs.run_request` on the main thread (only the main
+  thread touches MRML and Qt), processing application events at every progress update so the Cancel
+  button and the progress bar stay alive. For light runs: no start-up cost, but the GUI is only as
+  responsive as the run's progress updates.
+- :class:`SubprocessRunner` runs ``python -m MedXAILib.runs FOLDER`` (PythonSlicer) through
+  :class:`~MedXAIRuntime.jobs.RunJob` and polls it with a ``qt.QTimer``: Slicer stays fully
   responsive, a crash of the computation cannot take Slicer down, and Cancel kills the whole
   process tree.
 
-Both are generic: the analysis panels' :class:`~MedXAIRuntime.tasks.TaskRunner` and
-:class:`~MedXAIRuntime.tasks.SubprocessTaskRunner` are these runners with another computation, job
-and outcome type.
+:func:`chooseRunMode` picks one for the ``auto`` run mode. :class:`CommandRunner` runs any other
+command (the demo's training) the same non-blocking way.
 
 Qt and slicer are imported lazily (the default scheduler and event processor), and both can be
 injected, so the runners are exercised by pytest without Slicer (``Testing/Runtime``).
@@ -33,15 +33,15 @@ from typing import Any, Callable, Optional
 from MedXAILib.errors import Cancelled
 from MedXAILib.monitor import Monitor
 
-from .jobs import BackgroundJob, ExplainJob, Outcome, RunOutcome, runInProcess
+from .jobs import RunJob, RunOutcome, kindTitle, runInProcess
 
 __all__ = [
     "RunMode", "InProcessRunner", "SubprocessRunner", "CommandRunner", "chooseRunMode", "resolveRunMode",
-    "RUN_MODES", "LIGHT_FAMILIES", "LIGHT_VOXELS",
+    "isLightRun", "RUN_MODES", "LIGHT_FAMILIES", "LIGHT_KINDS", "LIGHT_VOXELS",
 ]
 
 ProgressCallback = Callable[[float, str, float], None]
-FinishedCallback = Callable[[Outcome], None]  # a RunOutcome, or a subclass' outcome type
+FinishedCallback = Callable[[RunOutcome], None]
 Scheduler = Callable[[int, Callable[[], None]], None]
 
 
@@ -62,17 +62,31 @@ class RunMode(enum.Enum):
 
 
 RUN_MODES = tuple(mode.value for mode in RunMode)
-LIGHT_FAMILIES = ("gradient", "cam")  # a few forward/backward passes
+LIGHT_FAMILIES = ("gradient", "cam")  # explanations of a few forward/backward passes
+# Uncertainty is a handful of forward passes (flips, dropout samples); evaluations and comparisons
+# explain many times and counterfactuals optimise, so ``auto`` runs them where Cancel is immediate.
+LIGHT_KINDS = ("boundary_uncertainty",)
 LIGHT_VOXELS = 2**22  # about 160^3 voxels (all channels together)
 
 
-def chooseRunMode(mode, family: str, voxelCount: int) -> str:
-    """``inProcess`` or ``subprocess`` for a requested `mode` (``auto`` decides by the job's weight).
-
-    ``auto`` runs light jobs (gradient and CAM methods on volumes up to :data:`LIGHT_VOXELS`) in
-    process and everything else (perturbation, Shapley, large volumes) in a subprocess.
+def isLightRun(request: Any) -> bool:
+    """Whether `request` is light enough to run in Slicer: a gradient or CAM explanation, or a
+    :data:`LIGHT_KINDS` analysis, on at most :data:`LIGHT_VOXELS` voxels.
     """
-    return resolveRunMode(mode, family in LIGHT_FAMILIES and voxelCount <= LIGHT_VOXELS)
+    import MedXAILib
+
+    if request.voxel_count > LIGHT_VOXELS:
+        return False
+    kind = getattr(request.kind, "value", request.kind)
+    if kind == "explain":
+        return MedXAILib.METHODS.get(request.arguments.get("method", "")).family in LIGHT_FAMILIES
+    return kind in LIGHT_KINDS
+
+
+def chooseRunMode(mode: Any, request: Any) -> str:
+    """``inProcess`` or ``subprocess`` for `request` in `mode` (``auto`` decides by :func:`isLightRun`)."""
+    value = getattr(mode, "value", mode)
+    return resolveRunMode(mode, value == "auto" and isLightRun(request))
 
 
 def resolveRunMode(mode: Any, light: bool) -> str:
@@ -103,12 +117,8 @@ def _defaultScheduler(delayMs: int, callback: Callable[[], None]) -> None:
 class InProcessRunner:
     """Runs a request on the calling (main) thread; returns after `onFinished` was called.
 
-    `run(request, monitor)` computes the result (:func:`~MedXAIRuntime.jobs.runInProcess` unless
-    given); a subclass names its outcome type and, for the log, `what` it computes.
+    `run(request, monitor)` computes the result (:func:`~MedXAIRuntime.jobs.runInProcess` unless given).
     """
-
-    outcomeType: Callable[..., Outcome] = RunOutcome
-    what = "explanation"
 
     def __init__(self, processEvents: Optional[Callable[[], None]] = None,
                  run: Optional[Callable[[Any, Monitor], Any]] = None):
@@ -130,14 +140,14 @@ class InProcessRunner:
             self._processEvents()  # lets Cancel be clicked; the monitor checks it next
 
         self._monitor = Monitor(progress, min_interval_s=0.1)
-        outcome = self.outcomeType()
+        outcome = RunOutcome()
         try:
             self._processEvents()
             outcome.result = self._run(request, self._monitor)
         except Cancelled:
             outcome.cancelled = True
         except Exception as error:  # delivered to the widget, which shows it
-            logging.exception("MedXAI: the %s failed", self.what)
+            logging.exception("MedXAI: the %s failed", kindTitle(request))
             outcome.error = error
         finally:
             self._monitor = None
@@ -150,12 +160,8 @@ class InProcessRunner:
 
 
 class SubprocessRunner:
-    """Runs a request in a :class:`~MedXAIRuntime.jobs.BackgroundJob` and polls it without blocking.
-
-    `jobType` is the job class (:class:`~MedXAIRuntime.jobs.ExplainJob`: ``python -m MedXAILib explain``).
-    """
-
-    jobType: Callable[..., BackgroundJob] = ExplainJob
+    """Runs a request in a :class:`~MedXAIRuntime.jobs.RunJob` (``python -m MedXAILib.runs FOLDER``) and polls it
+    without blocking."""
 
     def __init__(
         self,
@@ -168,7 +174,7 @@ class SubprocessRunner:
         self._pollIntervalMs = pollIntervalMs
         self._schedule = scheduler or _defaultScheduler
         self._env = env
-        self._job: Optional[BackgroundJob] = None
+        self._job: Optional[RunJob] = None
         self._onProgress: Optional[ProgressCallback] = None
         self._onFinished: Optional[FinishedCallback] = None
 
@@ -177,7 +183,7 @@ class SubprocessRunner:
         return self._job is not None
 
     @property
-    def job(self) -> Optional[BackgroundJob]:
+    def job(self) -> Optional[RunJob]:
         return self._job
 
     def start(self, request: Any, onProgress: ProgressCallback, onFinished: FinishedCallback) -> None:
@@ -186,7 +192,7 @@ class SubprocessRunner:
         env = self._env
         if env is None:
             env = _startupEnvironment()
-        job = self.jobType(request, python=self._python, env=env)
+        job = RunJob(request, python=self._python, env=env)
         job.start()  # errors writing the inputs or starting the process rise to the caller
         self._job, self._onProgress, self._onFinished = job, onProgress, onFinished
         onProgress(0.0, f"Starting the {job.what} process", 0.0)
@@ -202,7 +208,7 @@ class SubprocessRunner:
         except Exception as error:  # never leave a timer loop with an exception
             logging.exception("MedXAI: polling the %s process failed", job.what)
             job.cancel()
-            self._finish(job.outcomeType(error=error, seconds=job.elapsedSeconds))
+            self._finish(RunOutcome(error=error, seconds=job.elapsedSeconds))
             return
         if job.finished:
             self._finish(job.outcome())

@@ -1,11 +1,15 @@
-"""Progress display for the command line: a bar on a terminal, or JSON lines for programs."""
+"""Progress display for the command line: a bar on a terminal, or JSON lines for programs.
+
+The JSON lines are :func:`MedXAILib.runs.protocol.json_lines`, the format every MedXAI process writes.
+"""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import Callable, TextIO
+
+from ..runs.protocol import json_lines  # the one JSON-lines writer, shared with the run worker
 
 __all__ = ["terminal_bar", "json_lines", "silent"]
 
@@ -24,19 +28,6 @@ def terminal_bar(stream: TextIO | None = None, width: int = 30) -> Callable[[flo
         stream.flush()
 
     return show
-
-
-def json_lines(stream: TextIO | None = None) -> Callable[[float, str], None]:
-    """One JSON object per update on stdout: ``{"progress": 0.45, "message": "...", "elapsed_s": 3.2}``."""
-    stream = stream or sys.stdout  # looked up now, not at import, so redirection works
-    started = time.monotonic()
-
-    def emit(fraction: float, message: str) -> None:
-        record = {"progress": round(fraction, 4), "message": message, "elapsed_s": round(time.monotonic() - started, 3)}
-        stream.write(json.dumps(record) + "\n")
-        stream.flush()
-
-    return emit
 
 
 def silent(fraction: float, message: str) -> None:

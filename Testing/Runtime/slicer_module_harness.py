@@ -260,21 +260,21 @@ def main(source: Path, out: Path) -> None:
     p.segmentation, p.segmentId = segmentation, segmentation.GetSegmentation().GetNthSegmentID(0)
     p.targetKind = TargetKind.segment
     request = logic.buildRequest(p)
-    result = logic.showResult(jobs.runInProcess(request), p)
+    result = logic.showResult(jobs.runInProcess(request).attribution(), p)
     results["targets"] = {"box": list(box), "voxel": list(voxel), "maskVoxels": int(request.target.mask.sum()),
                           "labelVoxels": int(labels.sum()), "segmentResult": result.GetName()}
 
     # the Boundary, Statistics, Evaluate and Counterfactual panels' logic with the real parameter node
-    from MedXAIRuntime import boundaryPanel, counterfactualPanel, evaluatePanel, statisticsPanel, tasks
+    from MedXAIRuntime import boundaryPanel, counterfactualPanel, evaluatePanel, statisticsPanel
 
     segmentId = segmentation.GetSegmentation().GetNthSegmentID(0)
     p.boundarySegmentation, p.boundarySegmentId = segmentation, segmentId
     p.boundaryInnerMm, p.boundaryOuterMm, p.boundaryClass = 1.5, 3.0, 2
     boundaryRequest = boundaryPanel.buildBoundaryRequest(logic, p)
-    boundaryResult = logic.showResult(jobs.runInProcess(boundaryRequest), p)
+    boundaryResult = logic.showResult(jobs.runInProcess(boundaryRequest).attribution(), p)
     outcomes = []
-    tasks.TaskRunner(processEvents=lambda: None).start(boundaryPanel.buildUncertaintyRequest(logic, p),
-                                                       lambda *a: None, outcomes.append)
+    runners.InProcessRunner(processEvents=lambda: None).start(boundaryPanel.buildUncertaintyRequest(logic, p),
+                                                              lambda *a: None, outcomes.append)
     uncertainty = boundaryPanel.showUncertainty(p, outcomes[0].result, volume)
     profile = boundaryPanel.computeProfile(p, p.outputVolume)
     boundaryPanel.showProfile(p, p.outputVolume, profile)
@@ -283,13 +283,13 @@ def main(source: Path, out: Path) -> None:
     table, attributionNode = statisticsPanel.computeStatistics(p)
     statisticsPanel.showStatistics(p, table, attributionNode)
     p.evaluateAttribution, p.evaluateMetrics = boundaryResult, "sparseness,deletion"
-    evaluation = tasks.runTask(evaluatePanel.buildEvaluateRequest(logic, p))
+    evaluation = jobs.runInProcess(evaluatePanel.buildEvaluateRequest(logic, p))
     evaluatePanel.showScores(p, evaluation, boundaryResult)
     p.modelPath = str(spec)  # the classifier
     p.counterfactualGoal = counterfactualPanel.CounterfactualGoal.classProbability
     p.counterfactualClass, p.counterfactualTargetProbability = 1, 0.0
     p.counterfactualParameters = forms.encodeMethodParameters({"gradient_search": {"max_steps": 3}})
-    counterfactual = tasks.runTask(counterfactualPanel.buildCounterfactualRequest(logic, p))
+    counterfactual = jobs.runInProcess(counterfactualPanel.buildCounterfactualRequest(logic, p))
     cfNode, differenceNode = counterfactualPanel.showCounterfactual(p, counterfactual, volume)
     p.modelPath = str(unet)
     p.evaluateMode = evaluatePanel.EvaluateMode.compare

@@ -309,7 +309,7 @@ def test_panel_modules_import_without_torch_monai_scipy_or_qt():
     code = (
         "import sys\n"
         f"sys.path[:0] = [{str(runtime_paths.MODULE_DIR)!r}, {str(runtime_paths.ROOT)!r}]\n"
-        "import MedXAIRuntime.tasks, MedXAIRuntime.taskWorker, MedXAIRuntime.analysisNodes, MedXAIRuntime.layouts\n"
+        "import MedXAIRuntime.jobs, MedXAIRuntime.runners, MedXAIRuntime.analysisNodes, MedXAIRuntime.layouts\n"
         "import MedXAIRuntime.boundaryPanel, MedXAIRuntime.statisticsPanel, MedXAIRuntime.evaluatePanel\n"
         "import MedXAIRuntime.counterfactualPanel, MedXAIRuntime.relevanceMeasures\n"
         "heavy = sorted(m for m in ('torch', 'monai', 'SimpleITK', 'scipy', 'qt', 'slicer', 'vtk') if m in sys.modules)\n"

@@ -30,7 +30,7 @@ from MedXAIRuntime import (  # noqa: E402
     layouts,
     statisticsPanel,
 )
-from MedXAIRuntime.tasks import TaskResult  # noqa: E402
+from MedXAILib.runs import RunResult  # noqa: E402
 
 pytestmark = pytest.mark.mrml
 
@@ -127,7 +127,7 @@ def test_uncertainty_nodes_overlay_and_outlines(setup, scene):
     maps = {"probability": probability, "entropy": entropy, "variance": entropy / 10}
     volumes = {k: ImageVolume(v[np.newaxis], setup.affine) for k, v in maps.items()}
     p = parameters(inputVolume=setup.inputNode)
-    nodes = boundaryPanel.showUncertainty(p, TaskResult(volumes=volumes, data={"class_index": 1}), setup.inputNode)
+    nodes = boundaryPanel.showUncertainty(p, RunResult(volumes=volumes, data={"class_index": 1}), setup.inputNode)
     assert p.boundaryUncertaintyVolume is nodes["entropy"]
     assert nodes["entropy"].GetAttribute(analysisNodes.RESULT_ATTRIBUTE) == "uncertainty"
     np.testing.assert_allclose(mrmlTesting.ijkArray(nodes["variance"]), maps["variance"])
@@ -215,7 +215,7 @@ def test_counterfactual_nodes_and_comparison_views(setup, scene):
             "metrics": {"validity": {"reached": True}},
             "provenance": {"generator": "gradient_search", "generator_title": "Gradient search",
                            "goal": {"kind": "class_probability", "class_index": 1}}}
-    result = TaskResult(volumes={"counterfactual": ImageVolume((setup.image + change)[np.newaxis], setup.affine),
+    result = RunResult(volumes={"counterfactual": ImageVolume((setup.image + change)[np.newaxis], setup.affine),
                                  "difference": ImageVolume(change[np.newaxis], setup.affine)}, data=data)
     setup.inputNode.GetDisplayNode().SetAutoWindowLevel(False)
     setup.inputNode.GetDisplayNode().SetWindowLevel(400.0, 40.0)
@@ -246,7 +246,7 @@ def test_evaluation_tables_and_curves(setup):
                            "fractions": [0.0, 0.5, 1.0], "curve": [2.0, 1.0, 0.5]},
               "sparseness": {"value": 0.6, "higher_is_better": None, "seconds": 0.1}}
     p = parameters()
-    table, chart = evaluatePanel.showScores(p, TaskResult(data={"scores": scores}),
+    table, chart = evaluatePanel.showScores(p, RunResult(data={"scores": scores}),
                                             setup.resultNode)
     assert p.evaluateTable is table and table.GetTable().GetNumberOfRows() == 2
     assert table.GetName() == f"{setup.resultNode.GetName()} · evaluation"
@@ -255,7 +255,7 @@ def test_evaluation_tables_and_curves(setup):
                   "ranking": [{"method": "input_x_gradient", "mean_rank": 1.0}, {"method": "saliency", "mean_rank": 2.0}],
                   "curves": {"saliency": {"deletion": {"fractions": [0, 1], "curve": [1, 0.3]}},
                              "input_x_gradient": {"deletion": {"fractions": [0, 1], "curve": [1, 0.1]}}}}
-    table, chart = evaluatePanel.showComparison(p, TaskResult(data=comparison), setup.inputNode)
+    table, chart = evaluatePanel.showComparison(p, RunResult(data=comparison), setup.inputNode)
     columns = analysisNodes.columnsFromTableNode(table)
     assert columns["method"] == ["saliency", "input_x_gradient"] and columns["mean_rank"] == [2.0, 1.0]
     assert chart.GetNumberOfPlotSeriesNodes() == 2

@@ -1,8 +1,7 @@
-"""MedXAIRuntime.process: the explain command line, progress parsing and killing process trees."""
+"""MedXAIRuntime.process: progress parsing, the library environment of a child and killing process trees."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -11,26 +10,21 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import runtime_paths  # noqa: F401  (puts MedXAIRuntime and MedXAILib on sys.path)
 
-from MedXAILib.cli.main import build_parser
-from MedXAILib.cli.progress import json_lines
-from MedXAILib.target import Target
+from MedXAILib.runs import protocol
 from MedXAIRuntime import process
 from MedXAIRuntime.process import (
     BackgroundProcess,
     DoneEvent,
     LogLine,
     ProgressEvent,
-    explainCommand,
     isProcessAlive,
     killProcessTree,
     lastErrorLine,
     parseOutputLine,
-    targetArguments,
 )
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX process groups")
@@ -40,13 +34,13 @@ posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX process groups")
 # Parsing
 
 
-def test_parse_reads_what_the_cli_progress_sink_writes(tmp_path):
+def test_parse_reads_what_the_protocol_writes(tmp_path):
     stream_path = tmp_path / "out.txt"
     with open(stream_path, "w") as stream:
-        emit = json_lines(stream)
+        emit = protocol.json_lines(stream)
         emit(0.25, "Integrated gradients: 8/32 path points")
         emit(1.0, "done")
-        stream.write(json.dumps({"done": True, "outputs": ["/tmp/a.nrrd", "/tmp/s.json"]}) + "\n")
+        protocol.write_done(["/tmp/a.nrrd", Path("/tmp/s.json")], ["a caveat"], stream)
     events = [parseOutputLine(line) for line in stream_path.read_text().splitlines()]
     assert isinstance(events[0], ProgressEvent)
     assert events[0].fraction == 0.25 and events[0].message.startswith("Integrated gradients")
@@ -78,48 +72,11 @@ def test_last_error_line_prefers_the_cli_reason():
     assert "signal 9" in lastErrorLine("", -9)
 
 
-# ------------------------------------------------------------------------------------------------
-# Command line: what we build, the real CLI parser accepts
-
-
-def _parse(command):
-    assert command[1:4] == ["-m", "MedXAILib", "explain"]
-    return build_parser().parse_args(command[3:])
-
-
-@pytest.mark.parametrize(
-    "target, check",
-    [
-        (None, lambda a: a.target_class is None and not a.target_predicted),
-        (Target(class_index=1), lambda a: a.target_class == 1 and a.target_mask is None),
-        (Target(class_index=2, region="predicted", score="probability", reduction="mean"),
-         lambda a: a.target_predicted and a.target_probability and a.target_mean),
-        (Target(class_index=1, region="mask", mask=np.ones((2, 2, 2), bool)), lambda a: a.target_mask == "/t/mask.nrrd"),
-        (Target(class_index=1, region="box", box=(0, 1, 2, 5, 6, 7)), lambda a: a.target_box == (0, 1, 2, 5, 6, 7)),
-        (Target(class_index=1, region="voxel", voxel=(3, 4, 5)), lambda a: a.target_voxel == (3, 4, 5)),
-        (Target(class_index=1, region="component", voxel=(3, 4, 5)), lambda a: a.target_component == (3, 4, 5)),
-    ],
-)
-def test_explain_command_parses_with_the_cli(target, check):
-    command = explainCommand(
-        "/usr/bin/python3", ["/t/image_0.nrrd", "/t/image 1.nrrd"], "/models/spec.json", "/t/out.nrrd",
-        summaryPath="/t/summary.json", method="integrated_gradients",
-        params={"n_steps": 8, "baseline": "zeros", "blur_sigma_mm": 2.5, "absolute": True},
-        target=target, maskPath="/t/mask.nrrd", device="cuda:0", seed=7, trustBundle=True,
-    )
-    args = _parse(command)
-    assert args.image == ["/t/image_0.nrrd", "/t/image 1.nrrd"]
-    assert args.model == "/models/spec.json" and args.trust_bundle
-    assert args.method == "integrated_gradients"
-    assert args.param == ["n_steps=8", "baseline=zeros", "blur_sigma_mm=2.5", "absolute=true"]
-    assert args.device == "cuda:0" and args.seed == 7
-    assert args.out == "/t/out.nrrd" and args.json == "/t/summary.json" and args.progress_json
-    assert check(args)
-
-
-def test_a_mask_target_needs_the_mask_file():
-    with pytest.raises(ValueError, match="mask"):
-        targetArguments(Target(class_index=1, region="mask", mask=np.ones((2, 2, 2), bool)))
+def test_exit_codes_are_the_library_protocol():
+    assert (process.EXIT_OK, process.EXIT_INTERNAL, process.EXIT_BAD_INPUT, process.EXIT_CANCELLED) == (0, 1, 2, 130)
+    assert process.EXIT_CANCELLED == protocol.EXIT_CANCELLED
+    with pytest.raises(AttributeError):
+        process.EXIT_UNKNOWN  # noqa: B018
 
 
 def test_child_environment_makes_the_library_importable(tmp_path):

@@ -65,7 +65,7 @@ class MedXAIRuntimeTest(unittest.TestCase):
         self.assertFalse(ui.applyButton.enabled, "no input volume and no model: Apply must be disabled")
 
     def test_subprocess_runner_with_the_qt_timer(self):
-        """The background runner polls with qt.QTimer and Slicer's event loop keeps running."""
+        """The background runner (``python -m MedXAILib.runs``) polls with qt.QTimer and Slicer's event loop keeps running."""
         if not dependencies.dependenciesReady():
             self.skipTest("torch and MONAI are not installed in Slicer's Python")
         import tempfile
@@ -77,7 +77,7 @@ class MedXAIRuntimeTest(unittest.TestCase):
 
         from MedXAILib import ImageVolume, Target
         from MedXAILib.model import save_spec_model
-        from MedXAIRuntime.jobs import ExplainRequest
+        from MedXAIRuntime.jobs import explainRequest
 
         shape = (16, 16, 8)
         args = {"in_shape": [1, *shape], "classes": 2, "channels": [4], "strides": [2]}
@@ -86,7 +86,7 @@ class MedXAIRuntimeTest(unittest.TestCase):
             spec = save_spec_model(Classifier(**args), "Classifier", args, Path(folder) / "m.json",
                                    task="classification", in_channels=1)
             image = ImageVolume(np.random.default_rng(0).normal(size=(1, *shape)).astype(np.float32), np.diag([1.0, 1.0, 2.0, 1.0]))
-            request = ExplainRequest(image=image, modelPath=str(spec), method="saliency", target=Target(class_index=1))
+            request = explainRequest(image, str(spec), "saliency", target=Target(class_index=1))
             progress, outcomes = [], []
             runner = runners.SubprocessRunner()
             runner.start(request, lambda f, m, s: progress.append(f), outcomes.append)
