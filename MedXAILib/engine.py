@@ -26,11 +26,11 @@ from .model.memory import parse_budget
 from .monitor import Monitor
 from .params import make_params, params_to_dict
 from .provenance import library_versions, summarise_prediction, timestamp
-from .scoring import resolve_target
+from .scoring import check_finite_output, resolve_target
 from .target import Target
 from .volume import ImageVolume
 
-__all__ = ["explain", "OUTPUT_FREE_REGIONS"]
+__all__ = ["explain", "input_warnings", "OUTPUT_FREE_REGIONS"]
 
 #: Target regions fixed without the model output (see the module docstring).
 OUTPUT_FREE_REGIONS = ("class", "mask", "box", "voxel")
@@ -81,15 +81,24 @@ def explain(
 
         image = read_image(image)
     image.check_finite()
-    adapter = model if isinstance(model, ModelAdapter) else load_model(model, device=device or "auto")
-    if device is not None:
-        adapter.to(resolve_device(device))
-    if memory_budget is not None:
-        adapter.memory_budget = parse_budget(memory_budget)
-    if mixed_precision is not None:
-        adapter.mixed_precision = bool(mixed_precision)
+    if isinstance(model, torch.nn.Module):  # a caller's network is only borrowed for this call
+        adapter = load_model(model, borrow=True)
+        device = device or "auto"
+    else:
+        adapter = model if isinstance(model, ModelAdapter) else load_model(model, device=device or "auto")
+    budget = parse_budget(memory_budget) if memory_budget is not None else None
+    with adapter.borrowed(resolve_device(device) if device is not None else None, budget, mixed_precision):
+        return _explain(image, adapter, info, target, params, monitor, seed, started)
+
+
+def _explain(image: ImageVolume, adapter: ModelAdapter, info: Any, target: Optional[Target], params: Any,
+             monitor: Monitor, seed: int, started: float) -> Attribution:
     adapter.check_input(image.n_channels)
     target = target or Target()
+    if adapter.class_names and target.class_index is not None and target.class_index >= len(adapter.class_names):
+        raise TargetError(f"class {target.class_index} is out of range: the model declares "
+                          f"{len(adapter.class_names)} classes (0..{len(adapter.class_names) - 1}: "
+                          f"{', '.join(adapter.class_names)})")  # before the model runs
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
 
@@ -114,6 +123,10 @@ def explain(
 
     ctx = MethodContext(x=x, model=bound, scorer=scorer, image=image, monitor=monitor, generator=generator,
                         output=output)
+    for warning in [*adapter.notes, *input_warnings(image, target)]:
+        ctx.warn(warning)
+    if output is not None and (warning := check_finite_output(output, scorer)):
+        ctx.warn(warning)
     with monitor.stage(0.02, 1.0):
         bound.progress = ctx.window_progress()
         result = info.load()(ctx, params)
@@ -121,6 +134,8 @@ def explain(
             monitor.update(1.0, "Running the model on the input")
             bound.progress = _running(monitor, 1.0)
         output = ctx.input_output()
+    if output is not None and (warning := check_finite_output(output, scorer)) and warning not in ctx.diagnostics.get("warnings", []):
+        ctx.warn(warning)
     array = result[0].detach().float().cpu().numpy()
     if not np.all(np.isfinite(array)):
         raise ModelError(f"method '{info.name}' produced non-finite values; the model may be unstable on "
@@ -151,6 +166,29 @@ def explain(
     }
     monitor.update(1.0, f"{info.title}: done")
     return Attribution(array=array, affine=image.affine.copy(), provenance=provenance)
+
+
+def input_warnings(image: ImageVolume, target: Target) -> list[str]:
+    """What is suspicious about an input and its target though it can be explained: said, never silent."""
+    warnings = []
+    for channel, values in enumerate(image.array):
+        low, high = float(values.min()), float(values.max())
+        if low == high:
+            warnings.append(f"input channel {channel} is constant (every voxel {low:g}): its relevance says nothing "
+                            "about intensity patterns; check that the right image was given")
+    if target.region == "box" and target.box is not None:
+        lo, hi = np.array(target.box[:3]), np.array(target.box[3:])
+        if np.any(lo < 0) or np.any(hi >= np.array(image.shape)):
+            inside = np.prod(np.clip(np.minimum(hi, np.array(image.shape) - 1) - np.maximum(lo, 0) + 1, 0, None))
+            warnings.append(f"the target box {tuple(int(v) for v in target.box)} extends beyond the image grid "
+                            f"{tuple(image.shape)}; only its {int(inside)} voxel(s) inside are used")
+    if target.mask is not None:
+        values = np.unique(np.asarray(target.mask))
+        if values.size > 2 or values.min() < 0 or values.max() > 1:
+            warnings.append(f"the target mask holds {values.size} distinct labels ({values.min():g} to {values.max():g}); "
+                            "every non-zero voxel is used as one region: pass one structure (labels == k), or "
+                            "threshold a probability map first")
+    return warnings
 
 
 def _running(monitor: Monitor, fraction: float):

@@ -102,6 +102,8 @@ def _convert(spec: ParamSpec, value: Any) -> Any:
             raise ParameterError(
                 f"parameter '{spec.name}' must be a number; got {value!r}"
             ) from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ParameterError(f"parameter '{spec.name}' must be a finite number; got {value!r}")
         if spec.type is int:
             if number != int(number):
                 raise ParameterError(f"parameter '{spec.name}' must be a whole number; got {value!r}")

@@ -14,11 +14,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from .errors import TargetError
+from .errors import ModelError, TargetError
 from .regions import boundary_band, component_at, predicted_mask
 from .target import Target
 
-__all__ = ["TargetScorer", "resolve_target", "margin"]
+__all__ = ["TargetScorer", "resolve_target", "margin", "check_finite_output"]
 
 
 @dataclass
@@ -159,6 +159,36 @@ def _boundary_region(target: Target, output: torch.Tensor, index: int, activatio
                           "a voxel from the surface); widen band_mm")
     return band
 
+
+
+def check_finite_output(output: torch.Tensor, scorer: TargetScorer) -> Optional[str]:
+    """Refuse a model output that is NaN or infinite where the target reads it; describe it elsewhere.
+
+    Returns:
+        A warning when the output is undefined only outside the target region (perturbation methods
+        and metrics may still meet it), else None.
+
+    Raises:
+        ModelError: undefined values in the scores the target uses, with how many and where.
+    """
+    with torch.no_grad():
+        bad = ~torch.isfinite(output[0])
+        if not bool(bad.any()):
+            return None
+        if scorer.task == "classification":
+            raise ModelError(f"the model's output is not finite: {int(bad.sum())} of {bad.numel()} class scores are "
+                             "NaN or infinite; MedXAI cannot explain undefined outputs (check the input's "
+                             "intensities and the model's preprocessing)")
+        voxels = bad.any(0)
+        count = int(voxels.sum())
+        where = ", ".join(f"{int(idx.min())}..{int(idx.max())}" for idx in torch.nonzero(voxels).T)
+        used = int((voxels & (scorer.region > 0)).sum()) if scorer.region is not None else count
+    share = f"{count} of {voxels.numel()} voxels ({100 * count / voxels.numel():.3g} %), within voxels {where}"
+    if used:
+        raise ModelError(f"the model's output is NaN or infinite on {share}, {used} of them in the target region; "
+                         "MedXAI cannot explain undefined outputs (check the input's intensities and the model's "
+                         "preprocessing)")
+    return f"the model's output is NaN or infinite on {share}, outside the target region"
 
 
 def _check_class(index: int, n_classes: int) -> None:

@@ -120,7 +120,8 @@ class Target:
             return None
         if not mask.any():
             raise TargetError(
-                f"the target {self.region} covers no voxel of the image grid {tuple(shape)}"
+                f"the target {self.region} covers no voxel: it lies outside the image grid {tuple(shape)}"
+                if self.region == "box" else f"the target {self.region} covers no voxel of the image grid {tuple(shape)}"
             )
         return mask
 

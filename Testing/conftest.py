@@ -12,13 +12,14 @@ import pytest
 def small_demo(tmp_path_factory):
     """The folder of ``run_demo(small=True)`` (its printout in ``printed.txt``), made once per test
     session for Testing/Lib/test_demo.py and Testing/Bridge/test_demo_scene.py."""
-    from MedXAILib.demo import run_demo
+    from MedXAILib.demo import open_hint, run_demo
 
     out = tmp_path_factory.getbasetemp() / "medxai-demo-small"
     if not (out / "report.html").is_file():  # written last
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             assert run_demo(out, small=True) == 0
+            print(open_hint(out))  # as `medxai demo` prints it once the folder is committed
         (out / "printed.txt").write_text(printed.getvalue())
     return out
 

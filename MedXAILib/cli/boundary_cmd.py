@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from ..errors import InputError
 from ..methods import METHODS
 from . import common
-from .stats_cmd import check_outputs, write_all
 
 __all__ = ["register", "run"]
 
@@ -60,6 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                              help="Monte-Carlo dropout samples per transform (default 0: off)")
     parser.add_argument("--json", metavar="SUMMARY",
                         help="also write a JSON summary (provenance, band, profile, uncertainty in the band)")
+    images = common.OUTPUT_SUFFIXES
+    common.declare_io(parser, (*common.MODEL_INPUTS, "param"),
+                      [common.OutputOption("out", images), common.OutputOption("uncertainty", images),
+                       common.OutputOption("profile", (".csv",)), common.OutputOption("profile_png", (".png",)),
+                       common.OutputOption("json", (".json",))])
     parser.set_defaults(handler=run)
 
 
@@ -78,13 +81,6 @@ def run(args: argparse.Namespace) -> int:
     from ..target import Target
     from .summary import summary_of
 
-    out = Path(args.out)
-    images = common.OUTPUT_SUFFIXES
-    check_outputs({"--out": out, "--uncertainty": args.uncertainty, "--profile": args.profile,
-                   "--profile-png": args.profile_png, "--json": args.json},
-                  {"--out": images, "--uncertainty": images, "--profile": (".csv",),
-                   "--profile-png": (".png",), "--json": (".json",)},
-                  [*args.image, args.model] + ([args.target_mask] if args.target_mask else []))
     if not args.uncertainty and (args.flips is not None or args.mc_dropout):
         raise InputError("--flips/--no-flips and --mc-dropout shape the uncertainty maps; "
                          "add --uncertainty FILE")
@@ -119,11 +115,12 @@ def run(args: argparse.Namespace) -> int:
             maps = boundary_uncertainty(image, model, args.target_class, flips=args.flips is not False,
                                         n_dropout=args.mc_dropout, monitor=monitor, seed=args.seed)
 
-    writers: list[tuple[Path, Any]] = [(out, lambda: attribution.save(out))]
+    finals = [Path(p) for p in (args.out, args.profile, args.profile_png, args.uncertainty) if p]
+    attribution.save(common.staged(args, args.out))
     if args.profile:
-        writers.append((Path(args.profile), lambda: write_table_csv(profile, args.profile)))
+        write_table_csv(profile, common.staged(args, args.profile))
     if args.profile_png:
-        writers.append((Path(args.profile_png), lambda: plot_profile(profile, args.profile_png)))
+        plot_profile(profile, common.staged(args, args.profile_png))
     if maps is not None:
         ensemble = maps["probability"].meta["ensemble"]
         provenance = {"kind": "boundary_uncertainty", "channels": list(UNCERTAINTY_MAPS),
@@ -134,29 +131,22 @@ def run(args: argparse.Namespace) -> int:
                                   channel_names=list(UNCERTAINTY_MAPS), meta={})
         metadata = {PROVENANCE_KEY: to_json(provenance, indent=None, sort_keys=True),
                     "MedXAI.Channels": ",".join(UNCERTAINTY_MAPS)}
-        writers.append((Path(args.uncertainty),
-                        lambda: write_image(volume, args.uncertainty, metadata=metadata)))
+        write_image(volume, common.staged(args, args.uncertainty), metadata=metadata)
     if args.json:
-        def summary() -> Path:
-            written = [p for p, _ in writers]
-            data = summary_of(attribution, written)
-            relevance = np.abs(attribution.summed)
-            total = float(relevance.sum())
-            data["boundary"] = {
-                "band_mm": list(args.band_mm), "structure": "mask" if mask is not None else "predicted",
-                "structure_voxels": int(structure.sum()), "band_voxels": int(band.sum()),
-                "band_share_abs": float(relevance[band].sum() / total) if total > 0 else None,
-                "profile": profile,
-            }
-            if maps is not None:
-                in_band = {f"mean_{name}_in_band": float(maps[name].array[0][band].mean())
-                           for name in UNCERTAINTY_MAPS}
-                data["uncertainty"] = {"ensemble": maps["probability"].meta["ensemble"], **in_band}
-            text = to_json(data)
-            return write_atomic(Path(args.json), text + "\n")
-
-        writers.append((Path(args.json), summary))
+        data = summary_of(attribution, finals)
+        relevance = np.abs(attribution.summed)
+        total = float(relevance.sum())
+        data["boundary"] = {
+            "band_mm": list(args.band_mm), "structure": "mask" if mask is not None else "predicted",
+            "structure_voxels": int(structure.sum()), "band_voxels": int(band.sum()),
+            "band_share_abs": float(relevance[band].sum() / total) if total > 0 else None,
+            "profile": profile,
+        }
+        if maps is not None:
+            in_band = {f"mean_{name}_in_band": float(maps[name].array[0][band].mean())
+                       for name in UNCERTAINTY_MAPS}
+            data["uncertainty"] = {"ensemble": maps["probability"].meta["ensemble"], **in_band}
+        write_atomic(common.staged(args, args.json), to_json(data) + "\n")
     monitor.check()
-    written = write_all(writers)
     monitor.update(1.0, "Boundary saliency written")
-    return common.finish(args, written, attribution.provenance["diagnostics"].get("warnings", []))
+    return common.finish(args, warnings=attribution.provenance["diagnostics"].get("warnings", []))

@@ -9,26 +9,40 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from ..errors import InputError
+from ..runs.protocol import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK  # the one definition
+from ..io.outputs import Output, OutputSet
 
 __all__ = [
     "EXIT_OK", "EXIT_BAD_INPUT", "EXIT_CANCELLED", "OUTPUT_SUFFIXES", "Parser", "fail", "ints", "floats",
-    "parse_params", "check_output", "add_input_arguments", "add_target_arguments", "add_run_arguments",
+    "parse_params", "add_input_arguments", "add_target_arguments", "add_run_arguments",
     "read_input", "model_from_args", "target_from_args", "monitor_from_args", "finish",
+    "MODEL_INPUTS", "OutputOption", "declare_io", "guard_outputs", "staged",
 ]
 
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 OUTPUT_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse already exits 2; keep the message short
-        self.print_usage(sys.stderr)
-        raise SystemExit(fail(message))
+    """argparse with MedXAI's error contract: one line on stderr, exit code 2.
+
+    A value that starts with a minus sign and a digit (``--target-box -5,0,0,9,9,9``) is a value, not an
+    option, as it is for plain negative numbers.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+    def error(self, message: str) -> None:  # argparse already exits 2; keep the message to one line
+        raise SystemExit(fail(f"{message} (see '{self.prog} --help')"))
 
 
 def fail(message: str) -> int:
@@ -36,34 +50,45 @@ def fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
-def ints(count: int, what: str) -> Callable[[str], tuple[int, ...]]:
+def numbers(count: int, what: str, kind: type = float, positive: bool = False,
+            increasing: bool = False) -> Callable[[str], tuple]:
+    """An argparse type: `count` comma-separated numbers of `kind`, finite, optionally all > 0 or increasing."""
+    noun = "integers" if kind is int else "numbers"
+
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(v) for v in text.replace(" ", "").split(","))
+        except ValueError:
+            values = ()
+        if len(values) != count or not all(math.isfinite(v) for v in values):
+            raise argparse.ArgumentTypeError(f"{what} must be {count} comma-separated {noun}; got {text!r}")
+        if positive and min(values) <= 0:
+            raise argparse.ArgumentTypeError(f"{what} must be {count} values > 0; got {text!r}")
+        if increasing and any(b <= a for a, b in zip(values, values[1:])):
+            raise argparse.ArgumentTypeError(f"{what} needs LOW < HIGH; got {text!r}")
+        return values
+
+    return parse
+
+
+def ints(count: int, what: str, positive: bool = False) -> Callable[[str], tuple[int, ...]]:
     """An argparse type: `count` comma-separated integers."""
-
-    def parse(text: str) -> tuple[int, ...]:
-        try:
-            values = tuple(int(v) for v in text.replace(" ", "").split(","))
-        except ValueError:
-            values = ()
-        if len(values) != count:
-            raise argparse.ArgumentTypeError(f"{what} must be {count} comma-separated integers; got {text!r}")
-        return values
-
-    return parse
+    return numbers(count, what, int, positive)
 
 
-def floats(count: int, what: str) -> Callable[[str], tuple[float, ...]]:
-    """An argparse type: `count` comma-separated numbers."""
+def floats(count: int, what: str, positive: bool = False, increasing: bool = False) -> Callable[[str], tuple]:
+    """An argparse type: `count` comma-separated finite numbers."""
+    return numbers(count, what, float, positive, increasing)
 
-    def parse(text: str) -> tuple[float, ...]:
-        try:
-            values = tuple(float(v) for v in text.replace(" ", "").split(","))
-        except ValueError:
-            values = ()
-        if len(values) != count:
-            raise argparse.ArgumentTypeError(f"{what} must be {count} comma-separated numbers; got {text!r}")
-        return values
 
-    return parse
+def memory_budget(text: str) -> Optional[int]:
+    """An argparse type: ``auto`` or a size of at least :data:`~MedXAILib.model.memory.MIN_BUDGET`."""
+    from ..model.memory import MIN_BUDGET, parse_budget
+
+    try:
+        return parse_budget(text, minimum=MIN_BUDGET)
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_params(pairs: Sequence[str]) -> dict[str, str]:
@@ -77,15 +102,53 @@ def parse_params(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def check_output(out: Path, inputs: Sequence[str], suffixes: Sequence[str] = OUTPUT_SUFFIXES) -> None:
-    """Refuse an output path with the wrong suffix, a folder, or one of the inputs."""
-    if not str(out).lower().endswith(tuple(suffixes)):
-        raise InputError(f"--out must end in one of {', '.join(suffixes)}; got {out.name}")
-    for source in inputs:
-        if Path(source).resolve() == out.resolve():
-            raise InputError(f"--out {out} is an input file; MedXAI never overwrites its inputs")
-    if out.is_dir():
-        raise InputError(f"--out {out} is a folder; give a file name")
+@dataclass(frozen=True)
+class OutputOption:
+    """An option that names an output: its argparse ``dest``, the suffixes it takes, folder or file."""
+
+    dest: str
+    suffixes: tuple[str, ...] = ()
+    folder: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.dest.replace("_", "-")
+
+
+def declare_io(parser: argparse.ArgumentParser, inputs: Sequence[str], outputs: Sequence[OutputOption]) -> None:
+    """Declare which options of a subcommand name its inputs (dests) and its outputs.
+
+    :func:`MedXAILib.cli.main.main` builds the one output guard (:class:`~MedXAILib.io.outputs.OutputSet`)
+    from this before the command runs, and commits the outputs when it succeeds;
+    ``Testing/Repo/test_output_guard.py`` proves every declared output option is guarded and that no
+    subcommand writes through an undeclared option.
+    """
+    parser.set_defaults(io_inputs=tuple(inputs), io_outputs=tuple(outputs))
+
+
+def guard_outputs(args: argparse.Namespace) -> OutputSet:
+    """The run's :class:`~MedXAILib.io.outputs.OutputSet`, checked against every input before any work."""
+    inputs = []
+    for dest in getattr(args, "io_inputs", ()):
+        value = getattr(args, dest, None)
+        for path in value if isinstance(value, (list, tuple)) else [value]:
+            if path and dest == "param":  # NAME=FILE parameters (a label map, an autoencoder) are inputs too
+                path = str(path).partition("=")[2]
+                path = path if path and Path(path).exists() else None
+            if path:
+                inputs.append(("--" + dest.replace("_", "-"), path))
+    outputs = [Output(option.flag, Path(getattr(args, option.dest)), option.suffixes, option.folder)
+               for option in getattr(args, "io_outputs", ()) if getattr(args, option.dest, None)]
+    return OutputSet(outputs, inputs)
+
+
+def staged(args: argparse.Namespace, path: str | Path) -> Path:
+    """Where the command writes the output that ends up at `path` (committed by :func:`finish`)."""
+    return args.outputs.staged(path)
+
+
+#: The input options of :func:`add_input_arguments` and :func:`add_target_arguments`, for :func:`declare_io`.
+MODEL_INPUTS = ("image", "model", "target_mask")
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,11 +161,12 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-bundle", action="store_true", help="allow a bundle's config to run code")
     group = parser.add_argument_group("model options (override what the model declares)")
     group.add_argument("--task", choices=("classification", "segmentation"))
-    group.add_argument("--roi-size", metavar="X,Y,Z", type=ints(3, "--roi-size"), help="sliding-window ROI in voxels")
+    group.add_argument("--roi-size", metavar="X,Y,Z", type=ints(3, "--roi-size", positive=True),
+                       help="sliding-window ROI in voxels")
     group.add_argument("--orientation", metavar="AXCODES", help="reorient before the model, e.g. RAS")
-    group.add_argument("--spacing", metavar="X,Y,Z", type=floats(3, "--spacing"),
+    group.add_argument("--spacing", metavar="X,Y,Z", type=floats(3, "--spacing", positive=True),
                        help="resample to this spacing (mm) before the model")
-    group.add_argument("--window", metavar="LOW,HIGH", type=floats(2, "--window"),
+    group.add_argument("--window", metavar="LOW,HIGH", type=floats(2, "--window", increasing=True),
                        help="map intensities [LOW, HIGH] to [0, 1] with clipping before the model")
 
 
@@ -130,7 +194,7 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--memory-budget``, ``--mixed-precision``, ``--seed``, ``--progress-json``, ``--quiet``."""
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--memory-budget", default="auto", metavar="SIZE",
+    parser.add_argument("--memory-budget", default=None, type=memory_budget, metavar="SIZE",
                         help="memory the run may use, e.g. 4GB or 500MB; sizes sliding-window and perturbation "
                              "batches (default auto: half the free VRAM on CUDA; half the free RAM, at most "
                              "4GB, on the CPU)")
@@ -160,11 +224,9 @@ def model_from_args(args: argparse.Namespace) -> Any:
     if args.window:
         steps.append({"kind": "scale_intensity_range", "a_min": args.window[0], "a_max": args.window[1],
                       "b_min": 0.0, "b_max": 1.0, "clip": True})
-    from ..model.memory import parse_budget
-
     adapter = load_model(args.model, trust_bundle=args.trust_bundle, device=args.device, task=args.task,
                          roi_size=args.roi_size, preprocessing=Preprocessing.from_config(steps) if steps else None)
-    adapter.memory_budget = parse_budget(getattr(args, "memory_budget", None))
+    adapter.memory_budget = getattr(args, "memory_budget", None)
     adapter.mixed_precision = bool(getattr(args, "mixed_precision", False))
     return adapter
 
@@ -177,8 +239,8 @@ def target_from_args(args: argparse.Namespace, image: Any) -> Any:
     score = "probability" if args.target_probability else "margin" if args.target_margin else "logit"
     common = dict(class_index=args.target_class, score=score, reduction="mean" if args.target_mean else "sum")
     if args.target_mask:
-        mask = read_label_map(args.target_mask, reference=image).array[0] != 0
-        return Target(region="mask", mask=mask, **common)
+        labels = read_label_map(args.target_mask, reference=image).array[0]  # non-zero voxels; odd labels warned
+        return Target(region="mask", mask=labels, **common)
     if args.target_box:
         return Target(region="box", box=args.target_box, **common)
     if args.target_voxel:
@@ -204,8 +266,11 @@ def monitor_from_args(args: argparse.Namespace) -> Any:
     return Monitor(sink, min_interval_s=0.1)
 
 
-def finish(args: argparse.Namespace, written: Sequence[Path], warnings: Sequence[str] = ()) -> int:
-    """Report the outputs (and any caveats on stderr) in the form the caller asked for."""
+def finish(args: argparse.Namespace, written: Sequence[Path] = (), warnings: Sequence[str] = ()) -> int:
+    """Commit the staged outputs together, then report them (and any caveats on stderr) as asked."""
+    outputs = getattr(args, "outputs", None)
+    if outputs is not None:
+        written = outputs.commit() or outputs.final_paths(written)
     for warning in warnings:
         sys.stderr.write(f"medxai: warning: {warning}\n")
     if args.progress_json:

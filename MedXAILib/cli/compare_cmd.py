@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..errors import InputError
 from ..evaluation.metrics import METRICS
@@ -35,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--save-maps", action="store_true", help="also write each method's map as <method>.nrrd")
     parser.add_argument("--out", required=True, metavar="FOLDER", help="folder for the table, JSON and plots "
                         "(created if missing; files of the same names are replaced)")
+    common.declare_io(parser, (*common.MODEL_INPUTS, "mask", "param"), [common.OutputOption("out", folder=True)])
     parser.set_defaults(handler=run)
 
 
@@ -44,12 +44,6 @@ def run(args: argparse.Namespace) -> int:
     from ..io import read_label_map
     from ..methods import METHODS
 
-    out = Path(args.out)
-    inputs = [*args.image, *([args.mask] if args.mask else [])]
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a folder")
-    if any(Path(p).resolve() == out.resolve() for p in inputs):
-        raise InputError(f"--out {out} is an input; MedXAI never overwrites its inputs")
     methods = [METHODS.get(m).name for m in args.methods.replace(" ", "").split(",") if m]
     if not methods:
         raise InputError("--methods needs at least one method name")
@@ -62,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     target = common.target_from_args(args, image)
     result = compare_methods(image, model, methods, target, metrics, mask, method_params or None,
                              common.monitor_from_args(args), args.seed, metric_params or None)
-    written = result.write(out, maps=args.save_maps)
+    result.write(common.staged(args, args.out), maps=args.save_maps)
+    written = args.outputs.commit()
     ranking = [{"method": m, "mean_rank": r} for m, r in result.ranking]
     if args.progress_json:
         from ..io import to_json

@@ -40,32 +40,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="label map: change only its non-zero voxels (resampled onto the image); inpaint: the "
                              "structure to replace")
     parser.add_argument("--bounds", metavar="LOW,HIGH",
-                        help="intensity bounds of the counterfactual (default: the image's own range); write "
-                             "--bounds=-1024,3071 when LOW is negative")
+                        help="intensity bounds of the counterfactual (default: the image's own range), "
+                             "e.g. -1024,3071")
     parser.add_argument("--param", action="append", default=[], metavar="K=V",
                         help="generator parameter; repeatable")
     common.add_run_arguments(parser)
     parser.add_argument("--out", required=True, metavar="FOLDER", help="output folder (created if missing)")
     parser.add_argument("--json", metavar="SUMMARY", help="also write the JSON summary here")
+    common.declare_io(parser, ("image", "model", "region", "param"),
+                      [common.OutputOption("out", folder=True), common.OutputOption("json", (".json",))])
     parser.set_defaults(handler=run)
 
-
-def _check_out(out: Path, args: argparse.Namespace) -> None:
-    from ..counterfactual.report import OUTPUT_NAMES
-
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a folder")
-    inputs = [Path(p).resolve() for p in [*args.image, args.model, args.region] if p]
-    targets = [(out / name).resolve() for name in OUTPUT_NAMES.values()]
-    if args.json:
-        targets.append(Path(args.json).resolve())
-        if not args.json.lower().endswith(".json"):
-            raise InputError(f"--json must end in .json; got {Path(args.json).name}")
-        if not Path(args.json).parent.is_dir():
-            raise InputError(f"--json {args.json}: the folder '{Path(args.json).parent}' does not exist")
-    for target in targets:
-        if target in inputs:
-            raise InputError(f"the output {target} is an input file; MedXAI never overwrites its inputs")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,8 +58,6 @@ def run(args: argparse.Namespace) -> int:
     from ..io import read_label_map
     from ..params import make_params
 
-    out = Path(args.out)
-    _check_out(out, args)
     bounds = _bounds(args.bounds)
     info = GENERATORS.get(args.generator)  # unknown names fail before anything heavy runs
     params = make_params(info.params, common.parse_params(args.param))
@@ -87,10 +70,10 @@ def run(args: argparse.Namespace) -> int:
     region = read_label_map(args.region, reference=image).array[0] != 0 if args.region else None
     result = generate_counterfactual(image, model, goal, info.name, region=region, params=params,
                                      bounds=bounds, monitor=common.monitor_from_args(args), seed=args.seed)
-    written = result.save(out, overwrite=True)
+    written = args.outputs.final_paths(result.save(common.staged(args, args.out), overwrite=True))
     if args.json:
-        written.append(_write_json(Path(args.json), result.summary_json([str(p) for p in written])))
-    return common.finish(args, written, result.warnings)
+        _write_json(common.staged(args, args.json), result.summary_json([str(p) for p in written]))
+    return common.finish(args, warnings=result.warnings)
 
 
 def _bounds(text: Optional[str]) -> Optional[tuple[float, float]]:

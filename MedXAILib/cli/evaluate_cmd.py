@@ -66,6 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_target_arguments(parser)
     common.add_run_arguments(parser)
     parser.add_argument("--out", metavar="METRICS.json", help="write the results as JSON (default: print them)")
+    common.declare_io(parser, (*common.MODEL_INPUTS, "attribution", "mask", "param"), [common.OutputOption("out", (".json",))])
     parser.set_defaults(handler=run)
 
 
@@ -91,16 +92,9 @@ def read_attribution(path: str, image: Any) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Grade the attribution; print the values (or a ``done`` JSON record) and write ``--out``."""
     from ..evaluation import evaluate
-    from ..io import to_json, write_atomic
-    from ..io import read_label_map
+    from ..io import read_label_map, to_json, write_atomic
     from ..methods import METHODS
 
-    out = Path(args.out) if args.out else None
-    inputs = [*args.image, args.attribution, *([args.mask] if args.mask else [])]
-    if out is not None:
-        common.check_output(out, inputs, suffixes=(".json",))
-        if not out.parent.is_dir():
-            raise InputError(f"cannot write {out}: the folder {out.parent} does not exist")
     metrics = parse_metric_list(args.metrics)
     metric_params = parse_scoped_params(args.metric_param, "--metric-param")
     for name in metric_params:
@@ -114,11 +108,11 @@ def run(args: argparse.Namespace) -> int:
     target = common.target_from_args(args, image)
     results = evaluate(image, model, attribution, target, metrics, mask, args.method, metric_params or None,
                        common.monitor_from_args(args), args.seed, common.parse_params(args.param) or None)
-    written = []
-    if out is not None:
+    if args.out:
         document = {"image": args.image, "attribution": args.attribution, "mask": args.mask, "seed": args.seed,
                     "metrics": results}
-        written.append(write_atomic(out, to_json(document) + "\n"))
+        write_atomic(common.staged(args, args.out), to_json(document) + "\n")
+    written = args.outputs.commit()
     warnings = [f"{name}: {r['warning']}" for name, r in results.items() if "warning" in r]
     values = {name: r["value"] for name, r in results.items()}
     if args.progress_json:

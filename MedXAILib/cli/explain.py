@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..methods import METHODS
+from ..params import make_params
 from . import common
 
 __all__ = ["register", "run"]
@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_run_arguments(parser)
     parser.add_argument("--out", required=True, help=f"attribution file ({', '.join(common.OUTPUT_SUFFIXES)})")
     parser.add_argument("--json", metavar="SUMMARY", help="also write a JSON summary (provenance, prediction, stats)")
+    common.declare_io(parser, (*common.MODEL_INPUTS, "param"), [common.OutputOption("out", common.OUTPUT_SUFFIXES),
+                                                    common.OutputOption("json", (".json",))])
     parser.set_defaults(handler=run)
 
 
@@ -28,16 +30,15 @@ def run(args: argparse.Namespace) -> int:
     from ..engine import explain
     from .summary import write_summary
 
-    out = Path(args.out)
-    common.check_output(out, args.image)
-    METHODS.get(args.method)  # unknown names fail before anything heavy runs
+    info = METHODS.get(args.method)  # unknown names and bad parameters fail before anything heavy runs
     params = common.parse_params(args.param)
+    make_params(info.params, params)
     image = common.read_input(args)
     model = common.model_from_args(args)
     target = common.target_from_args(args, image)
     attribution = explain(image, model, args.method, target, params, seed=args.seed,
                           monitor=common.monitor_from_args(args))
-    written = attribution.save(out)
+    written = attribution.save(common.staged(args, args.out))
     if args.json:
-        written += write_summary(attribution, Path(args.json), written)
+        write_summary(attribution, common.staged(args, args.json), args.outputs.final_paths(written))
     return common.finish(args, written, attribution.provenance["diagnostics"].get("warnings", []))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import common
 from .common import EXIT_OK
 
 __all__ = ["register", "run"]
@@ -21,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--trust-bundle", action="store_true", help="allow a bundle's config to run code")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    common.declare_io(parser, ("image", "model"), [])
     parser.set_defaults(handler=run)
 
 

@@ -15,13 +15,13 @@ from typing import Any, Optional, Sequence
 from .. import __version__
 from ..errors import Cancelled, MedXAIError
 from . import boundary_cmd, counterfactual_cmd, demo_cmd, explain, layers_cmd, methods_cmd, stats_cmd
-from . import compare_cmd, evaluate_cmd, train_demo_cmd
-from .common import EXIT_CANCELLED, Parser, fail
+from . import compare_cmd, evaluate_cmd, run_cmd, train_demo_cmd
+from .common import EXIT_CANCELLED, EXIT_OK, Parser, fail, guard_outputs
 
 __all__ = ["main", "build_parser"]
 
 COMMANDS = (explain, methods_cmd, layers_cmd, demo_cmd, boundary_cmd, stats_cmd, counterfactual_cmd)
-COMMANDS += (evaluate_cmd, compare_cmd, train_demo_cmd)
+COMMANDS += (evaluate_cmd, compare_cmd, train_demo_cmd, run_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +37,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return args.handler(args)
+        # The one output guard: every output is checked against every input before any work, written
+        # into staging, and committed together when the command succeeds (common.finish).
+        args.outputs = guard_outputs(args)
+        with args.outputs:
+            code = args.handler(args)
+            if code == EXIT_OK and not args.outputs.committed:
+                args.outputs.commit()
+            elif code != EXIT_OK:
+                args.outputs.discard()
+        return code
     except (KeyboardInterrupt, Cancelled):
         sys.stderr.write("\nmedxai: cancelled; nothing was written\n")
         return EXIT_CANCELLED

@@ -7,6 +7,7 @@ import json
 
 from ..methods import METHODS
 from ..params import param_specs
+from . import common
 from .common import EXIT_OK
 
 __all__ = ["register", "run"]
@@ -15,6 +16,7 @@ __all__ = ["register", "run"]
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("methods", help="list the attribution methods and their parameters")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    common.declare_io(parser, (), [])
     parser.set_defaults(handler=run)
 
 

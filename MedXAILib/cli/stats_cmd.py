@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 from ..errors import InputError
 from . import common
@@ -45,42 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="thresholds per curve (default 50)")
     parser.add_argument("--progress-json", action="store_true", help="progress as JSON lines on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress or 'wrote' lines")
+    common.declare_io(parser, ("attribution", "labels", "names_from"),
+                      [common.OutputOption("out", (".csv",)), common.OutputOption("json", (".json",)),
+                       common.OutputOption("curves", (".json",))])
     parser.set_defaults(handler=run)
 
-
-def check_outputs(outputs: dict[str, Any], suffixes: dict[str, tuple[str, ...]], inputs: list[str]) -> None:
-    """Refuse wrong suffixes, folders, inputs, and two options naming the same file."""
-    seen: dict[Path, str] = {}
-    for option, path in outputs.items():
-        if path is None:
-            continue
-        path = Path(path)
-        if not path.name.lower().endswith(suffixes[option]):
-            raise InputError(f"{option} must end in {' or '.join(suffixes[option])}; got {path.name}")
-        if path.is_dir():
-            raise InputError(f"{option} {path} is a folder; give a file name")
-        for source in inputs:
-            if Path(source).resolve() == path.resolve():
-                raise InputError(f"{option} {path} is an input file; MedXAI never overwrites its inputs")
-        if path.resolve() in seen:
-            raise InputError(f"{option} and {seen[path.resolve()]} name the same file {path}")
-        seen[path.resolve()] = option
-        if not path.parent.is_dir():
-            raise InputError(f"cannot write {option} {path}: the folder '{path.parent}' does not exist")
-
-
-def write_all(items: list[tuple[Path, Any]]) -> list[Path]:
-    """Run the writers in order; if one fails, remove what the earlier ones wrote (all or nothing)."""
-    written: list[Path] = []
-    try:
-        for _, write in items:
-            result = write()
-            written += result if isinstance(result, list) else [result]
-    except BaseException:
-        for path in written:
-            Path(path).unlink(missing_ok=True)
-        raise
-    return written
 
 
 def map_labels(paths: list[str]) -> list[str]:
@@ -116,14 +84,10 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..errors import GeometryError
-    from ..io import json_safe, read_image, read_label_map
+    from ..io import json_safe, read_image, read_label_map, write_atomic
     from ..analysis.statistics import (compare_statistics, relevance_volume_curves, structure_statistics,
                               table_to_json, write_table_csv)
 
-    out = Path(args.out)
-    inputs = [*args.attribution, args.labels] + ([args.names_from] if args.names_from else [])
-    check_outputs({"--out": out, "--json": args.json, "--curves": args.curves},
-                  {"--out": (".csv",), "--json": (".json",), "--curves": (".json",)}, inputs)
     if not 0 < args.top_fraction <= 1:
         raise InputError(f"--top-fraction must be in (0, 1]; got {args.top_fraction}")
     if args.curve_points < 2:
@@ -147,9 +111,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         table = compare_statistics(maps, labels, names, first.affine, top_fraction=args.top_fraction,
                                    boundary_mm=args.boundary_mm)
-    writers: list[tuple[Path, Any]] = [(out, lambda: write_table_csv(table, out))]
+    write_table_csv(table, common.staged(args, args.out))
     if args.json:
-        writers.append((Path(args.json), lambda: _write_text(Path(args.json), table_to_json(table))))
+        write_atomic(common.staged(args, args.json), table_to_json(table))
     if args.curves:
         monitor.update(0.8, "Computing the relevance-volume curves")
         curves = {label: relevance_volume_curves(m, labels, names, args.curve_points)
@@ -158,14 +122,8 @@ def run(args: argparse.Namespace) -> int:
                            "structures of a map), volume_fraction = share of the structure's voxels with "
                            "|a| >= t, relevance_fraction = share of the map's total |relevance| held by them",
                            "maps": json_safe(curves)}, indent=1, allow_nan=False) + "\n"
-        writers.append((Path(args.curves), lambda: _write_text(Path(args.curves), text)))
+        write_atomic(common.staged(args, args.curves), text)
     monitor.check()
-    written = write_all(writers)
     monitor.update(1.0, f"Statistics of {len(names)} structures written")
-    return common.finish(args, written)
+    return common.finish(args)
 
-
-def _write_text(path: Path, text: str) -> Path:
-    from ..io import write_atomic
-
-    return write_atomic(path, text)

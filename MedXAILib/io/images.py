@@ -26,6 +26,7 @@ import SimpleITK as sitk
 
 from ..errors import GeometryError, InputError
 from ..volume import ImageVolume
+from .integrity import check_finite_voxels, check_nifti
 
 __all__ = ["read_image", "read_images", "read_label_map", "write_image", "resample_to", "to_sitk",
            "from_sitk", "SUPPORTED_SUFFIXES"]
@@ -158,7 +159,8 @@ def read_image(
         (str -> str, plus a NIfTI sidecar's keys, or the first DICOM slice's tags).
 
     Raises:
-        InputError: missing, unreadable or non-image path, or the wrong dimension.
+        InputError: missing, unreadable, damaged (cut short, failed checksum) or non-image path, NaN or
+            infinite voxels, or the wrong dimension.
     """
     path = Path(path)
     if not path.exists():
@@ -167,6 +169,8 @@ def read_image(
         if path.is_dir():
             image, header = _read_dicom(path, series_uid)
         else:
+            if _suffix(path) in (".nii", ".nii.gz"):
+                check_nifti(path)  # SimpleITK zero-fills a cut-short file and reads NaN/inf as 0
             image = sitk.ReadImage(str(path))
             # ITK_original_* are SimpleITK artefacts ("[UNKNOWN_PRINT_CHARACTERISTICS]"), not data.
             header = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys()
@@ -177,6 +181,7 @@ def read_image(
         raise InputError(f"a 3D volume was expected; '{path}' is {image.GetDimension()}D vector")
     parts = [from_sitk(part) for part in _to_3d(image, path, expect_3d)]
     volume = ImageVolume(np.concatenate([p.array for p in parts]), parts[0].affine)
+    check_finite_voxels(volume.array, path)
     sidecar = _sidecar(path)
     if _suffix(path) in (".nii", ".nii.gz") and sidecar.is_file():
         try:

@@ -1,6 +1,7 @@
 """`ModelAdapter`: one way in for every model format.
 
-The adapter owns the network (always in ``eval()`` mode), its task and class names, the explicit
+The adapter holds the network (in ``eval()`` mode with frozen parameters whenever MedXAI runs it; a
+caller's own module is only borrowed for a call, :meth:`ModelAdapter.borrowed`), its task and class names, the explicit
 preprocessing, the inferer (direct call, or sliding-window inference for volumes larger than the
 ROI) and the inverse mapping of dense outputs back onto the input grid. Everything it does is
 differentiable, so attribution methods see one function: input voxels -> output on the input grid.
@@ -13,8 +14,10 @@ rounding) with as many windows per network call as the memory budget allows (:mo
 
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +28,7 @@ from .preprocessing import Grid, Preprocessing
 from .window_gradient import WindowGradient, window_backward
 from .windows import WindowPlan, network_call, network_output, windowed_forward
 
-__all__ = ["ModelAdapter", "BoundModel", "resolve_device", "TASKS"]
+__all__ = ["ModelAdapter", "BoundModel", "resolve_device", "failure_cause", "TASKS"]
 
 TASKS = ("classification", "segmentation")
 
@@ -77,6 +80,10 @@ class ModelAdapter:
         model_id: a readable identifier (file name, bundle name).
         sha256: hash of the weights / model file, for provenance.
         source: where it was loaded from.
+        notes: caveats found while loading, repeated as warnings in every result's provenance.
+        owns_network: the network was loaded for this adapter (or handed to it by ``load_model``), so it is
+            kept in ``eval()`` mode with frozen parameters; False for a caller's module that
+            :func:`~MedXAILib.engine.explain` only borrows for one call (:meth:`borrowed`).
     """
 
     network: torch.nn.Module
@@ -95,6 +102,8 @@ class ModelAdapter:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     memory_budget: Optional[int] = None
     mixed_precision: bool = False
+    notes: list[str] = field(default_factory=list)
+    owns_network: bool = field(default=True, repr=False)
     _probe_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -102,9 +111,43 @@ class ModelAdapter:
             raise ModelError(f"task must be one of {', '.join(TASKS)}; got {self.task!r}")
         if self.output_activation not in ("softmax", "sigmoid"):
             raise ModelError(f"output_activation must be softmax or sigmoid; got {self.output_activation!r}")
-        self.network.eval()
-        for p in self.network.parameters():  # attributions need input gradients only
-            p.requires_grad_(False)
+        if self.owns_network:
+            _freeze(self.network)
+
+    @contextmanager
+    def borrowed(self, device: Optional[str | torch.device] = None, memory_budget: Optional[int] = None,
+                 mixed_precision: Optional[bool] = None) -> Iterator["ModelAdapter"]:
+        """This adapter set up for one call, and given back exactly as it came.
+
+        Inside: the network in ``eval()`` mode with frozen parameters (attributions need input
+        gradients only), on `device`, with the call's memory budget and mixed precision. On leaving,
+        every module's training flag, every parameter's ``requires_grad`` and device, and the adapter's
+        own settings are restored, so a caller's model (a network being trained, an adapter shared
+        between calls) never changes behind its back.
+        """
+        network = self.network
+        modes = [(m, m.training) for m in network.modules()]
+        grads = [(p, p.requires_grad) for p in network.parameters()]
+        settings = (self.device, self.memory_budget, self.mixed_precision)
+        parameter = next(iter(network.parameters()), None)
+        home = parameter.device if parameter is not None else None
+        try:
+            _freeze(network)
+            if device is not None:
+                self.to(device)
+            if memory_budget is not None:
+                self.memory_budget = memory_budget
+            if mixed_precision is not None:
+                self.mixed_precision = bool(mixed_precision)
+            yield self
+        finally:
+            self.device, self.memory_budget, self.mixed_precision = settings
+            if home is not None and next(iter(network.parameters())).device != home:
+                network.to(home)
+            for module, training in modes:
+                module.training = training
+            for p, flag in grads:
+                p.requires_grad_(flag)
 
     def to(self, device: str | torch.device) -> "ModelAdapter":
         self.device = resolve_device(device)
@@ -143,6 +186,37 @@ class ModelAdapter:
     def bind(self, affine: np.ndarray, shape: Sequence[int]) -> "BoundModel":
         """A differentiable function (B, C, *shape) -> output on this input grid."""
         return BoundModel(self, Grid(np.asarray(affine, dtype=np.float64), tuple(int(n) for n in shape)))
+
+
+def failure_cause(error: BaseException) -> str:
+    """The cause of a network failure on one line.
+
+    A TorchScript interpreter error starts with "The following operation failed in the TorchScript
+    interpreter." and a serialized traceback; its cause is the last ``SomethingError: ...`` line.
+    """
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    causes = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", line)]
+    return causes[-1].split(": ", 1)[1] if causes and len(lines) > 1 else lines[0]
+
+
+def _failure_hint(error: BaseException, adapter: "ModelAdapter") -> str:
+    text = str(error)
+    match = re.search(r"expected input\[[^\]]*\] to have (\d+) channels", text)
+    if match:
+        return f"; the network takes {match.group(1)} input channel(s): give one image per channel"
+    if re.search(r"[Ss]izes? of tensors must match|size mismatch|must match the size", text):
+        return ("; the network may need each size to be a multiple of its total stride: set a window with "
+                "--roi-size (a multiple of it) or pad the image")
+    return ""
+
+
+def _freeze(network: torch.nn.Module) -> None:
+    network.eval()
+    for p in network.parameters():
+        p.requires_grad_(False)
 
 
 class BoundModel(torch.nn.Module):
@@ -267,10 +341,8 @@ class BoundModel(torch.nn.Module):
             else:
                 y = network_call(a.network, z, a.uses_amp())
         except (RuntimeError, ValueError) as exc:  # shape and dtype mismatches
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(
-                f"the model failed on an input of shape {tuple(z.shape)}: {first}"
-            ) from None
+            raise ModelError(f"the model failed on an input of shape {tuple(z.shape)}: {failure_cause(exc)}"
+                             f"{_failure_hint(exc, a)}") from None
         if y.dtype != x.dtype and y.is_floating_point():
             y = y.to(x.dtype)
         if a.task is None:

@@ -19,6 +19,7 @@ A network spec is a small JSON file beside a state dict::
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -46,6 +47,7 @@ def load_model(
     in_channels: Optional[int] = None,
     roi_size: Optional[Sequence[int]] = None,
     preprocessing: Optional[Preprocessing] = None,
+    borrow: bool = False,
 ) -> ModelAdapter:
     """Load a model from a file, folder or in-memory module into a :class:`ModelAdapter`.
 
@@ -56,6 +58,9 @@ def load_model(
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
         task, class_names, in_channels, roi_size: override what the model declares.
         preprocessing: replaces the model's own preprocessing when given.
+        borrow: for an ``nn.Module``: leave it as it is (training mode, trainable parameters, device);
+            each MedXAI call then sets it up and gives it back (:meth:`ModelAdapter.borrowed`).
+            Without it the adapter takes the module over: ``eval()`` mode, frozen parameters, `device`.
 
     Raises:
         ModelError: missing, corrupted or unsupported model; UntrustedModelError for code.
@@ -63,7 +68,8 @@ def load_model(
     if isinstance(source, ModelAdapter):
         adapter = source
     elif isinstance(source, torch.nn.Module):
-        adapter = ModelAdapter(network=source, model_id=type(source).__name__, source="<memory>")
+        adapter = ModelAdapter(network=source, model_id=type(source).__name__, source="<memory>",
+                               owns_network=not borrow)
     else:
         adapter = _load_path(Path(source), trust_bundle)
     if task is not None:
@@ -77,6 +83,10 @@ def load_model(
     if preprocessing is not None:
         adapter.preprocessing = preprocessing
     adapter.__post_init__()  # re-validate overrides, eval() and freeze parameters
+    if not adapter.owns_network:  # stays where the caller keeps it; a call may move it and moves it back
+        parameter = next(iter(adapter.network.parameters()), None)
+        adapter.device = parameter.device if parameter is not None else torch.device("cpu")
+        return adapter
     return adapter.to(resolve_device(device))
 
 
@@ -103,6 +113,11 @@ def _load_path(path: Path, trust_bundle: bool) -> ModelAdapter:
             adapter.task = "segmentation"
             # a program exported with a fixed spatial shape runs on larger images window by window
             adapter.roi_size = module.static_spatial_shape  # type: ignore[assignment]
+            if adapter.roi_size is not None:
+                adapter.notes.append(
+                    f"{path.name} was exported for inputs of spatial shape {tuple(adapter.roi_size)} only; it runs "
+                    "window by window over other images, which can change its prediction near window edges: "
+                    "export it with dynamic shapes (torch.export Dim) to run it on the whole image")
         if module.input_shape is not None and len(module.input_shape) >= 2 and module.input_shape[1] is not None:
             adapter.in_channels = int(module.input_shape[1])
         return adapter
@@ -203,6 +218,7 @@ def _load_spec(path: Path) -> ModelAdapter:
             f"model spec {path.name}: 'network' must be {{\"name\": <monai.networks.nets class>, "
             f"\"args\": {{...}}}}; got {json.dumps(net_spec)[:200]}"
         )
+    _check_spec_values(spec, path)
     net_args = dict(net_spec.get("args", {}))
     network = build_monai_network(str(net_spec.get("name", "")), net_args, nets)
     weights = (path.parent / spec["weights"]).resolve()
@@ -234,6 +250,25 @@ def _load_spec(path: Path) -> ModelAdapter:
         sha256=sha256_of(weights),
         source=str(path),
     )
+
+
+def _check_spec_values(spec: dict[str, Any], path: Path) -> None:
+    """Refuse spec values of the wrong type or range with one line naming the entry."""
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    if not isinstance(spec["weights"], str) or not spec["weights"]:
+        raise ModelError(f"model spec {path.name}: weights must be a file name (a string); got {spec['weights']!r}")
+    if "overlap" in spec and not (number(spec["overlap"]) and 0 <= spec["overlap"] < 1):
+        raise ModelError(f"model spec {path.name}: overlap must be a number in [0, 1); got {spec['overlap']!r}")
+    batch = spec.get("sw_batch_size", 1)
+    if not (isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1):
+        raise ModelError(f"model spec {path.name}: sw_batch_size must be a positive integer; got {batch!r}")
+    for key, allowed in (("blend_mode", ("constant", "gaussian")), ("output_activation", ("softmax", "sigmoid")),
+                         ("task", ("classification", "segmentation"))):
+        if key in spec and spec[key] not in allowed:
+            raise ModelError(f"model spec {path.name}: {key} must be one of {', '.join(allowed)}; "
+                             f"got {spec[key]!r}")
 
 
 def _declared_in_channels(args: Any) -> Optional[int]:

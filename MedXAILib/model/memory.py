@@ -22,7 +22,7 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["parse_budget", "free_bytes", "resolve_budget", "saved_bytes", "items_per_call", "AUTO_FRACTION",
+__all__ = ["MIN_BUDGET", "parse_budget", "free_bytes", "resolve_budget", "saved_bytes", "items_per_call", "AUTO_FRACTION",
            "AUTO_CPU_CAP", "AUTO_CPU_WINDOWS"]
 
 #: Share of the free memory an ``auto`` budget takes (the rest is left to the system and the caller).
@@ -41,10 +41,16 @@ _UNITS = {"": 1, "B": 1, "KB": 2**10, "K": 2**10, "MB": 2**20, "M": 2**20, "GB":
           "TB": 2**40, "T": 2**40, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
-def parse_budget(text: Optional[str | int | float]) -> Optional[int]:
+#: The smallest budget the command line accepts: less cannot hold the tensors of even a small window.
+MIN_BUDGET = 64 * 2**20
+
+
+def parse_budget(text: Optional[str | int | float], minimum: int = 1) -> Optional[int]:
     """``"4GB"``, ``"500MB"``, ``"1.5G"``, a number of bytes, or ``"auto"``/``None`` (-> ``None``).
 
-    Units are binary (1 GB = 2^30 bytes), as free-memory tools report them.
+    Units are binary (1 GB = 2^30 bytes), as free-memory tools report them. `minimum` is the smallest
+    budget accepted (the command line asks for :data:`MIN_BUDGET`; tests use tiny budgets on purpose to
+    force one window per network call).
 
     Raises:
         InputError: anything else, or a budget that is not positive.
@@ -63,6 +69,9 @@ def parse_budget(text: Optional[str | int | float]) -> Optional[int]:
         value = float(match.group(1)) * _UNITS[match.group(2)]
     if not value > 0:
         raise InputError(f"memory budget must be positive; got {text!r}")
+    if value < minimum:
+        raise InputError(f"a memory budget of {text} cannot hold one window or batch; give at least "
+                         f"{minimum // 2**20}MB (or 'auto')")
     return int(value)
 
 

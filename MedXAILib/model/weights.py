@@ -80,6 +80,8 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "weights only load failed" not in str(exc).lower():  # not a pickle of objects: not a PyTorch file
+            raise ModelError(f"cannot read weights from {path}: not a PyTorch file ({_first(exc)})") from None
         raise UntrustedModelError(
             f"{path.name} contains pickled Python objects that would run code when loaded "
             f"({str(exc).strip().splitlines()[0][:160]}); MedXAI loads plain weights only. "
@@ -87,6 +89,9 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise ModelError(f"cannot read weights from {path}: corrupted or not a PyTorch file ({_first(exc)})") from None
+    except Exception as exc:  # torch's legacy reader fails on arbitrary bytes with IndexError, KeyError, ...
+        raise ModelError(f"cannot read weights from {path}: not a PyTorch file ({type(exc).__name__}: "
+                         f"{_first(exc)})") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -122,7 +122,12 @@ def network_call(network: torch.nn.Module, inputs: torch.Tensor, mixed_precision
         out = out[0]
     if isinstance(out, dict):
         raise ModelError("the model returns a dict; wrap it to return the logits tensor")
-    return torch.as_tensor(out)
+    out = torch.as_tensor(out)
+    if not out.is_floating_point():
+        raise ModelError(f"the model returns integer values ({str(out.dtype).replace('torch.', '')}: labels, e.g. after an "
+                         "argmax); MedXAI explains scores: export the network without its argmax or post-processing, "
+                         "so that it returns logits or probabilities")
+    return out
 
 
 def network_output(network: torch.nn.Module, inputs: torch.Tensor,

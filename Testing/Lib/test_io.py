@@ -296,7 +296,7 @@ def test_unwritable_folder_is_an_input_error(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(mio.tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(mio.images.tempfile, "mkdtemp", refuse)
     with pytest.raises(InputError, match="Permission denied"):
         mio.write_image(_oblique_volume(), tmp_path / "out.nrrd")
     assert _leftovers(tmp_path) == []
