@@ -13,7 +13,7 @@ Everything here is plain Python (no qt, no slicer), so it is unit tested with py
   blocking (the Qt runner drains it from a ``QTimer``).
 
 The exit codes (``process.EXIT_OK``, ``EXIT_BAD_INPUT``, ``EXIT_CANCELLED``, ...) are those of
-:mod:`MedXAILib.runs.protocol`, looked up there on first use.
+:mod:`MedXAILib.runs.protocol`, re-exported here.
 """
 
 from __future__ import annotations
@@ -30,7 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from MedXAILib.runs.protocol import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK  # the one definition
+
 __all__ = [
+    "EXIT_OK",
+    "EXIT_INTERNAL",
+    "EXIT_BAD_INPUT",
+    "EXIT_CANCELLED",
     "ProgressEvent",
     "DoneEvent",
     "LogLine",
@@ -45,17 +51,6 @@ __all__ = [
     "BackgroundProcess",
 ]
 
-_EXIT_CODES = ("EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_CANCELLED")
-
-
-def __getattr__(name: str) -> Any:
-    # The exit codes have one definition, in MedXAILib.runs.protocol; imported on first use because
-    # Slicer loads this file at start-up, where only MedXAILib's light core may be imported.
-    if name in _EXIT_CODES:
-        from MedXAILib.runs import protocol
-
-        return getattr(protocol, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------------------------------

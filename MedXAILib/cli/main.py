@@ -14,13 +14,13 @@ from typing import Any, Optional, Sequence
 
 from .. import __version__
 from ..errors import Cancelled, MedXAIError
-from . import boundary_cmd, counterfactual_cmd, demo_cmd, explain, layers_cmd, methods_cmd, stats_cmd
+from . import boundary_cmd, counterfactual_cmd, demo_cmd, explain_cmd, layers_cmd, methods_cmd, stats_cmd
 from . import compare_cmd, evaluate_cmd, run_cmd, train_demo_cmd
 from .common import EXIT_CANCELLED, EXIT_OK, Parser, fail, guard_outputs
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = (explain, methods_cmd, layers_cmd, demo_cmd, boundary_cmd, stats_cmd, counterfactual_cmd)
+COMMANDS = (explain_cmd, methods_cmd, layers_cmd, demo_cmd, boundary_cmd, stats_cmd, counterfactual_cmd)
 COMMANDS += (evaluate_cmd, compare_cmd, train_demo_cmd, run_cmd)
 
 

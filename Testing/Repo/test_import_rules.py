@@ -57,6 +57,8 @@ LIGHT_MODULES: tuple[str, ...] = (
     "io",  # io/__init__.py: image functions load lazily, on first use
     "io.atomic",
     "io.jsondata",
+    "runs",  # the run protocol: the Slicer module builds requests at start-up, before torch exists
+    "runs.*",
     "methods",  # methods/__init__.py: the method registry, populated by the catalog below
     "methods.catalog",  # catalog/__init__.py
     "methods.catalog.*",  # one module per family: parameter dataclasses and registry entries
@@ -273,6 +275,18 @@ def _non_light_medxailib(ref: ImportRef, relpath: str, light: frozenset[str], ex
     ]
 
 
+def _module_level_imports(
+    source: str, relpath: str, light: Optional[frozenset[str]], existing: Optional[frozenset[str]]
+) -> tuple[list[tuple[ImportRef, str]], frozenset[str], frozenset[str]]:
+    """The imports that run when `source` is imported, each with its "path:line: `import`" prefix,
+    and the light core and the existing modules (computed when not given)."""
+    existing = repo_modules() if existing is None else existing
+    light = light_module_names(existing=existing) if light is None else light
+    refs = [(ref, f"{relpath}:{ref.lineno}: `{ref.describe()}`")
+            for ref in collect_imports(ast.parse(source, relpath)) if ref.module_level]
+    return refs, light, existing
+
+
 def check_light_source(
     source: str,
     relpath: str,
@@ -280,13 +294,9 @@ def check_light_source(
     existing: Optional[frozenset[str]] = None,
 ) -> list[str]:
     """At module level a light-core module imports only stdlib, numpy and other light modules."""
-    existing = repo_modules() if existing is None else existing
-    light = light_module_names(existing=existing) if light is None else light
+    refs, light, existing = _module_level_imports(source, relpath, light, existing)
     problems = []
-    for ref in collect_imports(ast.parse(source, relpath)):
-        if not ref.module_level:
-            continue
-        where = f"{relpath}:{ref.lineno}: `{ref.describe()}`"
+    for ref, where in refs:
         if ref.level == 0 and ref.top in HEAVY_PACKAGES:
             problems.append(
                 f"{where}: the light core must import without {ref.top} (the Slicer GUI lists methods "
@@ -360,13 +370,9 @@ def check_app_load_source(
     existing: Optional[frozenset[str]] = None,
 ) -> list[str]:
     """MedXAI.py and MedXAIRuntime load without torch/monai (Slicer imports them at start-up)."""
-    existing = repo_modules() if existing is None else existing
-    light = light_module_names(existing=existing) if light is None else light
+    refs, light, existing = _module_level_imports(source, relpath, light, existing)
     problems = []
-    for ref in collect_imports(ast.parse(source, relpath)):
-        if not ref.module_level:
-            continue
-        where = f"{relpath}:{ref.lineno}: `{ref.describe()}`"
+    for ref, where in refs:
         if ref.level == 0 and ref.top in APP_LOAD_FORBIDDEN:
             problems.append(
                 f"{where}: Slicer imports this file at start-up, before {ref.top} is installed; import it "

@@ -3,7 +3,7 @@
 Needs a Slicer source checkout: set ``SLICER_SOURCE_DIR`` (e.g. a clone of Slicer/Slicer at tag
 v5.12.0 or v5.10.0; ``Base/Python`` and ``Modules/Scripted/SegmentStatistics`` are used); skipped
 otherwise, since tests never download anything. See
-``slicer_module_harness.py`` for what runs and docs/developer_guide/testing.md.
+``slicer_module_harness.py`` for what runs and docs/developer-guide.md ("Testing").
 """
 
 from __future__ import annotations
