@@ -11,17 +11,8 @@ from typing import Any
 
 from ._version import __version__
 from .attribution import PROVENANCE_KEY, Attribution
-from .errors import (
-    Cancelled,
-    GeometryError,
-    InputError,
-    MedXAIError,
-    ModelError,
-    ParameterError,
-    TargetError,
-    UnknownNameError,
-    UntrustedModelError,
-)
+from . import errors
+from .errors import *  # noqa: F403  (the typed errors: every name of errors.__all__, exported below)
 from .methods import METHODS
 from .monitor import Monitor
 from .params import ParamSpec, make_params, param, param_specs
@@ -43,18 +34,10 @@ __all__ = [
     "param",
     "param_specs",
     "make_params",
-    "explain",
-    "load_model",
-    "MedXAIError",
-    "InputError",
-    "GeometryError",
-    "ModelError",
-    "UntrustedModelError",
-    "TargetError",
-    "ParameterError",
-    "UnknownNameError",
-    "Cancelled",
+    "explain",  # noqa: F405  (loaded on first use by __getattr__, below)
+    "load_model",  # noqa: F405
 ]
+__all__ += errors.__all__
 
 _LAZY = {"explain": ("MedXAILib.engine", "explain"), "load_model": ("MedXAILib.model", "load_model")}
 

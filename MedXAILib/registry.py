@@ -14,7 +14,7 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from .errors import UnknownNameError
 
-__all__ = ["Registry", "MethodInfo", "FAMILIES", "TASKS", "METHODS"]
+__all__ = ["Registry", "MethodInfo", "FAMILIES", "TASKS", "METHODS", "load_implementation"]
 
 FAMILIES = ("gradient", "cam", "perturbation", "game-theoretic", "propagation", "counterfactual")
 TASKS = ("classification", "segmentation")
@@ -51,8 +51,13 @@ class MethodInfo:
             raise ValueError(f"unknown task in {self.tasks!r} for {self.name}")
 
     def load(self) -> Callable[..., Any]:
-        module_name, func_name = self.implementation.split(":")
-        return getattr(importlib.import_module(module_name), func_name)
+        return load_implementation(self.implementation)
+
+
+def load_implementation(path: str) -> Callable[..., Any]:
+    """The function a registry entry names as ``"module:function"``, imported now (on first use)."""
+    module_name, func_name = path.split(":")
+    return getattr(importlib.import_module(module_name), func_name)
 
 
 T = TypeVar("T")

@@ -7,12 +7,11 @@ implementation as ``"module:function"``, imported on first use by :meth:`Generat
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..params import param
-from ..registry import TASKS, Registry
+from ..registry import TASKS, Registry, load_implementation
 
 __all__ = [
     "GENERATORS",
@@ -71,8 +70,7 @@ class GeneratorInfo:
             raise ValueError(f"unknown goal kind in {self.goals!r} for {self.name}")
 
     def load(self) -> Callable[..., Any]:
-        module_name, func_name = self.implementation.split(":")
-        return getattr(importlib.import_module(module_name), func_name)
+        return load_implementation(self.implementation)
 
 
 _GROWTH_HELP = "Factor applied to goal_weight when the search stalls."

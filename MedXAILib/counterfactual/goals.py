@@ -40,8 +40,8 @@ import numpy as np
 from ..errors import TargetError
 from .catalog import GOAL_KINDS
 
-__all__ = ["Goal", "GOAL_KINDS", "GoalWeight", "ResolvedGoal", "CounterfactualContext", "resolve_goal",
-           "voxel_ml"]
+__all__ = ["Goal", "GOAL_KINDS", "GoalWeight", "GoalSearch", "ResolvedGoal", "CounterfactualContext",
+           "resolve_goal", "voxel_ml"]
 
 _EPS = 1e-6
 
@@ -393,3 +393,76 @@ class CounterfactualContext:
         if self.region is not None:
             x = torch.where(self.region, x, self.x)
         return x
+
+
+class GoalSearch:
+    """The loop bookkeeping shared by the optimising generators (gradient search, latent shift).
+
+    A generator evaluates the model on its current counterfactual at every step and calls
+    :meth:`check`, which records the goal quantity, reports progress and says whether the search ends
+    there: the goal is reached (that iterate is the result) or ``max_steps`` steps were taken.
+    Otherwise it minimises :meth:`weighted_goal_loss` (the goal loss times the growing
+    :class:`GoalWeight`) plus its own terms, takes its step and calls :meth:`step_done`. At the end
+    :meth:`finish` records the diagnostics and warns when the goal was not reached.
+
+    Args:
+        ctx: the generator's context (goal, monitor, diagnostics).
+        params: the generator's parameters (``max_steps``, ``goal_weight``, ``goal_weight_growth``,
+            ``patience``).
+        label: what a step is called in progress messages and the warning (``"step"``).
+        progress: (start, span) of the monitor's fraction that the steps cover.
+    """
+
+    HISTORY = 500  # goal quantities kept in the diagnostics
+
+    def __init__(self, ctx: CounterfactualContext, params: Any, label: str = "step",
+                 progress: tuple[float, float] = (0.0, 1.0)) -> None:
+        self.ctx = ctx
+        self.max_steps = params.max_steps
+        self.weight = GoalWeight(float(params.goal_weight), params.patience, params.goal_weight_growth)
+        self.label = label
+        self.progress = progress
+        self.history: list[float] = []
+        self.stop = "max_steps"
+        self.steps = 0
+        self.value = float("nan")
+        self._goal_loss: Any = None
+
+    @property
+    def reached(self) -> bool:
+        return self.stop == "goal reached"
+
+    def check(self, step: int, output: Any) -> bool:
+        """Record the goal quantity of this step's model output; True when the search ends here."""
+        goal = self.ctx.goal
+        self.value = value = goal.quantity(output)
+        if len(self.history) < self.HISTORY:
+            self.history.append(round(value, 6))
+        start, span = self.progress
+        self.ctx.monitor.update(start + span * step / max(self.max_steps, 1),
+                                f"{self.label} {step}/{self.max_steps}: {goal.quantity_name} {value:.4g} "
+                                f"(target {goal.target:.4g})")
+        if goal.reached(value):
+            self.stop = "goal reached"
+            return True
+        return step == self.max_steps
+
+    def weighted_goal_loss(self, output: Any) -> Any:
+        """The goal loss of `output` (differentiable) times the current goal weight."""
+        self._goal_loss = self.ctx.goal.loss(output)
+        return self.weight.value * self._goal_loss
+
+    def step_done(self, step: int) -> None:
+        """Count the step and let the goal weight grow if the goal loss has stalled."""
+        self.steps = step + 1
+        self.weight.update(float(self._goal_loss.detach()))
+
+    def finish(self, remedy: str, **diagnostics: Any) -> None:
+        """Record steps, stop reason, final goal weight and history (then `diagnostics`); warn with
+        `remedy` when the goal was not reached."""
+        self.ctx.diagnostics.update(steps=self.steps, stop_reason=self.stop,
+                                    final_goal_weight=self.weight.value, history=self.history, **diagnostics)
+        if not self.reached:
+            goal = self.ctx.goal
+            self.ctx.warn(f"the goal was not reached in {self.max_steps} {self.label}s ({goal.quantity_name} "
+                          f"{self.value:.4g}, target {goal.target:.4g}); {remedy}")

@@ -20,18 +20,15 @@ so voxels the model does not look at stay exactly unchanged instead of jittering
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from .catalog import GradientSearchParams
-from .goals import CounterfactualContext, GoalWeight
+from .goals import CounterfactualContext, GoalSearch
 
 __all__ = ["gradient_search", "total_variation"]
 
 _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-12
 _TV_EPS = 1e-3  # Charbonnier smoothing of |difference| (in units of the intensity range)
-_HISTORY = 500  # goal quantities kept in the diagnostics
 
 
 def total_variation(delta: torch.Tensor, eps: float = _TV_EPS) -> torch.Tensor:
@@ -59,58 +56,42 @@ def gradient_search(ctx: CounterfactualContext, params: GradientSearchParams) ->
         The counterfactual input (1, C, I, J, K), inside the bounds, equal to the input outside the
         region; the first iterate that reached the goal, or the last one after ``max_steps``.
     """
-    x0, goal, monitor = ctx.x, ctx.goal, ctx.monitor
+    x0 = ctx.x
     scale = ctx.scale
     n = x0.numel()
     allowed = None if ctx.region is None else ctx.region.to(x0.dtype).expand_as(x0)
     u = torch.zeros_like(x0)  # delta / scale: the optimised variable
     m, v = torch.zeros_like(x0), torch.zeros_like(x0)
-    weight = GoalWeight(float(params.goal_weight), params.patience, params.goal_weight_growth)
-    history: list[float] = []
-    stop = "max_steps"
+    search = GoalSearch(ctx, params)
     x = x0
-    steps = 0
     for step in range(params.max_steps + 1):
         u.requires_grad_(True)
         with torch.enable_grad():
             x = ctx.clamp(x0 + u * scale)
             output = ctx.model(x)
-            value = goal.quantity(output)
-            if len(history) < _HISTORY:
-                history.append(round(value, 6))
-            monitor.update(step / max(params.max_steps, 1), f"step {step}/{params.max_steps}: {goal.quantity_name} "
-                           f"{value:.4g} (target {goal.target:.4g})")
-            if goal.reached(value):
-                stop = "goal reached"
+            if search.check(step, output):
                 break
-            if step == params.max_steps:
-                break
-            goal_loss = goal.loss(output)
-            smooth = weight.value * goal_loss
+            smooth = search.weighted_goal_loss(output)
             if params.tv_weight > 0:
                 smooth = smooth + params.tv_weight * total_variation(u) / n
             if params.distance == "l2" and params.distance_weight > 0:
                 smooth = smooth + params.distance_weight * (u * u).sum() / n
             (grad,) = torch.autograd.grad(smooth, u)
-        steps = step + 1
+        t = step + 1
         u = u.detach()
         if allowed is not None:
             grad = grad * allowed
         # Adam (Kingma & Ba 2015) on the smooth part ...
         m.mul_(_BETA1).add_(grad, alpha=1 - _BETA1)
         v.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
-        denom = (v / (1 - _BETA2 ** steps)).sqrt_().add_(_ADAM_EPS)
-        u = u - params.step_size * (m / (1 - _BETA1 ** steps)) / denom
+        denom = (v / (1 - _BETA2 ** t)).sqrt_().add_(_ADAM_EPS)
+        u = u - params.step_size * (m / (1 - _BETA1 ** t)) / denom
         # ... then the L1 proximal step in Adam's metric diag(denom / step_size)
         if params.distance == "l1" and params.distance_weight > 0:
             threshold = params.step_size * params.distance_weight / n / denom
             u = torch.sign(u) * torch.relu(u.abs() - threshold)
         # project onto the bounds (and the region) in image units, then back
         u = (ctx.clamp(x0 + u * scale) - x0) / scale
-        weight.update(float(goal_loss.detach()))
-    ctx.diagnostics.update(steps=steps, stop_reason=stop, final_goal_weight=weight.value, history=history)
-    if stop != "goal reached":
-        ctx.warn(f"the goal was not reached in {params.max_steps} steps ({goal.quantity_name} {value:.4g}, target "
-                 f"{goal.target:.4g}); raise max_steps or step_size, lower distance_weight, or widen the region "
-                 "or the bounds")
+        search.step_done(step)
+    search.finish("raise max_steps or step_size, lower distance_weight, or widen the region or the bounds")
     return x.detach()

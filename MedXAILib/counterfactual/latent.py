@@ -27,11 +27,9 @@ import torch
 
 from ..errors import InputError
 from .catalog import LatentParams
-from .goals import CounterfactualContext, GoalWeight
+from .goals import CounterfactualContext, GoalSearch
 
 __all__ = ["latent"]
-
-_HISTORY = 500
 
 
 def latent(ctx: CounterfactualContext, params: LatentParams) -> torch.Tensor:
@@ -52,7 +50,7 @@ def latent(ctx: CounterfactualContext, params: LatentParams) -> torch.Tensor:
 
     from .autoencoder import load_autoencoder
 
-    x0, goal, monitor = ctx.x, ctx.goal, ctx.monitor
+    x0, monitor = ctx.x, ctx.monitor
     if x0.shape[1] != 1:
         raise InputError(f"the latent generator handles one-channel images; this one has {x0.shape[1]} channels")
     monitor.update(0.0, "Loading the autoencoder")
@@ -78,9 +76,7 @@ def latent(ctx: CounterfactualContext, params: LatentParams) -> torch.Tensor:
         reference = net.decode(z0)
     crop = (slice(None), slice(None), slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
     z = z0.clone()
-    weight = GoalWeight(float(params.goal_weight), params.patience, params.goal_weight_growth)
-    history: list[float] = []
-    stop, steps = "max_steps", 0
+    search = GoalSearch(ctx, params, label="latent step", progress=(0.05, 0.95))
     x = x0
     for step in range(params.max_steps + 1):
         z = z.detach().requires_grad_(True)
@@ -88,30 +84,15 @@ def latent(ctx: CounterfactualContext, params: LatentParams) -> torch.Tensor:
             change = (net.decode(z) - reference)[crop] * scale
             x = ctx.clamp(x0 + change)
             output = ctx.model(x)
-            value = goal.quantity(output)
-            if len(history) < _HISTORY:
-                history.append(round(value, 6))
-            monitor.update(0.05 + 0.95 * step / max(params.max_steps, 1),
-                           f"latent step {step}/{params.max_steps}: {goal.quantity_name} {value:.4g} "
-                           f"(target {goal.target:.4g})")
-            if goal.reached(value):
-                stop = "goal reached"
+            if search.check(step, output):
                 break
-            if step == params.max_steps:
-                break
-            goal_loss = goal.loss(output)
-            loss = weight.value * goal_loss + params.distance_weight * ((z - z0) ** 2).mean()
+            loss = search.weighted_goal_loss(output) + params.distance_weight * ((z - z0) ** 2).mean()
             (grad,) = torch.autograd.grad(loss, z)
         with torch.no_grad():
             z = z - params.step_size * grad / (grad.abs().max() + 1e-12)
-        steps = step + 1
-        weight.update(float(goal_loss.detach()))
+        search.step_done(step)
     with torch.no_grad():
         shift = float((z - z0).norm())
-    ctx.diagnostics.update(steps=steps, stop_reason=stop, final_goal_weight=weight.value, history=history,
-                           latent_shift_norm=round(shift, 6), autoencoder={"source": spec["source"],
-                                                                          "sha256": spec["sha256"]})
-    if stop != "goal reached":
-        ctx.warn(f"the goal was not reached in {params.max_steps} latent steps ({goal.quantity_name} {value:.4g}, "
-                 f"target {goal.target:.4g}); raise max_steps or step_size, or lower distance_weight")
+    search.finish("raise max_steps or step_size, or lower distance_weight", latent_shift_norm=round(shift, 6),
+                  autoencoder={"source": spec["source"], "sha256": spec["sha256"]})
     return x.detach()

@@ -45,8 +45,22 @@ import numpy as np
 
 from ..volume import ImageVolume
 
-__all__ = ["SEGMENTER", "CLASSIFIER", "METHODS", "PHANTOM_SEED", "DemoCase", "DemoModel", "demo_case", "display_limit", "load_demo_models", "lesion_statistics",
-           "run_demo", "synthetic_ct", "train_tiny_classifier"]
+__all__ = [
+    "SEGMENTER",
+    "CLASSIFIER",
+    "METHODS",
+    "PHANTOM_SEED",
+    "DemoCase",
+    "DemoModel",
+    "demo_case",
+    "display_limit",
+    "load_demo_models",
+    "lesion_statistics",
+    "open_hint",
+    "run_demo",
+    "synthetic_ct",
+    "train_tiny_classifier",
+]
 
 SEGMENTER, CLASSIFIER = "phantom_segmenter", "lesion_classifier_petct"
 CT_WINDOW = (-160.0, 240.0)  # display window (abdomen, W 400 / L 40)
@@ -534,11 +548,16 @@ def run_demo(out: Path, quiet: bool = False, seed: int = 0, small: bool = False,
         s = r["statistics"]
         log(f"  {r['model']:10s} {r['method']:22s} {s['positive_ratio']:7.1f} x  "
             f"({s['positive_share_in_lesion']:.1%} of positive relevance, {s['lesion_volume_share']:.2%} of voxels)")
-    log(f"\nOpen:\n  {out / 'report.html'}   in a web browser: figures, numbers, model cards, provenance\n"
-        f"  {out / 'scene.mrb'}     in 3D Slicer (drag and drop): the CT with the classifier's integrated "
-        "gradients as foreground, the segmentation as segments\n"
-        f"  {out / 'summary.json'}  everything above as JSON")
     return 0
+
+
+def open_hint(out: str | Path) -> str:
+    """What to open in the demo folder `out`, and with what (printed once the folder is complete)."""
+    out = Path(out)
+    return (f"\nOpen:\n  {out / 'report.html'}   in a web browser: figures, numbers, model cards, provenance\n"
+            f"  {out / 'scene.mrb'}     in 3D Slicer (drag and drop): the CT with the classifier's integrated "
+            "gradients as foreground, the segmentation as segments\n"
+            f"  {out / 'summary.json'}  everything above as JSON")
 
 
 if __name__ == "__main__":  # pragma: no cover

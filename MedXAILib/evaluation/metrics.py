@@ -45,8 +45,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import GeometryError, InputError, ParameterError, TargetError
+from ..methods.catalog.fields import batch_size_field, blur_sigma_field
+from ..methods.catalog.perturbation import PERTURBATION_BASELINES
 from ..params import make_params, param, params_to_dict
-from ..registry import Registry
+from ..registry import Registry, load_implementation
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -94,7 +96,8 @@ __all__ = [
 ]
 
 METRIC_FAMILIES = ("faithfulness", "localisation", "robustness", "complexity", "randomisation")
-PERTURBATION_BASELINES = ("zeros", "min", "mean", "blur")
+# PERTURBATION_BASELINES (imported above) are the perturbation methods' own: a removed voxel takes the
+# value that MedXAILib.methods.perturbation.perturbation_baseline gives, as in those methods.
 ORDERS = ("morf", "lerf")
 FEATURES = ("voxels", "supervoxels")
 
@@ -136,10 +139,7 @@ class MetricInfo:
 
     def load(self) -> Callable[..., dict]:
         """The implementation ``function(ctx: MetricContext, params) -> dict``."""
-        import importlib
-
-        module_name, func_name = self.implementation.split(":")
-        return getattr(importlib.import_module(module_name), func_name)
+        return load_implementation(self.implementation)
 
 
 METRICS: Registry[MetricInfo] = Registry("metric")
@@ -155,7 +155,6 @@ _ORDER_HELP = (
     "morf: most relevant voxels first (a faithful map makes the curve fall fast for deletion, rise "
     "fast for insertion); lerf: least relevant first (the better direction flips)."
 )
-_BATCH_HELP = "Perturbed inputs evaluated per forward pass (lower it if memory runs out)."
 _SIGMA_HELP = "Standard deviation of the Gaussian input noise as a fraction of each channel's intensity range."
 
 
@@ -165,12 +164,12 @@ class DeletionParams:
                          "step k removes k/n_steps of the voxels (or supervoxels).")
     order: str = param("morf", choices=ORDERS, help=_ORDER_HELP)
     baseline: str = param("zeros", choices=PERTURBATION_BASELINES, help=_BASELINE_HELP)
-    blur_sigma_mm: float = param(8.0, range=(0.0, None), unit="mm", help="Blur width for the 'blur' baseline.")
+    blur_sigma_mm: float = blur_sigma_field()
     features: str = param("voxels", choices=FEATURES, help="Remove single voxels ranked by relevance, or "
                           "SLIC supervoxels ranked by their mean relevance (x axis: fraction of voxels removed).")
     n_segments: int = param(100, range=(2, 100000), help="Approximate number of supervoxels (features=supervoxels).")
     compactness: float = param(0.3, range=(1e-4, 1000.0), help="SLIC compactness (features=supervoxels).")
-    batch_size: int = param(8, range=(1, 1024), help=_BATCH_HELP)
+    batch_size: int = batch_size_field()
 
 
 @dataclass
@@ -186,8 +185,8 @@ class FaithfulnessCorrelationParams:
     subset_fraction: float = param(0.05, range=(1e-7, 1.0), help="Size of each random subset as a fraction "
                                    "of the voxels (at least one voxel).")
     baseline: str = param("zeros", choices=PERTURBATION_BASELINES, help=_BASELINE_HELP)
-    blur_sigma_mm: float = param(8.0, range=(0.0, None), unit="mm", help="Blur width for the 'blur' baseline.")
-    batch_size: int = param(8, range=(1, 1024), help=_BATCH_HELP)
+    blur_sigma_mm: float = blur_sigma_field()
+    batch_size: int = batch_size_field()
 
 
 @dataclass
@@ -201,7 +200,7 @@ class RoadParams:
     tolerance: float = param(1e-4, range=(1e-12, 0.1), help="Relative residual at which the imputation solve "
                              "stops: the imputed values are then accurate to about this fraction of the "
                              "intensity range (well below the default noise).")
-    batch_size: int = param(8, range=(1, 1024), help=_BATCH_HELP)
+    batch_size: int = batch_size_field()
 
 
 @dataclass
@@ -211,7 +210,7 @@ class InfidelityParams:
                          "of each channel's intensity range.")
     normalize: bool = param(True, help="Scale the map by the beta that minimises infidelity first (Captum's "
                             "normalize; Yeh et al.'s experiments), so maps on different scales compare.")
-    batch_size: int = param(8, range=(1, 1024), help=_BATCH_HELP)
+    batch_size: int = batch_size_field()
 
 
 @dataclass

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -11,6 +16,8 @@ import torch
 from MedXAILib import ImageVolume
 from MedXAILib.io import write_image
 from MedXAILib.model import load_model, save_spec_model
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def oblique_affine(spacing=(0.8, 1.1, 2.0), origin=(-120.0, 35.5, 410.0), angle_deg=25.0) -> np.ndarray:
@@ -84,3 +91,61 @@ def cli_files(tmp_path: Path) -> dict[str, Path]:
                     class_names=["background", "organ", "lesion"], in_channels=1)
     return {"image": tmp_path / "ct.nrrd", "mask": tmp_path / "mask.nii.gz", "model": tmp_path / "unet.json",
             "dir": tmp_path}
+
+
+def two_structure_label_map(volume: ImageVolume, path: Path, values: tuple[int, int]) -> np.ndarray:
+    """A label map on `volume`'s grid with two boxes labelled `values` (background 0), written to `path`."""
+    label_array = np.zeros(volume.shape, np.float32)
+    label_array[2:9, 3:12, 1:6] = values[0]
+    label_array[12:18, 2:8, 6:11] = values[1]
+    write_image(ImageVolume(label_array, volume.affine), path)
+    return label_array
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line
+
+
+def with_extra_args(args: Sequence[str], extra: Sequence[str], replaced: Sequence[str]) -> list[str]:
+    """`args` with `extra` added: when `extra` starts with an option of `replaced`, that option's value in
+    `args` becomes ``extra[1]`` (and the rest of `extra` is appended); otherwise `extra` is appended."""
+    args = list(args)
+    if extra and extra[0] in replaced:
+        args[args.index(extra[0]) + 1] = extra[1]
+        args += extra[2:]
+    else:
+        args += extra
+    return args
+
+
+def expect_cli_error(args: Sequence[str], fragment: str, capsys) -> str:
+    """Run ``medxai`` with `args` in this process: it must exit 2 (also where argparse exits itself) with
+    at most three lines on stderr that hold `fragment` and no traceback. Returns stderr."""
+    from MedXAILib.cli.main import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:  # argparse rejects malformed options itself (through Parser.error)
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert fragment in err and "Traceback" not in err and err.count("\n") <= 3, err
+    return err
+
+
+def interrupt_cli(args: Sequence[str], until: Callable[[dict], bool]) -> list[dict]:
+    """Run ``python -m MedXAILib *args`` (with ``--progress-json``) and press Ctrl-C once a progress
+    record satisfies `until`: the command must exit 130 saying it was cancelled, without a traceback.
+    Returns the records read."""
+    process = subprocess.Popen([sys.executable, "-m", "MedXAILib", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    records = []
+    for line in process.stdout:
+        records.append(json.loads(line))
+        if until(records[-1]):
+            break
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "cancelled" in err and "Traceback" not in err
+    return records

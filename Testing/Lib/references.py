@@ -27,6 +27,35 @@ def reference_function(adapter, volume, target):
     return (lambda batch: scorer(bound(batch))), x
 
 
+def reference_module(network: torch.nn.Module, forward) -> torch.nn.Module:
+    """`forward` (batch -> scores, written independently of MedXAI's target code) as a module for a
+    reference library, with the model's `network` registered so that Captum's ``model.apply`` reaches
+    its layers."""
+
+    class Reference(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.network = network
+
+        def forward(self, batch):
+            return forward(batch)
+
+    return Reference()
+
+
+def linear_model(shape) -> tuple[torch.nn.Module, torch.Tensor]:
+    """F(x) = (sum(w * x), 0) over a one-channel volume of `shape`, with weights w from -1 to 1: its
+    gradient is w everywhere, so baseline-from-zeros attributions are exactly w * x (analytic cases).
+    Returns the model and w, shaped (1, 1, I, J, K)."""
+    weights = torch.linspace(-1, 1, int(np.prod(shape))).reshape(1, 1, *shape)
+
+    class Linear(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([(x * weights).flatten(1).sum(1), torch.zeros(x.shape[0])], dim=1)
+
+    return Linear(), weights
+
+
 def masked_target(volume) -> Target:
     """Class 1 summed over a fixed box-shaped mask: a segmenter target no peer supports natively."""
     mask = np.zeros(volume.shape, bool)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +26,9 @@ from MedXAILib.errors import InputError, ParameterError, TargetError
 from MedXAILib.io import read_image, write_image
 from MedXAILib.model import load_model
 from MedXAILib.scoring import resolve_target
+
+from conftest import interrupt_cli
+from references import reference_module
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -276,16 +277,11 @@ def test_boundary_margin_saliency_agrees_with_captum_on_an_independent_margin(se
         predicted = bound(x)[0].argmax(0).numpy() == 1
     band = torch.as_tensor(boundary_band(predicted, volume.spacing, 2.0, 2.0), dtype=torch.float32)
 
-    class Margin(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.network = segmenter.network
+    def margin(batch):
+        z = bound(batch)
+        return ((z[:, 1] - torch.maximum(z[:, 0], z[:, 2])) * band).sum(dim=(1, 2, 3))
 
-        def forward(self, batch):
-            z = bound(batch)
-            return ((z[:, 1] - torch.maximum(z[:, 0], z[:, 2])) * band).sum(dim=(1, 2, 3))
-
-    reference = Saliency(Margin()).attribute(x.clone(), abs=False)
+    reference = Saliency(reference_module(segmenter.network, margin)).attribute(x.clone(), abs=False)
     np.testing.assert_allclose(result.array, reference[0].numpy(), rtol=1e-4, atol=1e-6 * float(reference.abs().max()))
     # a logit target on the same band is another function, so another map
     logit = explain(volume, segmenter, "saliency", Target(class_index=1, region="boundary", band_mm=(2.0, 2.0)))
@@ -296,16 +292,12 @@ def test_margin_of_a_classifier_agrees_with_captum(classifier, volume):
     result = explain(volume, classifier, "saliency", Target(class_index=2, score="margin"))
     bound = classifier.bind(volume.affine, volume.shape)
 
-    class Margin(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.network = classifier.network
+    def margin(batch):
+        z = bound(batch)
+        return z[:, 2] - torch.maximum(z[:, 0], z[:, 1])
 
-        def forward(self, batch):
-            z = bound(batch)
-            return z[:, 2] - torch.maximum(z[:, 0], z[:, 1])
-
-    reference = Saliency(Margin()).attribute(torch.as_tensor(volume.array)[None], abs=False)
+    x = torch.as_tensor(volume.array)[None]
+    reference = Saliency(reference_module(classifier.network, margin)).attribute(x, abs=False)
     np.testing.assert_allclose(result.array, reference[0].numpy(), rtol=1e-4, atol=1e-7)
 
 
@@ -515,14 +507,8 @@ def test_boundary_cli_cancel_leaves_nothing(cli_files, capsys, monkeypatch):
 @pytest.mark.slow
 def test_python_m_boundary_ctrl_c_exits_130_without_output(cli_files):
     out = cli_files["dir"] / "sal.nrrd"
-    command = [sys.executable, "-m", "MedXAILib", "boundary", "--image", str(cli_files["image"]), "--model",
-               str(cli_files["model"]), "--target-class", "1", "--method", "integrated_gradients", "--param",
-               "n_steps=1000", "--param", "batch_size=1", "--progress-json", "--out", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    for line in process.stdout:
-        if json.loads(line).get("progress", 0) > 0.02:
-            break
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
-    assert "cancelled" in err and "Traceback" not in err and not out.exists()
+    interrupt_cli(["boundary", "--image", str(cli_files["image"]), "--model", str(cli_files["model"]),
+                   "--target-class", "1", "--method", "integrated_gradients", "--param", "n_steps=1000",
+                   "--param", "batch_size=1", "--progress-json", "--out", str(out)],
+                  until=lambda record: record.get("progress", 0) > 0.02)
+    assert not out.exists()

@@ -13,7 +13,7 @@ from captum.attr import InputXGradient, IntegratedGradients, Saliency
 
 from MedXAILib import Target, explain
 
-from references import masked_target, reference_function, relative_difference
+from references import linear_model, masked_target, reference_function, relative_difference
 
 
 
@@ -105,13 +105,8 @@ def test_integrated_gradients_completeness_is_measured_and_warned(segmenter, vol
 
 def test_integrated_gradients_on_a_linear_model_is_exact(volume):
     """Analytic case: for F(x) = sum(w * x), IG from zeros is w * x for any quadrature."""
-    weights = torch.linspace(-1, 1, int(np.prod(volume.shape))).reshape(1, 1, *volume.shape)
-
-    class Linear(torch.nn.Module):
-        def forward(self, x):
-            return torch.stack([(x * weights).flatten(1).sum(1), torch.zeros(x.shape[0])], dim=1)
-
-    result = explain(volume, Linear(), "integrated_gradients", Target(class_index=0),
+    model, weights = linear_model(volume.shape)
+    result = explain(volume, model, "integrated_gradients", Target(class_index=0),
                      {"n_steps": 3, "baseline": "zeros"})
     expected = (weights[0] * torch.as_tensor(volume.array)).numpy()
     np.testing.assert_allclose(result.array, expected, rtol=1e-5, atol=1e-6)

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from scipy.stats import rankdata
 
 from MedXAILib import Cancelled, ImageVolume, Monitor, Target, explain
@@ -20,9 +17,9 @@ from MedXAILib.errors import InputError, ParameterError, UnknownNameError
 from MedXAILib.evaluation import compare_methods, evaluate
 from MedXAILib.evaluation.compare import rank_methods
 from MedXAILib.io import read_image, write_image
-from MedXAILib.model import load_model, save_spec_model
+from MedXAILib.model import load_model
 
-from conftest import oblique_affine
+from conftest import expect_cli_error, interrupt_cli, oblique_affine, with_extra_args
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ["saliency", "input_x_gradient", "integrated_gradients"]
@@ -166,27 +163,14 @@ def test_cancel_propagates(classifier, volume):
 # Command line
 
 
-UNET_ARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8], "strides": [2],
-             "num_res_units": 1}
-
-
 @pytest.fixture
-def files(tmp_path: Path) -> dict[str, Path]:
-    from monai.networks.nets import UNet
-
-    rng = np.random.default_rng(0)
-    image = ImageVolume(rng.normal(size=(1, 20, 16, 12)).astype(np.float32), oblique_affine())
-    write_image(image, tmp_path / "ct.nrrd")
-    write_image(image.with_array(_mask(image.shape).astype(np.float32)), tmp_path / "mask.nii.gz")
-    torch.manual_seed(0)
-    model = tmp_path / "unet.json"
-    save_spec_model(UNet(**UNET_ARGS), "UNet", UNET_ARGS, model, task="segmentation",
-                    class_names=["background", "organ", "lesion"], in_channels=1)
+def files(cli_files) -> dict[str, Path]:
+    """The command-line test files (their mask is :func:`_mask`) and a saliency map of the image."""
+    image = read_image(cli_files["image"])
     target = Target(class_index=1, region="mask", mask=_mask(image.shape))
-    attribution = explain(read_image(tmp_path / "ct.nrrd"), load_model(model), "saliency", target, seed=4)
-    attribution.save(tmp_path / "attr.nrrd")
-    return {"image": tmp_path / "ct.nrrd", "mask": tmp_path / "mask.nii.gz", "model": model,
-            "attribution": tmp_path / "attr.nrrd", "dir": tmp_path}
+    attribution = explain(image, load_model(cli_files["model"]), "saliency", target, seed=4)
+    attribution.save(cli_files["dir"] / "attr.nrrd")
+    return {**cli_files, "attribution": cli_files["dir"] / "attr.nrrd"}
 
 
 def _common(files):
@@ -245,25 +229,17 @@ BAD_EVALUATE = {
     "attribution off the grid": (lambda f: ["--attribution", str(_far_attribution(f))], "not on the image grid"),
     "bad metric parameter": (lambda f: ["--metric-param", "deletion.n_step=3"], "did you mean 'n_steps'"),
     "malformed metric parameter": (lambda f: ["--metric-param", "n_steps=3"], "NAME.PARAM=VALUE"),
-    "wrong suffix": (lambda f: ["--out", str(f["dir"] / "metrics.txt")], "must end in one of .json"),
-    "overwrite an input": (lambda f: ["--out", str(f["attribution"])], "must end in"),
+    "wrong suffix": (lambda f: ["--out", str(f["dir"] / "metrics.txt")], "must end in .json"),
+    "overwrite an input": (lambda f: ["--out", str(f["attribution"])], "never overwrites its inputs"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_EVALUATE))
 def test_evaluate_cli_bad_input_exits_2_with_one_line_and_no_output(case, files, capsys):
     make, fragment = BAD_EVALUATE[case]
-    extra = make(files)
     out = files["dir"] / "metrics.json"
     args = ["evaluate", *_common(files), "--attribution", str(files["attribution"]), "--out", str(out)]
-    if extra[0] in ("--attribution", "--out"):
-        args[args.index(extra[0]) + 1] = extra[1]
-    else:
-        args += extra
-    code = main(args)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert fragment in err and "Traceback" not in err and err.count("\n") <= 3
+    expect_cli_error(with_extra_args(args, make(files), ("--attribution", "--out")), fragment, capsys)
     assert not out.exists() and not (files["dir"] / "metrics.txt").exists()
 
 
@@ -291,18 +267,9 @@ def test_compare_cli_writes_the_folder_and_prints_the_ranking(files, capsys):
 
 def test_compare_cli_progress_json_and_ctrl_c_cancels_without_output(files):
     out = files["dir"] / "cancelled"
-    command = [sys.executable, "-m", "MedXAILib", "compare", *_common(files), "--methods", "saliency,occlusion",
-               "--metrics", "deletion", "--metric-param", "deletion.n_steps=10000", "--metric-param",
-               "deletion.batch_size=1", "--progress-json", "--out", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    records = []
-    for line in process.stdout:
-        records.append(json.loads(line))
-        if "Deletion" in records[-1].get("message", ""):
-            break
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
-    assert "cancelled" in err and "Traceback" not in err
+    args = ["compare", *_common(files), "--methods", "saliency,occlusion", "--metrics", "deletion",
+            "--metric-param", "deletion.n_steps=10000", "--metric-param", "deletion.batch_size=1",
+            "--progress-json", "--out", str(out)]
+    records = interrupt_cli(args, until=lambda record: "Deletion" in record.get("message", ""))
     assert {"progress", "message", "elapsed_s"} <= set(records[-1])
     assert not out.exists()

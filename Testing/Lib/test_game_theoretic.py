@@ -22,6 +22,7 @@ from MedXAILib import ImageVolume, Target, explain
 from MedXAILib.methods.game_theoretic import shapley_kernel_coalitions
 from MedXAILib.methods.regions import grid_regions
 
+from conftest import two_structure_label_map
 from test_perturbation import (  # noqa: F401  (`case` is a fixture, used by name)
     RegionModel,
     WeightedLeastSquares,
@@ -173,14 +174,10 @@ def test_kernel_shap_does_not_depend_on_the_batch_size(segmenter, volume):
 
 
 def test_kernel_shap_over_label_map_structures_reports_each_structure(tmp_path, volume):
-    from MedXAILib.io import write_image
     from MedXAILib.methods.regions import label_regions
 
-    label_array = np.zeros(volume.shape, np.float32)
-    label_array[2:9, 3:12, 1:6] = 4
-    label_array[12:18, 2:8, 6:11] = 9
     path = tmp_path / "structures.nii.gz"
-    write_image(ImageVolume(label_array, volume.affine), path)
+    label_array = two_structure_label_map(volume, path, (4, 9))
     weights = [1.0, -2.0, 0.5]
     model = RegionModel(label_regions(label_array), weights, nonlinear=False)
     diag = explain(volume, model, "kernel_shap", Target(class_index=0),

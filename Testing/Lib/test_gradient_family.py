@@ -27,7 +27,7 @@ from MedXAILib.errors import ModelError
 from MedXAILib.model import load_model
 from MedXAILib.scoring import resolve_target
 
-from references import masked_target, relative_difference
+from references import linear_model, masked_target, relative_difference
 
 
 
@@ -62,32 +62,30 @@ def relu_unet(norm: str = "INSTANCE"):
     return load_model(net, task="segmentation", in_channels=1, device="cpu")
 
 
+def model_case(request, volume, segmenter):
+    """(adapter, target, Scored) for the conftest classifier (class 2) when the fixture's parameter names
+    a classifier, else for `segmenter()` with the masked target."""
+    if request.param.endswith("classifier"):
+        adapter, target = request.getfixturevalue("classifier"), Target(class_index=2)
+    else:
+        adapter, target = segmenter(), masked_target(volume)
+    return adapter, target, Scored(adapter, volume, target)
+
+
 @pytest.fixture(params=["classifier", "segmenter-masked"])
 def case(request, volume):
     """Stochastic methods: the conftest models as they are (PReLU and instance norm in the UNet)."""
-    if request.param == "classifier":
-        adapter, target = request.getfixturevalue("classifier"), Target(class_index=2)
-    else:
-        adapter, target = request.getfixturevalue("segmenter"), masked_target(volume)
-    return adapter, target, Scored(adapter, volume, target)
+    return model_case(request, volume, lambda: request.getfixturevalue("segmenter"))
 
 
 @pytest.fixture(params=["densenet-classifier", "relu-unet-masked"])
 def relu_case(request, volume):
-    if request.param == "densenet-classifier":
-        adapter, target = request.getfixturevalue("classifier"), Target(class_index=2)
-    else:
-        adapter, target = relu_unet("INSTANCE"), masked_target(volume)
-    return adapter, target, Scored(adapter, volume, target)
+    return model_case(request, volume, lambda: relu_unet("INSTANCE"))
 
 
 @pytest.fixture(params=["densenet-classifier", "relu-batchnorm-unet-masked"])
 def deeplift_case(request, volume):
-    if request.param == "densenet-classifier":
-        adapter, target = request.getfixturevalue("classifier"), Target(class_index=2)
-    else:
-        adapter, target = relu_unet("BATCH"), masked_target(volume)
-    return adapter, target, Scored(adapter, volume, target)
+    return model_case(request, volume, lambda: relu_unet("BATCH"))
 
 
 def give_captum_noise(monkeypatch, noise: torch.Tensor) -> None:
@@ -113,27 +111,32 @@ def smoothgrad_noise(x, n, batch_size, level, seed):
     return torch.cat(blocks) * std, float(std.flatten()[0])
 
 
+def smoothgrad_with_captum_noise(case, volume, monkeypatch, seed, **params):
+    """Our SmoothGrad map with `params` (n_samples, noise_level and batch_size among them), with Captum's
+    NoiseTunnel set to add the same noise. Returns the map, the Captum model and the noise's std."""
+    adapter, target, model = case
+    ours = explain(volume, adapter, "smoothgrad", target, params, seed=seed).array
+    n, size, level = params["n_samples"], params["batch_size"], params["noise_level"]
+    noise, std = smoothgrad_noise(model.x, n, size, level, seed)
+    give_captum_noise(monkeypatch, noise)
+    return ours, model, std
+
+
 @pytest.mark.parametrize("variant, nt_type", [("plain", "smoothgrad"), ("squared", "smoothgrad_sq"),
                                                ("vargrad", "vargrad")])
 def test_smoothgrad_matches_captum_noise_tunnel(case, volume, monkeypatch, variant, nt_type):
-    adapter, target, model = case
-    n, size, level, seed = 6, 4, 0.15, 3
-    params = {"variant": variant, "n_samples": n, "noise_level": level, "batch_size": size}
-    ours = explain(volume, adapter, "smoothgrad", target, params, seed=seed).array
-    noise, std = smoothgrad_noise(model.x, n, size, level, seed)
-    give_captum_noise(monkeypatch, noise)
+    n = 6
+    ours, model, std = smoothgrad_with_captum_noise(case, volume, monkeypatch, 3, variant=variant,
+                                                    n_samples=n, noise_level=0.15, batch_size=4)
     theirs = NoiseTunnel(Saliency(model)).attribute(model.x, nt_type=nt_type, nt_samples=n, stdevs=std,
                                                     abs=False)
     assert relative_difference(ours, theirs[0].detach().numpy()) < 1e-4
 
 
 def test_smoothgrad_times_input_matches_captum_noise_tunnel(case, volume, monkeypatch):
-    adapter, target, model = case
-    n, size, level, seed = 5, 5, 0.1, 8
-    params = {"n_samples": n, "noise_level": level, "batch_size": size, "multiply_by_input": True}
-    ours = explain(volume, adapter, "smoothgrad", target, params, seed=seed).array
-    noise, std = smoothgrad_noise(model.x, n, size, level, seed)
-    give_captum_noise(monkeypatch, noise)
+    n = 5
+    ours, model, std = smoothgrad_with_captum_noise(case, volume, monkeypatch, 8, n_samples=n,
+                                                    noise_level=0.1, batch_size=5, multiply_by_input=True)
     theirs = NoiseTunnel(InputXGradient(model)).attribute(model.x, nt_type="smoothgrad", nt_samples=n,
                                                           stdevs=std)
     assert relative_difference(ours, theirs[0].detach().numpy()) < 1e-4
@@ -211,13 +214,8 @@ def test_gradient_shap_matches_captum(case, volume, monkeypatch):
 
 def test_gradient_shap_on_a_linear_model_is_exact(volume):
     """For F(x) = sum(w * x), every sample gives (x - b) * w whatever the point on the path."""
-    weights = torch.linspace(-1, 1, int(np.prod(volume.shape))).reshape(1, 1, *volume.shape)
-
-    class Linear(torch.nn.Module):
-        def forward(self, x):
-            return torch.stack([(x * weights).flatten(1).sum(1), torch.zeros(x.shape[0])], dim=1)
-
-    result = explain(volume, Linear(), "gradient_shap", Target(class_index=0),
+    model, weights = linear_model(volume.shape)
+    result = explain(volume, model, "gradient_shap", Target(class_index=0),
                      {"baseline": "zeros", "baseline_noise": 0.0, "n_samples": 5})
     expected = (weights[0] * torch.as_tensor(volume.array)).numpy()
     np.testing.assert_allclose(result.array, expected, rtol=1e-5, atol=1e-6)

@@ -18,6 +18,7 @@ from captum.attr import FeatureAblation, Lime, Occlusion
 from MedXAILib import ImageVolume, ParameterError, Target, explain
 from MedXAILib.methods.regions import grid_regions, label_regions, supervoxels
 
+from conftest import two_structure_label_map
 from references import masked_target, reference_function, relative_difference
 
 SEED = 5
@@ -286,13 +287,8 @@ def test_feature_ablation_is_complete_on_an_additive_model(volume):
 
 
 def test_feature_ablation_over_the_structures_of_a_label_map(tmp_path, volume):
-    from MedXAILib.io import write_image
-
-    label_array = np.zeros(volume.shape, np.float32)
-    label_array[2:9, 3:12, 1:6] = 3
-    label_array[12:18, 2:8, 6:11] = 7
     path = tmp_path / "labels.nrrd"
-    write_image(ImageVolume(label_array, volume.affine), path)
+    label_array = two_structure_label_map(volume, path, (3, 7))
     weights = [0.5, -1.0, 2.0]  # background, label 3, label 7
     model = RegionModel(label_regions(label_array), weights, nonlinear=False)
     result = explain(volume, model, "feature_ablation", Target(class_index=0),

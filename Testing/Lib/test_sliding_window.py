@@ -167,16 +167,22 @@ def test_progress_says_which_window_of_how_many(image):
     assert any(m.startswith("Saliency") and "window 5 of 18" in m for m in windows)
 
 
-def test_cancel_between_window_batches(image):
+def cancel_at_the_third_window(method_title: str) -> tuple[Monitor, list[str]]:
+    """A monitor that cancels when `method_title`'s progress reaches window 3, and the messages it saw."""
     monitor = Monitor()
     seen = []
 
-    def cancel_in_the_windowed_backward(fraction, message):
+    def cancel(fraction, message):
         seen.append(message)
-        if message.startswith("Saliency") and "window 3 of" in message:
+        if message.startswith(method_title) and "window 3 of" in message:
             monitor.cancel()
 
-    monitor._callback = cancel_in_the_windowed_backward
+    monitor._callback = cancel
+    return monitor, seen
+
+
+def test_cancel_between_window_batches(image):
+    monitor, seen = cancel_at_the_third_window("Saliency")  # in the windowed backward
     with pytest.raises(Cancelled):
         explain(image, _model("gaussian", budget="1KB"), "saliency",
                 Target(class_index=1, region="predicted"),
@@ -298,15 +304,7 @@ def test_windowed_occlusion_runs_only_the_windows_a_box_meets_and_equals_whole_i
 
 
 def test_windowed_occlusion_reports_windows_and_cancels_between_them(image):
-    monitor = Monitor()
-    seen = []
-
-    def cancel_at_the_third_window(fraction, message):
-        seen.append(message)
-        if message.startswith("Occlusion") and "window 3 of" in message:
-            monitor.cancel()
-
-    monitor._callback = cancel_at_the_third_window
+    monitor, seen = cancel_at_the_third_window("Occlusion")
     with pytest.raises(Cancelled):
         explain(image, _model("gaussian", budget="1KB"), "occlusion",
                 Target(class_index=2, region="mask", mask=_mask()), {"window": "8", "stride": "8"},

@@ -178,8 +178,8 @@ def _card(spec: dict[str, Any], weights: Path) -> str:
         f"# Demo autoencoder for latent counterfactuals (`{NAME}`)", "",
         f"{spec['description']} Spec `{NAME}.json`, weights `{NAME}.pt` ({weights.stat().st_size / 1024:.0f} KiB, "
         f"{t['n_parameters']:,} parameters, sha256 `{digest[:16]}…`).",
-        f"Used by the `latent` counterfactual generator (`medxai counterfactual --generator latent`); load it with "
-        f"`MedXAILib.counterfactual.autoencoder.load_autoencoder()`.", "",
+        "Used by the `latent` counterfactual generator (`medxai counterfactual --generator latent`); load it with "
+        "`MedXAILib.counterfactual.autoencoder.load_autoencoder()`.", "",
         "## Task", "",
         f"Encode a CT volume (one channel, HU) into a {spec['downsampling']}x downsampled latent code with "
         f"{spec['network']['args']['latent_channels']} channels and decode it back. "

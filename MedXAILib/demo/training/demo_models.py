@@ -128,35 +128,34 @@ _RESNET = {"block": "basic", "layers": [1, 1, 1, 1], "block_inplanes": [8, 16, 3
            "conv1_t_size": 3, "conv1_t_stride": 2, "no_max_pool": True, "num_classes": 2,
            "norm": ["instance", {"affine": True}], "act": "relu"}
 
-CLASSIFIER_CT = DemoModel(
-    name="lesion_classifier_ct",
-    title="Liver lesion classifier (CT)",
-    network="ResNet",
-    args={**_RESNET, "n_input_channels": 1},
-    task="classification",
-    class_names=["no lesion", "lesion"],
-    channels=("CT",),
-    preprocessing=[SPACING_STEP, LIVER_STEP],
-    steps=600,
-    batch_size=4,
-    learning_rate=3e-3,
-    n_train_phantoms=96,
+
+def _lesion_classifier(name: str, title: str, channels: tuple[str, ...], intensity_step: dict[str, Any],
+                       steps: int, description: str) -> DemoModel:
+    """A lesion classifier: the ResNet above with one input channel per image channel."""
+    return DemoModel(
+        name=name,
+        title=title,
+        network="ResNet",
+        args={**_RESNET, "n_input_channels": len(channels)},
+        task="classification",
+        class_names=["no lesion", "lesion"],
+        channels=channels,
+        preprocessing=[SPACING_STEP, intensity_step],
+        steps=steps,
+        batch_size=4,
+        learning_rate=3e-3,
+        n_train_phantoms=96,
+        description=description,
+    )
+
+
+CLASSIFIER_CT = _lesion_classifier(
+    "lesion_classifier_ct", "Liver lesion classifier (CT)", ("CT",), LIVER_STEP, steps=600,
     description="Demo only, trained on synthetic CT phantoms (MedXAILib.demo.samples.ct_phantom); not for clinical use.",
 )
 
-CLASSIFIER_PETCT = DemoModel(
-    name="lesion_classifier_petct",
-    title="Liver lesion classifier (PET/CT)",
-    network="ResNet",
-    args={**_RESNET, "n_input_channels": 2},
-    task="classification",
-    class_names=["no lesion", "lesion"],
-    channels=("CT", "PET"),
-    preprocessing=[SPACING_STEP, PETCT_STEP],
-    steps=300,
-    batch_size=4,
-    learning_rate=3e-3,
-    n_train_phantoms=96,
+CLASSIFIER_PETCT = _lesion_classifier(
+    "lesion_classifier_petct", "Liver lesion classifier (PET/CT)", ("CT", "PET"), PETCT_STEP, steps=300,
     description="Demo only, trained on synthetic PET/CT phantoms (MedXAILib.demo.samples.pet_ct_phantom); "
                 "not for clinical use.",
 )
@@ -308,6 +307,28 @@ def _build(model: DemoModel) -> Any:
     return getattr(nets, model.network)(**model.args)
 
 
+class _Optimiser:
+    """Adam at the model's learning rate, cosine-annealed to a twentieth of it over `steps`; logs the
+    loss every tenth of the run."""
+
+    def __init__(self, net: Any, model: DemoModel, steps: int, log: Log) -> None:
+        import torch
+
+        self.optimiser = torch.optim.Adam(net.parameters(), lr=model.learning_rate)
+        self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimiser, T_max=steps,
+                                                                   eta_min=model.learning_rate / 20)
+        self.name, self.steps, self.log = model.name, steps, log
+
+    def __call__(self, step: int, loss: Any) -> None:
+        """One optimisation step on `loss` (step `step` of the run)."""
+        self.optimiser.zero_grad()
+        loss.backward()
+        self.optimiser.step()
+        self.schedule.step()
+        if (step + 1) % max(1, self.steps // 10) == 0:
+            self.log(f"  {self.name}: step {step + 1}/{self.steps}, loss {loss.item():.3f}")
+
+
 def _preprocess(model: DemoModel, batch: np.ndarray, affine: np.ndarray) -> Any:
     """Apply the spec's preprocessing in torch, exactly as the loader will (batch on one grid)."""
     import torch
@@ -362,8 +383,7 @@ def train_segmenter(seed: int = 0, scale: float = 1.0, log: Log = print,
         pool.append((x, torch.as_tensor(labels)[None], labels, {c: v for c, v in where.items() if len(v)}))
     log(f"  {model.name}: {n_pool} training phantoms in {time.perf_counter() - started:.0f} s")
     net = _build(model)
-    optimiser = torch.optim.Adam(net.parameters(), lr=model.learning_rate)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps, eta_min=model.learning_rate / 20)
+    optimise = _Optimiser(net, model, steps, log)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True,
                          weight=torch.as_tensor(SEG_CLASS_WEIGHTS, dtype=torch.float32))
     rng = np.random.default_rng([seed, 11])
@@ -376,13 +396,7 @@ def train_segmenter(seed: int = 0, scale: float = 1.0, log: Log = print,
             a, b, c = _crop_starts(labels, size, rng, SEG_FOREGROUND, where, SEG_LESION_BOOST)
             xs.append(x[:, a : a + size[0], b : b + size[1], c : c + size[2]])
             ys.append(y[:, a : a + size[0], b : b + size[1], c : c + size[2]].long())
-        loss = loss_fn(net(torch.stack(xs)), torch.stack(ys))
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        if (step + 1) % max(1, steps // 10) == 0:
-            log(f"  {model.name}: step {step + 1}/{steps}, loss {loss.item():.3f}")
+        optimise(step, loss_fn(net(torch.stack(xs)), torch.stack(ys)))
     elapsed = time.perf_counter() - started
     return net.eval(), {"train_seeds": [seeds[0], seeds[-1]], "n_train_phantoms": n_pool, "steps": steps,
                         "crop": list(size), "train_seconds": round(elapsed, 1)}
@@ -420,8 +434,7 @@ def train_classifiers(seed: int = 0, scale: float = 1.0, log: Log = print,
                 v = _select(volume, model)
                 data[(i, label)] = _preprocess(model, v.array[np.newaxis], v.affine)[0]
         net = _build(model)
-        optimiser = torch.optim.Adam(net.parameters(), lr=model.learning_rate)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps, eta_min=model.learning_rate / 20)
+        optimise = _Optimiser(net, model, steps, log)
         rng = np.random.default_rng([seed, 12])
         half = model.batch_size // 2
         net.train()
@@ -429,13 +442,7 @@ def train_classifiers(seed: int = 0, scale: float = 1.0, log: Log = print,
             pick = rng.choice(n_pool, size=min(half, n_pool), replace=False)  # pairs: only the lesion differs
             x = torch.stack([data[(int(i), 1)] for i in pick] + [data[(int(i), 0)] for i in pick])
             y = torch.as_tensor([1] * len(pick) + [0] * len(pick))
-            loss = torch.nn.functional.cross_entropy(net(x), y)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            if (step + 1) % max(1, steps // 10) == 0:
-                log(f"  {model.name}: step {step + 1}/{steps}, loss {loss.item():.3f}")
+            optimise(step, torch.nn.functional.cross_entropy(net(x), y))
         elapsed = time.perf_counter() - began + pool_seconds / len(models)
         out[model.name] = (net.eval(), {"train_seeds": [seeds[0], seeds[-1]], "n_train_phantoms": 2 * n_pool,
                                         "steps": steps, "train_seconds": round(elapsed, 1)})

@@ -15,10 +15,12 @@ from ...params import param
 from ...registry import METHODS, MethodInfo
 
 from ._common import BOTH
+from .fields import batch_size_field
 
 __all__ = [
     "UPSAMPLE_MODES",
     "GRADCAMPP_VARIANTS",
+    "CAMParams",
     "GradCAMParams",
     "GradCAMPlusPlusParams",
     "HiResCAMParams",
@@ -58,17 +60,21 @@ def _upsample():
 
 
 @dataclass
-class GradCAMParams:
+class CAMParams:
+    """The fields every CAM method starts with: the layer, the final ReLU and the upsampling."""
+
     layer: str = _layer()
     relu: bool = _relu()
     upsample: str = _upsample()
 
 
 @dataclass
-class GradCAMPlusPlusParams:
-    layer: str = _layer()
-    relu: bool = _relu()
-    upsample: str = _upsample()
+class GradCAMParams(CAMParams):
+    pass
+
+
+@dataclass
+class GradCAMPlusPlusParams(CAMParams):
     variant: str = param(
         "paper",
         choices=GRADCAMPP_VARIANTS,
@@ -85,32 +91,23 @@ class GradCAMPlusPlusParams:
 
 
 @dataclass
-class HiResCAMParams:
-    layer: str = _layer()
-    relu: bool = _relu()
-    upsample: str = _upsample()
+class HiResCAMParams(CAMParams):
+    pass
 
 
 @dataclass
-class XGradCAMParams:
-    layer: str = _layer()
-    relu: bool = _relu()
-    upsample: str = _upsample()
+class XGradCAMParams(CAMParams):
+    pass
 
 
 @dataclass
-class LayerCAMParams:
-    layer: str = _layer()
-    relu: bool = _relu()
-    upsample: str = _upsample()
+class LayerCAMParams(CAMParams):
+    pass
 
 
 @dataclass
-class ScoreCAMParams:
-    layer: str = _layer()
-    relu: bool = _relu()
-    upsample: str = _upsample()
-    batch_size: int = param(8, range=(1, 1024), help="Masked inputs evaluated per forward pass.")
+class ScoreCAMParams(CAMParams):
+    batch_size: int = batch_size_field("Masked inputs evaluated per forward pass.")
     subtract_baseline: bool = param(
         False,
         help="Weight each channel by score(masked input) - score(all-zero network input), the paper's "

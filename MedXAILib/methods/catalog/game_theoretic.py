@@ -12,6 +12,7 @@ from ...params import param
 from ...registry import METHODS, MethodInfo
 
 from ._common import BOTH
+from .fields import batch_size_field, blur_sigma_field
 from .perturbation import PERTURBATION_BASELINES, RegionParams
 
 __all__ = ["KernelShapParams"]
@@ -32,18 +33,14 @@ class KernelShapParams(RegionParams):
         help="Value an absent region takes: zeros, each channel's minimum or mean, or a Gaussian "
         "blur of the image (blur_sigma_mm).",
     )
-    blur_sigma_mm: float = param(
-        8.0, range=(0.0, None), unit="mm", help="Blur width for the 'blur' baseline."
-    )
+    blur_sigma_mm: float = blur_sigma_field()
     per_channel: bool = param(
         False,
         help="Each channel of each region is its own player (C times the players) for genuine "
         "per-channel maps; off: channels play together and a region's value is split equally "
         "across them.",
     )
-    batch_size: int = param(
-        8, range=(1, 1024), help="Perturbed inputs evaluated per forward pass (lower it if memory runs out)."
-    )
+    batch_size: int = batch_size_field()
 
 
 METHODS.register(

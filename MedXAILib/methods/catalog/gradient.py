@@ -8,6 +8,7 @@ from ...params import param
 from ...registry import METHODS, MethodInfo
 
 from ._common import BOTH
+from .fields import batch_size_field, blur_sigma_field
 
 __all__ = [
     "SaliencyParams",
@@ -48,11 +49,11 @@ class IntegratedGradientsParams:
         "(default: it keeps the intensity statistics that instance-normalised networks depend on), "
         "or uniform noise in the image's intensity range.",
     )
-    blur_sigma_mm: float = param(8.0, range=(0.0, None), unit="mm", help="Blur width for the 'blur' baseline.")
+    blur_sigma_mm: float = blur_sigma_field()
     integration: str = param(
         "gausslegendre", choices=INTEGRATION, help="Quadrature rule for the path integral."
     )
-    batch_size: int = param(8, range=(1, 1024), help="Path points evaluated per forward/backward pass.")
+    batch_size: int = batch_size_field("Path points evaluated per forward/backward pass.")
 
 
 @dataclass
@@ -73,7 +74,7 @@ class SmoothGradParams:
     multiply_by_input: bool = param(
         False, help="Average (noisy input) x gradient instead of the gradient alone."
     )
-    batch_size: int = param(8, range=(1, 1024), help="Noisy copies evaluated per forward/backward pass.")
+    batch_size: int = batch_size_field("Noisy copies evaluated per forward/backward pass.")
 
 
 @dataclass
@@ -87,9 +88,7 @@ class GradientShapParams:
         help="Centre of the baseline distribution: zeros, each channel's minimum, a Gaussian blur "
         "of the image, or uniform noise in the image's intensity range (drawn once).",
     )
-    blur_sigma_mm: float = param(
-        8.0, range=(0.0, None), unit="mm", help="Blur width for the 'blur' baseline."
-    )
+    blur_sigma_mm: float = blur_sigma_field()
     baseline_noise: float = param(
         0.1,
         range=(0.0, 10.0),
@@ -102,7 +101,7 @@ class GradientShapParams:
         help="Standard deviation of Gaussian noise added to the input for every sample (Captum's "
         "stdevs), as a fraction of each channel's intensity range.",
     )
-    batch_size: int = param(8, range=(1, 1024), help="Samples evaluated per forward/backward pass.")
+    batch_size: int = batch_size_field("Samples evaluated per forward/backward pass.")
 
 
 @dataclass
@@ -118,9 +117,7 @@ class DeepLiftParams:
         help="Reference input: zeros, each channel's minimum, a Gaussian blur of the image, or "
         "uniform noise in the image's intensity range.",
     )
-    blur_sigma_mm: float = param(
-        8.0, range=(0.0, None), unit="mm", help="Blur width for the 'blur' baseline."
-    )
+    blur_sigma_mm: float = blur_sigma_field()
     eps: float = param(
         1e-6,
         range=(0.0, 1.0),

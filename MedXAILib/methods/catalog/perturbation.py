@@ -24,6 +24,7 @@ from ...params import param
 from ...registry import METHODS, MethodInfo
 
 from ._common import BOTH
+from .fields import batch_size_field, blur_sigma_field
 
 __all__ = [
     "PERTURBATION_BASELINES",
@@ -50,7 +51,14 @@ _PER_CHANNEL_HELP = (
     "genuine per-channel maps; off: channels are perturbed together and the attribution is split "
     "equally across them."
 )
-_BATCH_HELP = "Perturbed inputs evaluated per forward pass (lower it if memory runs out)."
+
+
+def _unit_field():
+    return param(
+        "voxels",
+        choices=UNITS,
+        help="Unit of window and stride; mm is converted per axis with the voxel spacing.",
+    )
 
 
 @dataclass
@@ -84,16 +92,6 @@ class RegionParams:
 
 
 @dataclass
-class _PerturbationCommon:
-    baseline: str = param("mean", choices=PERTURBATION_BASELINES, help=_BASELINE_HELP)
-    blur_sigma_mm: float = param(
-        8.0, range=(0.0, None), unit="mm", help="Blur width for the 'blur' baseline."
-    )
-    per_channel: bool = param(False, help=_PER_CHANNEL_HELP)
-    batch_size: int = param(8, range=(1, 1024), help=_BATCH_HELP)
-
-
-@dataclass
 class OcclusionParams:
     window: str = param(
         "16",
@@ -105,17 +103,11 @@ class OcclusionParams:
         help="Step between box positions: one number or 'a,b,c' (in `unit`); at most the window, "
         "so that every voxel is occluded at least once.",
     )
-    unit: str = param(
-        "voxels",
-        choices=UNITS,
-        help="Unit of window and stride; mm is converted per axis with the voxel spacing.",
-    )
+    unit: str = _unit_field()
     baseline: str = param("mean", choices=PERTURBATION_BASELINES, help=_BASELINE_HELP)
-    blur_sigma_mm: float = param(
-        8.0, range=(0.0, None), unit="mm", help="Blur width for the 'blur' baseline."
-    )
+    blur_sigma_mm: float = blur_sigma_field()
     per_channel: bool = param(False, help=_PER_CHANNEL_HELP)
-    batch_size: int = param(8, range=(1, 1024), help=_BATCH_HELP)
+    batch_size: int = batch_size_field()
 
 
 @dataclass
@@ -125,11 +117,7 @@ class AdaptiveOcclusionParams:
         help="Edge of the fine occluding box: one number for all axes or 'a,b,c' for I, J, K (in `unit`).",
     )
     stride: str = param("4", help="Step between fine box positions: one number or 'a,b,c' (in `unit`).")
-    unit: str = param(
-        "voxels",
-        choices=UNITS,
-        help="Unit of window and stride; mm is converted per axis with the voxel spacing.",
-    )
+    unit: str = _unit_field()
     coarse_factor: int = param(
         2, range=(2, 16), help="The coarse pass uses window and stride times this factor."
     )
@@ -145,10 +133,8 @@ class AdaptiveOcclusionParams:
         "exhaustive occlusion (a check; costs the exhaustive run).",
     )
     baseline: str = param("mean", choices=PERTURBATION_BASELINES, help=_BASELINE_HELP)
-    blur_sigma_mm: float = param(
-        8.0, range=(0.0, None), unit="mm", help="Blur width for the 'blur' baseline."
-    )
-    batch_size: int = param(8, range=(1, 1024), help=_BATCH_HELP)
+    blur_sigma_mm: float = blur_sigma_field()
+    batch_size: int = batch_size_field()
 
 
 @dataclass
@@ -170,15 +156,21 @@ class RiseParams:
         choices=PERTURBATION_BASELINES,
         help="Value where a mask is 0: x*m + b*(1-m). zeros is the paper's x*m. " + _BASELINE_HELP,
     )
-    blur_sigma_mm: float = param(
-        8.0, range=(0.0, None), unit="mm", help="Blur width for the 'blur' baseline."
-    )
+    blur_sigma_mm: float = blur_sigma_field()
     per_channel: bool = param(
         False,
         help="Draw an independent mask per input channel for genuine per-channel maps; off: one "
         "mask for all channels and the saliency is split equally across them.",
     )
-    batch_size: int = param(8, range=(1, 1024), help=_BATCH_HELP)
+    batch_size: int = batch_size_field()
+
+
+@dataclass
+class _PerturbationCommon:
+    baseline: str = param("mean", choices=PERTURBATION_BASELINES, help=_BASELINE_HELP)
+    blur_sigma_mm: float = blur_sigma_field()
+    per_channel: bool = param(False, help=_PER_CHANNEL_HELP)
+    batch_size: int = batch_size_field()
 
 
 @dataclass
@@ -199,11 +191,9 @@ class LimeParams(RegionParams):
         "cosine", choices=DISTANCES, help="Distance between the input and a perturbed input in the kernel."
     )
     baseline: str = param("mean", choices=PERTURBATION_BASELINES, help=_BASELINE_HELP)
-    blur_sigma_mm: float = param(
-        8.0, range=(0.0, None), unit="mm", help="Blur width for the 'blur' baseline."
-    )
+    blur_sigma_mm: float = blur_sigma_field()
     per_channel: bool = param(False, help=_PER_CHANNEL_HELP)
-    batch_size: int = param(8, range=(1, 1024), help=_BATCH_HELP)
+    batch_size: int = batch_size_field()
 
 
 METHODS.register(
