@@ -99,6 +99,10 @@ def _explain(image: ImageVolume, adapter: ModelAdapter, info: Any, target: Optio
         raise TargetError(f"class {target.class_index} is out of range: the model declares "
                           f"{len(adapter.class_names)} classes (0..{len(adapter.class_names) - 1}: "
                           f"{', '.join(adapter.class_names)})")  # before the model runs
+    if target.region in ("mask", "box", "voxel"):
+        target.region_mask(image.shape)  # the region's geometry, too, is checked before the model runs
+    elif target.voxel is not None:
+        target.check_voxel(image.shape)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
 

@@ -69,6 +69,15 @@ def same_file(a: Path, b: Path) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
+def _companions(path: Path) -> list[Path]:
+    """Files a writer adds beside `path`: a NIfTI file's JSON sidecar (where its metadata goes)."""
+    name = path.name.lower()
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return [path.with_name(path.name[: -len(suffix)] + ".json")]
+    return []
+
+
 def _inside(path: Path, folder: Path) -> bool:
     return folder in path.parents
 
@@ -101,7 +110,7 @@ class OutputSet:
         for output in self.outputs:
             path = resolved(output.path, output.option)
             for option, source in self.inputs:
-                if same_file(path, source):
+                if any(same_file(written, source) for written in (path, *_companions(path))):
                     raise InputError(f"{output.option} {output.path} is an input file ({option} {source}); "
                                      "MedXAI never overwrites its inputs: choose another path")
                 if _inside(path, source):

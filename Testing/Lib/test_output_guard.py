@@ -143,6 +143,13 @@ def test_links_to_an_input_are_refused(tmp_path):
             OutputSet([Output("--out", tmp_path / name)], [("--image", source)])
 
 
+def test_a_nifti_output_whose_sidecar_would_replace_an_input_is_refused(tmp_path):
+    spec = tmp_path / "attribution.json"  # e.g. a model spec that happens to share the stem
+    spec.write_text("{}")
+    with pytest.raises(InputError, match="is an input file"):
+        OutputSet([Output("--out", tmp_path / "attribution.nii.gz")], [("--model", spec)])
+
+
 def test_a_link_loop_is_one_line(tmp_path):
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")
