@@ -11,36 +11,5 @@ Nothing below :mod:`MedXAILib.cli` imports this package.
 
 from __future__ import annotations
 
-from .pipeline import (
-    CLASSIFIER,
-    demo_case,
-    DemoCase,
-    DemoModel,
-    display_limit,
-    lesion_statistics,
-    load_demo_models,
-    METHODS,
-    open_hint,
-    PHANTOM_SEED,
-    run_demo,
-    SEGMENTER,
-    synthetic_ct,
-    train_tiny_classifier,
-)
-
-__all__ = [
-    "SEGMENTER",
-    "CLASSIFIER",
-    "METHODS",
-    "PHANTOM_SEED",
-    "DemoCase",
-    "DemoModel",
-    "demo_case",
-    "display_limit",
-    "load_demo_models",
-    "lesion_statistics",
-    "open_hint",
-    "run_demo",
-    "synthetic_ct",
-    "train_tiny_classifier",
-]
+from .pipeline import *  # noqa: F403  (the demo's public names are its pipeline's)
+from .pipeline import __all__  # noqa: F401
