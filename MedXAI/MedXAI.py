@@ -31,7 +31,7 @@ from MedXAILib.errors import InputError, ModelError
 from MedXAILib.registry import FAMILIES
 from MedXAIRuntime import boundaryPanel, counterfactualPanel, evaluatePanel, layouts, statisticsPanel
 from MedXAIRuntime import demo as demos
-from MedXAIRuntime import dependencies, devices, forms, jobs, process, runners, targets, views
+from MedXAIRuntime import dependencies, devices, forms, installer, jobs, modelPaths, process, runners, targets, views
 from MedXAIRuntime.counterfactualPanel import CounterfactualGoal
 from MedXAIRuntime.evaluatePanel import EvaluateMode
 from MedXAIRuntime.runners import RunMode
@@ -72,9 +72,10 @@ MedXAI builds on 3D Slicer, MONAI, PyTorch and Captum. The module layout follows
 template of 3D Slicer, originally developed by Jean-Christophe Fillion-Robin, Kitware Inc.,
 Andras Lasso, PerkLab, and Steve Pieper, Isomics, Inc.
 """)
-        # The relevance plugin of Segment Statistics, once every module is loaded (as the module
-        # templates register sample data and editor effects).
+        # The relevance plugin of Segment Statistics and the Sample Data entries, once every module is
+        # loaded (as the module templates register sample data and editor effects).
         slicer.app.connect("startupCompleted()", registerSegmentStatisticsPlugin)
+        slicer.app.connect("startupCompleted()", registerSampleData)
 
 
 def registerSegmentStatisticsPlugin() -> None:
@@ -85,6 +86,60 @@ def registerSegmentStatisticsPlugin() -> None:
         segmentStatisticsPlugin.registerPlugin()
     except Exception:
         logging.exception("MedXAI: the Segment Statistics plugin could not be registered")
+
+
+def registerSampleData() -> None:
+    """Add MedXAI's data to the Sample Data module (never fails Slicer's start-up).
+
+    - one entry per demo model (as SlicerMONAIAuto3DSeg registers one per model): the held-out CT + PET
+      phantom is drawn in the background (nothing to download) and the MedXAI module opens with that
+      model selected (:meth:`MedXAIWidget.loadDemo`);
+    - the MNI ICBM152 2009a T1 template (1 mm, skull-stripped), downloaded from nilearn's repository
+      at its 0.14.0 tag and checked against its SHA-256 (the file nilearn's wheel ships).
+    """
+    try:
+        import SampleData
+    except ImportError:
+        return
+    try:
+        iconsPath = Path(__file__).parent / "Resources" / "Icons" / "SampleData"
+        for demo in demos.DEMO_MODELS.values():
+            SampleData.SampleDataLogic.registerCustomSampleDataSource(
+                category="MedXAI",
+                sampleName=f"MedXAI: {demo.title}",
+                uris=[], fileNames=[], nodeNames=[],
+                thumbnailFileName=str(iconsPath / f"{demo.name}.png"),
+                customDownloader=DemoSampleLoader(demo.name),
+            )
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="MedXAI",
+            sampleName="MNI152 T1 (ICBM 2009a)",
+            uris=[demos.MNI_T1_URL],
+            fileNames=[demos.MNI_T1_FILE],
+            nodeNames=["MNI152_T1"],
+            checksums=[demos.MNI_T1_CHECKSUM],
+            thumbnailFileName=str(iconsPath / "MNI152_T1.png"),
+        )
+    except Exception:
+        logging.exception("MedXAI: the Sample Data entries could not be registered")
+
+
+class DemoSampleLoader:
+    """What a demo's Sample Data button does: open MedXAI and load that demo (drawn in the background).
+
+    Its text is stable, so registering the same entry again (module reload, self-test) adds nothing:
+    Sample Data compares sources by their text.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, source) -> None:
+        slicer.util.selectModule("MedXAI")
+        slicer.util.getModuleWidget("MedXAI").loadDemo(self.name)
+
+    def __repr__(self) -> str:
+        return f"MedXAI demo {self.name}"
 
 
 #
@@ -122,7 +177,7 @@ class MedXAIParameterNode:
 
     modelPath: str = ""
     trustBundle: bool = False
-    demoModel: str = ""
+    demoModel: str = demos.DEFAULT_DEMO
     device: str = "auto"
     runMode: RunMode = RunMode.auto
 
@@ -232,6 +287,8 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._formMethod = None
         self._runner = None
         self._demoRunner = None
+        self._deviceProbe = None
+        self._devicesListed = False
         self._running = False
         self._runStarted = 0.0
         self._lastMessage = ""
@@ -257,7 +314,7 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self._fillMethodComboBox()
         self._fillDemoComboBox()
-        self._fillDeviceComboBox(devices.listDevices(queryTorch="torch" in sys.modules))
+        self._fillDeviceComboBox(devices.listDevices())
         self._form = forms.ParameterForm(self.ui.methodParametersGroupBox, onChanged=self.onMethodParametersChanged)
         self.ui.resultVolumeSelector.addAttribute("vtkMRMLScalarVolumeNode", RESULT_ATTRIBUTE, "attribution")
         self.ui.resultDetailsTableWidget.setHorizontalHeaderLabels([_("Property"), _("Value")])
@@ -332,9 +389,30 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateGUIFromParameterNode()
 
     def _refreshDevices(self) -> None:
-        """List the GPUs (imports torch: only once it is installed)."""
-        if devices.torchAvailable():
-            self._fillDeviceComboBox(devices.listDevices(queryTorch=True))
+        """List the GPUs in a child process once torch is installed (never CUDA in Slicer's own process)."""
+        if self._devicesListed or self._deviceProbe is not None or not devices.torchAvailable():
+            return
+        found = []
+
+        def onLine(line) -> None:
+            gpus = devices.parseProbeLine(line)
+            if gpus is not None:
+                found.append(gpus)
+
+        def onFinished(code, message) -> None:
+            self._deviceProbe = None
+            if code == 0 and found:
+                self._devicesListed = True
+                self._fillDeviceComboBox(devices.listDevices(found[-1]))
+            elif code != process.EXIT_CANCELLED:
+                logging.warning(f"MedXAI: the GPUs could not be listed: {message}")
+
+        self._deviceProbe = runners.CommandRunner()
+        try:
+            self._deviceProbe.start(devices.probeCommand(process.pythonExecutable()), onFinished, onLine)
+        except Exception:
+            self._deviceProbe = None
+            logging.exception("MedXAI: the GPU probe could not start")
 
     # -- module life cycle -------------------------------------------------------------------
 
@@ -349,8 +427,7 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Called each time the user opens this module."""
         # Make sure parameter node exists and observed
         self.initializeParameterNode()
-        if "torch" in sys.modules:  # already imported by someone: listing the GPUs costs nothing
-            self._refreshDevices()
+        self._refreshDevices()  # in a child process, once torch is installed
 
     def exit(self) -> None:
         """Called each time the user opens a different module."""
@@ -418,8 +495,9 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._updatingGUI = True
         try:
-            if self.ui.modelPathLineEdit.currentPath != p.modelPath:
-                self.ui.modelPathLineEdit.currentPath = p.modelPath
+            shownPath = self.logic.modelPath(p)
+            if self.ui.modelPathLineEdit.currentPath != shownPath:
+                self.ui.modelPathLineEdit.currentPath = shownPath
             self._selectData(self.ui.demoModelComboBox, p.demoModel)
             self._selectData(self.ui.deviceComboBox, p.device, addMissing=True)
             self._selectData(self.ui.methodComboBox, p.method, addMissing=True)
@@ -475,13 +553,13 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onModelPathChanged(self, path) -> None:
         if self._parameterNode and not self._updatingGUI:
-            self._parameterNode.modelPath = str(path).strip()
+            self.logic.setModelPath(self._parameterNode, str(path))
 
     def onModelFolderButton(self) -> None:
-        start = self._parameterNode.modelPath if self._parameterNode else ""
+        start = self.logic.modelPath(self._parameterNode) if self._parameterNode else ""
         folder = qt.QFileDialog.getExistingDirectory(self.parent, _("Choose a MONAI bundle folder"), start)
         if folder and self._parameterNode:
-            self._parameterNode.modelPath = folder
+            self.logic.setModelPath(self._parameterNode, folder)
 
     def onDemoModelChanged(self, index) -> None:
         if self._parameterNode and not self._updatingGUI:
@@ -571,18 +649,52 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _confirmInstall(self, message, details) -> bool:
         return slicer.util.confirmOkCancelDisplay(message, _("MedXAI: install Python packages"), detailedText=details)
 
-    def _ensureDependencies(self) -> bool:
+    def _withDependencies(self, then) -> None:
+        """Call `then()` once torch, MONAI and the rest are installed: at once when they are, else after
+        installing them in a background process (progress bar, Cancel; Slicer stays usable)."""
+        if dependencies.dependenciesReady():
+            then()
+            return
         try:
-            dependencies.ensureDependencies(self._confirmInstall)
+            plan = dependencies.prepareInstallation(self._confirmInstall, slicer.app.testingEnabled())
         except Exception as error:
             self._showError(_("MedXAI cannot run until its Python packages are installed."), error)
-            return False
+            return
+        if plan is None:
+            then()
+            return
+        self._runner = runners.SubprocessRunner()
+        try:
+            self._setRunning(True)
+            self._runner.startJob(installer.InstallJob(plan), self._onProgress,
+                                  lambda outcome: self._onInstallFinished(outcome, then))
+        except Exception as error:
+            self._runner = None
+            self._setRunning(False)
+            self._showError(_("The installation of MedXAI's Python packages could not start."), error)
+
+    def _onInstallFinished(self, outcome, then) -> None:
+        self._runner = None
+        self._setRunning(False)
+        if outcome.cancelled:
+            self.ui.statusLabel.text = _("Installation cancelled; click Apply to try again.")
+            return
+        try:
+            if outcome.error is not None:
+                raise outcome.error
+            dependencies.finishInstallation()
+        except Exception as error:
+            # the message says why (pip's reason) and what to do; the details hold pip's last lines
+            self.ui.statusLabel.text = _("The installation failed.")
+            self._showError(_("MedXAI could not install its Python packages."), error, outcome.log)
+            return
+        self.ui.statusLabel.text = _("Python packages installed.")
         self._refreshDevices()
-        return True
+        then()
 
     def onApplyButton(self) -> None:
         """Run processing when user clicks "Apply" button."""
-        if self._busy() or not self._ensureDependencies():
+        if self._busy():
             return
         try:
             request = self.logic.buildRequest(self._parameterNode)
@@ -605,10 +717,16 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Run any request (:class:`MedXAILib.runs.RunRequest`) with progress and Cancel, in Slicer or in the background.
 
         `onResult(RunResult)` turns the result into nodes and returns the text for the status line.
+        Missing Python packages are installed first (in the background, after the user agrees).
         """
-        if self._busy() or not self._ensureDependencies():
+        if self._busy():
             return
+        self._withDependencies(lambda: self._startAnalysis(request, onResult, what))
+
+    def _startAnalysis(self, request, onResult, what: str) -> None:
         p = self._parameterNode
+        if p is None:
+            return
         try:
             mode = runners.chooseRunMode(p.runMode, request)
             self._runner = runners.InProcessRunner() if mode == "inProcess" else runners.SubprocessRunner()
@@ -674,9 +792,9 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._cancelRunning()
 
     def _cancelRunning(self) -> None:
-        for runner in (self._runner, self._demoRunner):
+        for runner in (self._runner, self._demoRunner, self._deviceProbe):
             if runner is not None and runner.running:
-                runner.cancel()
+                runner.cancel()  # returns at once: the process tree is stopped on a thread
 
     def _setRunning(self, running, indeterminate=False) -> None:
         self._running = running
@@ -718,27 +836,38 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onLoadDemoButton(self) -> None:
         p = self._parameterNode
-        demo = demos.DEMO_MODELS.get(p.demoModel) if p else None
-        if demo is None or self._busy() or not self._ensureDependencies():
+        if p is not None:
+            self.loadDemo(p.demoModel)
+
+    def loadDemo(self, name: str) -> None:
+        """Load the demo phantom (CT + PET, drawn in the background the first time) and select demo model
+        `name` (a key of ``MedXAIRuntime.demo.DEMO_MODELS``): input volumes, shipped model and target."""
+        demo = demos.DEMO_MODELS.get(name)
+        if demo is None or self._busy() or self._parameterNode is None:
             return
-        folder = Path(slicer.app.temporaryPath) / "MedXAI" / "demo" / demo.name
-        outputs = demos.demoOutputs(folder)
-        if all(path.is_file() for path in outputs.values()):
-            self._loadDemo(demo, outputs)
+        folder = Path(slicer.app.temporaryPath) / "MedXAI" / "demo"
+        if all(path.is_file() for path in demos.demoOutputs(folder).values()):
+            self._loadDemo(demo, folder)
             return
         self._demoRunner = runners.CommandRunner()
         try:
             self._demoRunner.start(demos.demoCommand(process.pythonExecutable(), folder),
-                                   lambda code, message: self._onDemoFinished(demo, outputs, code, message))
+                                   lambda code, message: self._onDemoFinished(demo, folder, code, message),
+                                   self._onDemoLine)
         except Exception as error:
             self._demoRunner = None
             self._showError(_("Failed to start the demo."), error)
             return
-        self._setRunning(True, indeterminate=True)
-        self._lastMessage = _("Training the demo model (a few seconds)")
+        self._setRunning(True)
+        self._lastMessage = _("Drawing the demo's CT and PET phantom (a few seconds)")
         self._showElapsed()
 
-    def _onDemoFinished(self, demo, outputs, code, message) -> None:
+    def _onDemoLine(self, line) -> None:
+        event = process.parseOutputLine(line)
+        if isinstance(event, process.ProgressEvent):
+            self._onProgress(event.fraction, event.message, event.elapsedSeconds)
+
+    def _onDemoFinished(self, demo, folder, code, message) -> None:
         self._demoRunner = None
         self._setRunning(False)
         if code == process.EXIT_CANCELLED:
@@ -746,22 +875,25 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         elif code != 0:
             self._showError(_("The demo failed."), RuntimeError(message))
         else:
-            self._loadDemo(demo, outputs)
+            self._loadDemo(demo, folder)
 
-    def _loadDemo(self, demo, outputs) -> None:
+    def _loadDemo(self, demo, folder) -> None:
         p = self._parameterNode
         try:
-            volume = slicer.util.loadVolume(str(outputs["image"]), {"name": demo.name})
+            with slicer.util.WaitCursor():
+                nodes = demos.loadDemo(slicer.mrmlScene, folder)
         except Exception as error:
-            self._showError(_("The demo volume could not be loaded."), error)
+            self._showError(_("The demo volumes could not be loaded."), error)
             return
+        settings = demos.demoSettings(demo, nodes)
         with slicer.util.NodeModify(p):
-            p.inputVolume = volume
-            p.modelPath = str(outputs["model"])
-            p.demoModel = demo.name
-            p.targetKind = TargetKind.classScore
-            p.targetClass = demo.targetClass
-        slicer.util.setSliceViewerLayers(background=volume, fit=True)
+            p.inputVolume = settings["inputVolume"]
+            p.inputVolume2 = settings["inputVolume2"]
+            p.modelPath = settings["modelPath"]
+            p.demoModel = settings["demoModel"]
+            p.targetKind = TargetKind[settings["targetKind"]]
+            p.targetClass = settings["targetClass"]
+        slicer.util.setSliceViewerLayers(background=nodes["ct"], foreground=None, fit=True)
         self.ui.statusLabel.text = _("Demo ready: {title}. Click Apply.").format(title=demo.title)
 
 
@@ -800,11 +932,12 @@ class MedXAILogic(ScriptedLoadableModuleLogic):
             raise InputError(_("Select the input volume."))
         if not p.modelPath:
             raise ModelError(_("Select a model file or MONAI bundle folder, or load the demo."))
+        modelPath = self.modelPath(p)
         info = MedXAILib.METHODS.get(p.method)
         image = volumes.imageVolumeFromNodes(self.inputVolumeNodes(p))
         if target is not None:
             params = forms.valuesForMethod(info.params, forms.decodeMethodParameters(p.methodParameters).get(info.name))
-            return jobs.explainRequest(image, p.modelPath, info.name, params, target, p.device, p.seed, p.trustBundle)
+            return jobs.explainRequest(image, modelPath, info.name, params, target, p.device, p.seed, p.trustBundle)
         kind = p.targetKind
         target = targets.targetFromSettings(
             kind, image.affine, image.shape, classIndex=p.targetClass, score=p.targetScore, reduction=p.targetReduction,
@@ -816,7 +949,21 @@ class MedXAILogic(ScriptedLoadableModuleLogic):
             worldToImage=targets.worldToVolumeMatrix(p.inputVolume),
         )
         params = forms.valuesForMethod(info.params, forms.decodeMethodParameters(p.methodParameters).get(info.name))
-        return jobs.explainRequest(image, p.modelPath, info.name, params, target, p.device, p.seed, p.trustBundle)
+        return jobs.explainRequest(image, modelPath, info.name, params, target, p.device, p.seed, p.trustBundle)
+
+    @staticmethod
+    def _sceneDirectory(p) -> str:
+        scene = p.parameterNode.GetScene() if p is not None and p.parameterNode is not None else None
+        return scene.GetRootDirectory() if scene is not None else ""
+
+    def modelPath(self, p) -> str:
+        """The model's absolute path; the parameter node may hold it relative to the scene folder or as a
+        shipped demo model (``MedXAIRuntime.modelPaths``)."""
+        return modelPaths.resolveModelPath(p.modelPath, self._sceneDirectory(p)) if p is not None else ""
+
+    def setModelPath(self, p, path: str) -> None:
+        """Store `path` relative to the scene's folder where possible, so a moved scene keeps its model."""
+        p.modelPath = modelPaths.storedModelPath(str(path).strip(), self._sceneDirectory(p))
 
     def showResult(self, attribution, p, inputVolume=None):
         """A new result node for `attribution` on the grid of `inputVolume` (default: the selected input)."""
@@ -838,9 +985,18 @@ class MedXAILogic(ScriptedLoadableModuleLogic):
         views.showVolumeRendering(node, p.show3D)
 
     def showInSliceViews(self, node, p) -> None:
+        """Show the result over its input in every slice view; views that did not show the input are
+        fitted to it (the user's zoom in the others is kept)."""
         from MedXAIBridge import display
 
-        display.showInSliceViews(node.GetScene(), node.GetNodeReference(INPUT_REFERENCE) or p.inputVolume, node, p.opacity)
+        display.showInSliceViews(node.GetScene(), node.GetNodeReference(INPUT_REFERENCE) or p.inputVolume, node,
+                                 p.opacity, sliceLogics=self.sliceLogics())
+
+    @staticmethod
+    def sliceLogics():
+        """The application's slice view logics (None without a main window, e.g. in a script)."""
+        applicationLogic = getattr(slicer.app, "applicationLogic", None)
+        return applicationLogic().GetSliceLogics() if applicationLogic is not None else None
 
     def process(self, p):
         """Explain in this process and return the result node (scripts and tests; errors rise)."""
@@ -873,6 +1029,8 @@ class MedXAITest(ScriptedLoadableModuleTest):
         self.test_ExplainSyntheticVolume()
         self.setUp()
         self.test_AnalysisPanels()
+        self.setUp()
+        self.test_DemoAndSampleData()
 
     def test_MedXAILibImports(self):
         """The library shipped beside the module (qt-scripted-modules/MedXAILib) imports."""
@@ -964,6 +1122,7 @@ class MedXAITest(ScriptedLoadableModuleTest):
             self.assertTrue(np.all(np.isfinite(values)))
             self.assertGreater(float(np.abs(values).max()), 0.0)
             self.assertEqual(node.GetAttribute("MedXAI.Method"), "integrated_gradients")
+            self.assertIsNotNone(slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(node), "no colour legend")
 
             self.delayDisplay("Explaining in a background process")
             request = logic.buildRequest(p)
@@ -1009,7 +1168,8 @@ class MedXAITest(ScriptedLoadableModuleTest):
         table, node = statisticsPanel.computeStatistics(p)
         statisticsPanel.showStatistics(p, table, node)
         self.assertEqual(p.statisticsTable.GetTable().GetNumberOfRows(), 3)
-        self.assertEqual(table["pointing_hit"][1:], [True, False])
+        self.assertEqual(table["peak_distance_mm"][1], 0.0)  # the map's maximum lies in the tumour
+        self.assertGreater(table["peak_distance_mm"][2], 0.0)
 
         self.delayDisplay("Segment Statistics with the MedXAI relevance plugin")
         registerSegmentStatisticsPlugin()
@@ -1034,6 +1194,29 @@ class MedXAITest(ScriptedLoadableModuleTest):
         self.assertEqual(layouts.setComparisonLayers(slicer.mrmlScene, volumeNode, resultNode, resultNode), 3)
         layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
         self.delayDisplay("Analysis panels test passed")
+
+    def test_DemoAndSampleData(self):
+        """The demo's phantom loads with its shipped models selected; Sample Data lists MedXAI's entries."""
+        import tempfile
+
+        self.delayDisplay("Drawing the demo phantom")
+        with tempfile.TemporaryDirectory() as folder:
+            demos.writeDemoInputs(folder)
+            nodes = demos.loadDemo(slicer.mrmlScene, folder)
+            self.assertIs(demos.loadDemo(slicer.mrmlScene, folder)["ct"], nodes["ct"])  # loaded once
+        self.assertEqual(nodes["ct"].GetImageData().GetDimensions(), nodes["pet"].GetImageData().GetDimensions())
+        logic = MedXAILogic()
+        p = logic.getParameterNode()
+        for demo in demos.DEMO_MODELS.values():
+            settings = demos.demoSettings(demo, nodes)
+            p.modelPath = settings["modelPath"]
+            self.assertTrue(Path(logic.modelPath(p)).is_file(), f"{demo.modelFile} is not packaged")
+        registerSampleData()
+        import SampleData
+
+        names = [source.sampleName for source in SampleData.SampleDataLogic.sampleDataSourcesByCategory("MedXAI")]
+        self.assertEqual(len(names), len(demos.DEMO_MODELS) + 1, names)
+        self.delayDisplay("Demo and Sample Data test passed")
 
     @staticmethod
     def ijkToRas(volumeNode):

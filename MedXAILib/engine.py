@@ -1,18 +1,23 @@
 """`explain()`: one call from an image, a model, a method and a target to an :class:`Attribution`.
 
-The model output for the input is needed to resolve the target and for the provenance. For a
-sliding-window segmenter and a target whose region does not depend on the output (a class, mask, box
-or voxel), the target is resolved from the output's shape alone (the channel count from one probe
-window), and the output comes from the windows the method runs anyway (a gradient at the input
-blends them, see :mod:`MedXAILib.model.window_gradient`), or from one pass after the method: the
-whole volume then goes through the network once less.
+The model output for the input is needed to resolve the target and for the provenance, and
+`explain()` runs no pass of its own for it: the method's own first pass does (see
+:mod:`MedXAILib.methods.context`). The output at the input (a gradient at the input, a CAM's forward
+pass, a batch row that is the input) resolves any target, detached and before the score is taken, and
+is the provenance's output; a target whose region does not depend on the output (:func:`output_free`)
+is resolved from the first output of any input, and for a sliding-window segmenter from the channel
+count of one probe window before the method. Only a method that computes no output at the input gets
+one pass over it, for the provenance, after the method (or before, where the target needs it first).
+Every check is kept: the class against the model's classes and the region's geometry before the model
+runs, the output's channel count and finiteness when the output arrives (``check_finite_output``).
+See docs/adr/0004-one-pass-explanations.md.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,17 +25,17 @@ import torch
 from .attribution import Attribution
 from .errors import ModelError, TargetError
 from .methods import METHODS
-from .methods.context import MethodContext
+from .methods.context import MethodContext, PendingTarget
 from .model import ModelAdapter, load_model, resolve_device
 from .model.memory import parse_budget
 from .monitor import Monitor
 from .params import make_params, params_to_dict
-from .provenance import library_versions, summarise_prediction, timestamp
-from .scoring import check_finite_output, resolve_target
+from .provenance import channel_argmax, library_versions, summarise_prediction, timestamp
+from .scoring import TargetScorer, check_finite_output, resolve_target
 from .target import Target
 from .volume import ImageVolume
 
-__all__ = ["explain", "input_warnings", "OUTPUT_FREE_REGIONS"]
+__all__ = ["explain", "explain_structures", "input_warnings", "output_free", "OUTPUT_FREE_REGIONS"]
 
 #: Target regions fixed without the model output (see the module docstring).
 OUTPUT_FREE_REGIONS = ("class", "mask", "box", "voxel")
@@ -106,40 +111,46 @@ def _explain(image: ImageVolume, adapter: ModelAdapter, info: Any, target: Optio
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
 
-    bound = adapter.bind(image.affine, image.shape)
+    bound = adapter.bind(image.affine, image.shape, image.array)
     x = torch.as_tensor(image.array, device=adapter.device).unsqueeze(0)
-    deferred = bound.windowed and adapter.task == "segmentation" and target.region in OUTPUT_FREE_REGIONS
-    if deferred:  # the output's shape suffices; the output itself comes with the method's windows
-        output = None
-        like = torch.zeros((), device=adapter.device).expand(1, bound.output_channels(), *image.shape)
-    else:
-        monitor.update(0.0, "Running the model on the input")
-        bound.progress = _running(monitor, 0.0)
-        with torch.no_grad():
-            output = like = bound(x)
-    if adapter.class_names and len(adapter.class_names) != like.shape[1]:
-        raise ModelError(
-            f"the model declares {len(adapter.class_names)} class names but returns {like.shape[1]} channels"
-        )
-    if info.tasks and adapter.task not in info.tasks:
+    if info.tasks and adapter.task is not None and adapter.task not in info.tasks:
         raise TargetError(f"method '{info.name}' does not support {adapter.task} models")
-    scorer = resolve_target(target, like, adapter.task, adapter.output_activation, spacing=image.spacing)
+    if adapter.task == "classification" and target.region != "class":
+        resolve_target(target, torch.zeros(1, 1), adapter.task)  # raises its error before the model runs
 
+    def resolve(output: torch.Tensor) -> TargetScorer:
+        """The scorer, fixed from the first output of the method's passes (see MethodContext)."""
+        if adapter.class_names and len(adapter.class_names) != output.shape[1]:
+            raise ModelError(f"the model declares {len(adapter.class_names)} class names but returns "
+                             f"{output.shape[1]} channels")
+        if info.tasks and adapter.task not in info.tasks:  # a task first known from this output
+            raise TargetError(f"method '{info.name}' does not support {adapter.task} models")
+        return resolve_target(target, output, adapter.task, adapter.output_activation, spacing=image.spacing)
+
+    def check(output: torch.Tensor, scorer: TargetScorer) -> None:
+        if warning := check_finite_output(output, scorer):
+            ctx.warn(warning)
+
+    pending = PendingTarget(target, resolve, output_free=output_free(target, adapter.task), check=check)
+    scorer = None
+    if adapter.roi_size is not None:  # the window probe (one window, kept per model) runs before any hook
+        bound.windows_per_call()
+    if bound.windowed and adapter.task == "segmentation" and pending.output_free:
+        # the output's shape suffices (one probe window, which sizes the windows anyway): the windowed
+        # passes then need no whole-volume pass before them
+        scorer = resolve(torch.zeros((), device=adapter.device).expand(1, bound.output_channels(), *image.shape))
     ctx = MethodContext(x=x, model=bound, scorer=scorer, image=image, monitor=monitor, generator=generator,
-                        output=output)
+                        pending=pending)
     for warning in [*adapter.notes, *input_warnings(image, target)]:
-        ctx.warn(warning)
-    if output is not None and (warning := check_finite_output(output, scorer)):
         ctx.warn(warning)
     with monitor.stage(0.02, 1.0):
         bound.progress = ctx.window_progress()
         result = info.load()(ctx, params)
-        if ctx.output is None:
+        if ctx.output is None:  # the method ran no pass at the input (or kept none): the provenance's pass
             monitor.update(1.0, "Running the model on the input")
             bound.progress = _running(monitor, 1.0)
         output = ctx.input_output()
-    if output is not None and (warning := check_finite_output(output, scorer)) and warning not in ctx.diagnostics.get("warnings", []):
-        ctx.warn(warning)
+    scorer = ctx.scorer
     array = result[0].detach().float().cpu().numpy()
     if not np.all(np.isfinite(array)):
         raise ModelError(f"method '{info.name}' produced non-finite values; the model may be unstable on "
@@ -149,6 +160,7 @@ def _explain(image: ImageVolume, adapter: ModelAdapter, info: Any, target: Optio
         "method": info.name,
         "method_title": info.title,
         "reference": info.reference,
+        "map_units": info.units,
         "parameters": params_to_dict(params),
         "target": scorer.describe(),
         "target_name": (adapter.class_names or [None] * (scorer.class_index + 1))[scorer.class_index],
@@ -158,6 +170,7 @@ def _explain(image: ImageVolume, adapter: ModelAdapter, info: Any, target: Optio
             "source": str(image.meta.get("source", "<memory>")),
             "shape": list(image.shape),
             "channels": image.n_channels,
+            "channel_names": list(image.channel_names),
             "spacing_mm": [round(float(s), 6) for s in image.spacing],
         },
         "diagnostics": ctx.diagnostics,
@@ -168,8 +181,21 @@ def _explain(image: ImageVolume, adapter: ModelAdapter, info: Any, target: Optio
         "seconds": round(time.perf_counter() - started, 4),
         "created": timestamp(),
     }
+    attribution = Attribution(array=array, affine=image.affine.copy(), provenance=provenance)
+    provenance["channels"] = attribution.channel_summary()  # which channel decided, as far as the map can say
     monitor.update(1.0, f"{info.title}: done")
-    return Attribution(array=array, affine=image.affine.copy(), provenance=provenance)
+    return attribution
+
+
+def output_free(target: Target, task: Optional[str]) -> bool:
+    """Whether `target` is fixed without the values of the model output (its channel count suffices):
+    a classifier's class given by index; a segmenter's class, mask, box or voxel region, or the boundary
+    band of a given mask. Predicted classes, structures and components need the output at the input."""
+    if task == "classification":
+        return target.class_index is not None
+    if task == "segmentation":
+        return target.region in OUTPUT_FREE_REGIONS or (target.region == "boundary" and target.mask is not None)
+    return False
 
 
 def input_warnings(image: ImageVolume, target: Target) -> list[str]:
@@ -186,8 +212,9 @@ def input_warnings(image: ImageVolume, target: Target) -> list[str]:
             inside = np.prod(np.clip(np.minimum(hi, np.array(image.shape) - 1) - np.maximum(lo, 0) + 1, 0, None))
             warnings.append(f"the target box {tuple(int(v) for v in target.box)} extends beyond the image grid "
                             f"{tuple(image.shape)}; only its {int(inside)} voxel(s) inside are used")
-    if target.mask is not None:
-        values = np.unique(np.asarray(target.mask))
+    mask = None if target.mask is None else np.asarray(target.mask)
+    if mask is not None and mask.dtype != bool and np.any((mask != 0) & (mask != 1)):  # np.unique only then
+        values = np.unique(mask)
         if values.size > 2 or values.min() < 0 or values.max() > 1:
             warnings.append(f"the target mask holds {values.size} distinct labels ({values.min():g} to {values.max():g}); "
                             "every non-zero voxel is used as one region: pass one structure (labels == k), or "
@@ -198,3 +225,212 @@ def input_warnings(image: ImageVolume, target: Target) -> list[str]:
 def _running(monitor: Monitor, fraction: float):
     """``progress(done, total)`` for the pass that computes the model output."""
     return lambda done, total: monitor.update(fraction, f"Running the model: window {done} of {total}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Several targets of one input at once
+
+
+class _SharedGradientContext(MethodContext):
+    """A method context whose gradient at the input was computed already, in a pass shared by several
+    targets (:func:`explain_structures`); gradients at other inputs run as usual."""
+
+    shared: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+    def gradient(self, batch: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.shared is not None and (batch is self.x or (batch.shape == self.x.shape and torch.equal(batch, self.x))):
+            return self.shared
+        return super().gradient(batch, *args, **kwargs)
+
+
+def _shared_gradients(bound: Any, x: torch.Tensor, resolve: Any, monitor: Monitor
+                      ) -> tuple[list[TargetScorer], list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """The scorers (``resolve(output)``), (d score_k / d input, score_k) for each from one forward pass per
+    window, and the model output."""
+    from .methods.modified_backprop import cancel_points
+    from .model.layout import channels_last, to_channels_last
+    from .model.window_gradient import window_backward_many
+
+    network = bound.adapter.network
+    with cancel_points(network, monitor.check):
+        if bound.windowed:  # predicted regions need the blended output before any window's backward pass
+            monitor.update(0.0, "Running the model on the input")
+            bound.progress = _running(monitor, 0.0)
+            with torch.no_grad():
+                output = bound(x)
+            bound.progress = None
+            scorers = resolve(output)
+            monitor.update(0.1, f"Gradients of {len(scorers)} targets: one shared pass")
+
+            def progress(done: int, total: int) -> None:
+                monitor.update(0.1 + 0.9 * done / total, f"Gradients of {len(scorers)} targets: window {done} of {total}")
+
+            found = window_backward_many(bound, x, scorers, output=output, progress=progress)
+            return scorers, [(f.grad, f.scores) for f in found], output
+        xg = to_channels_last(x.detach()).requires_grad_(True)
+        grads = []
+        with channels_last(network), torch.enable_grad():  # same values, faster convolutions
+            out = bound(xg)
+            output = out.detach()
+            scorers = resolve(output)
+            for k, scorer in enumerate(scorers):
+                scores = scorer(out)
+                (grad,) = torch.autograd.grad(scores.sum(), xg, retain_graph=k < len(scorers) - 1)
+                grads.append((grad.contiguous(), scores.detach()))
+        return scorers, grads, output
+
+
+def _labels_once(output: torch.Tensor, adapter: ModelAdapter, targets: Sequence[Target],
+                 cache: dict[str, Any]) -> Optional[np.ndarray]:
+    """The argmax label map, computed once for all predicted targets of a softmax segmenter."""
+    if "labels" not in cache:
+        wanted = adapter.task == "segmentation" and adapter.output_activation != "sigmoid" and any(
+            t.region == "predicted" for t in targets)
+        cache["labels"] = channel_argmax(output[0].detach()).cpu().numpy() if wanted else None
+    return cache["labels"]
+
+
+def _resolve_many(target: Target, output: torch.Tensor, adapter: ModelAdapter, image: ImageVolume,
+                  labels: Optional[np.ndarray]) -> TargetScorer:
+    """:func:`resolve_target`, with a predicted structure taken from the shared label map (the argmax of a
+    whole CT takes seconds; K structures need it once)."""
+    if labels is None or target.region != "predicted" or target.class_index is None:
+        return resolve_target(target, output, adapter.task, adapter.output_activation, spacing=image.spacing)
+    index = int(target.class_index)
+    if not 0 <= index < output.shape[1]:  # resolve_target's own error
+        return resolve_target(target, output, adapter.task, adapter.output_activation, spacing=image.spacing)
+    region = labels == index
+    if not region.any():
+        raise TargetError(f"the model predicts no voxel of class {index}; choose another class or region")
+    return TargetScorer(target, index, adapter.task, adapter.output_activation,
+                        torch.as_tensor(region, device=output.device), int(np.count_nonzero(region)))
+
+
+def explain_structures(
+    image: ImageVolume | str | Path,
+    model: ModelAdapter | torch.nn.Module | str | Path,
+    targets: Sequence[Target],
+    method: str = "saliency",
+    params: Optional[Mapping[str, Any] | Any] = None,
+    device: Optional[str] = None,
+    monitor: Optional[Monitor] = None,
+    seed: int = 0,
+    memory_budget: Optional[str | int] = None,
+    mixed_precision: Optional[bool] = None,
+) -> list[Attribution]:
+    """Explain several targets of one input (the K structures of a segmentation) with shared passes.
+
+    The model output comes from one pass (it fixes predicted regions and goes into every provenance);
+    then one forward pass per window with autograd serves the gradient at the input of every target:
+    the window's graph is kept while K backward passes run from it
+    (:func:`MedXAILib.model.window_gradient.window_backward_many`; a model without windows: K backward
+    passes from one graph of the whole input). Each target's method then runs on its gradient:
+    ``saliency`` and ``input_x_gradient`` need nothing more; other methods run their further passes per
+    target (correct, not shared). Each map equals ``explain(image, model, method, target, params,
+    seed=seed)`` for that target, up to float rounding.
+
+    Args:
+        image, model, method, params, device, monitor, seed, memory_budget, mixed_precision: as
+            :func:`explain`.
+        targets: what to explain, one :class:`Target` each (e.g. ``Target(class_index=k,
+            region="predicted")`` for every structure k).
+
+    Returns:
+        One :class:`Attribution` per target, in order; the provenance's ``shared_pass`` says how many
+        targets shared the gradient pass.
+
+    Raises:
+        MedXAIError subclasses as :func:`explain`; TargetError for an empty list of targets.
+    """
+    started = time.perf_counter()
+    targets = list(targets)
+    if not targets:
+        raise TargetError("explain_structures needs at least one target")
+    info = METHODS.get(method)
+    if not (params is not None and isinstance(params, info.params)):
+        params = make_params(info.params, params)
+    monitor = monitor or Monitor()
+    if not isinstance(image, ImageVolume):
+        from .io import read_image
+
+        image = read_image(image)
+    image.check_finite()
+    if isinstance(model, torch.nn.Module):
+        adapter = load_model(model, borrow=True)
+        device = device or "auto"
+    else:
+        adapter = model if isinstance(model, ModelAdapter) else load_model(model, device=device or "auto")
+    budget = parse_budget(memory_budget) if memory_budget is not None else None
+    with adapter.borrowed(resolve_device(device) if device is not None else None, budget, mixed_precision):
+        adapter.check_input(image.n_channels)
+        for target in targets:
+            if target.region in ("mask", "box", "voxel"):
+                target.region_mask(image.shape)  # geometry checked before the model runs
+        torch.manual_seed(seed)
+        bound = adapter.bind(image.affine, image.shape, image.array)
+        x = torch.as_tensor(image.array, device=adapter.device).unsqueeze(0)
+
+        def resolve(output: torch.Tensor) -> list[TargetScorer]:
+            if adapter.class_names and len(adapter.class_names) != output.shape[1]:
+                raise ModelError(f"the model declares {len(adapter.class_names)} class names but returns "
+                                 f"{output.shape[1]} channels")
+            if info.tasks and adapter.task not in info.tasks:
+                raise TargetError(f"method '{info.name}' does not support {adapter.task} models")
+            return [_resolve_many(t, output, adapter, image, labels) for t in targets
+                    for labels in [_labels_once(output, adapter, targets, cache)]]
+
+        cache: dict[str, Any] = {}
+
+        with monitor.stage(0.0, 0.8):
+            scorers, shared, output = _shared_gradients(bound, x, resolve, monitor)
+        finite = bool(torch.isfinite(output).all())  # one check for all targets in the usual case
+        warnings = [] if finite else [w for s in scorers if (w := check_finite_output(output, s))]
+        prediction = summarise_prediction(output, adapter.task, adapter.class_names)
+        attributions = []
+        for k, (target, scorer) in enumerate(zip(targets, scorers)):
+            one_started = time.perf_counter()
+            torch.manual_seed(seed)
+            ctx = _SharedGradientContext(x=x, model=bound, scorer=scorer, image=image, monitor=monitor,
+                                         generator=torch.Generator().manual_seed(seed), output=output)
+            ctx.shared = shared[k]
+            for warning in [*adapter.notes, *input_warnings(image, target), *warnings]:
+                ctx.warn(warning)
+            with monitor.stage(0.8 + 0.2 * k / len(targets), 0.8 + 0.2 * (k + 1) / len(targets)):
+                bound.progress = ctx.window_progress()
+                result = info.load()(ctx, params)
+                bound.progress = None
+            array = result[0].detach().float().cpu().numpy()
+            if not np.all(np.isfinite(array)):
+                raise ModelError(f"method '{info.name}' produced non-finite values; the model may be unstable on "
+                                 "this input")
+            provenance = {
+                "method": info.name,
+                "method_title": info.title,
+                "reference": info.reference,
+                "map_units": getattr(info, "units", None),
+                "parameters": params_to_dict(params),
+                "target": scorer.describe(),
+                "target_name": (adapter.class_names or [None] * (scorer.class_index + 1))[scorer.class_index],
+                "model": adapter.describe(),
+                "prediction": prediction,
+                "input": {
+                    "source": str(image.meta.get("source", "<memory>")),
+                    "shape": list(image.shape),
+                    "channels": image.n_channels,
+                    "channel_names": list(image.channel_names),
+                    "spacing_mm": [round(float(s), 6) for s in image.spacing],
+                },
+                "diagnostics": ctx.diagnostics,
+                "shared_pass": {"targets": len(targets), "index": k},
+                "versions": library_versions(),
+                "seed": seed,
+                "device": str(adapter.device),
+                "memory": bound.memory_report(),
+                "seconds": round(time.perf_counter() - (started if k == 0 else one_started), 4),
+                "created": timestamp(),
+            }
+            attribution = Attribution(array=array, affine=image.affine.copy(), provenance=provenance)
+            provenance["channels"] = attribution.channel_summary()
+            attributions.append(attribution)
+    monitor.update(1.0, f"{info.title}: {len(targets)} targets done")
+    return attributions

@@ -14,10 +14,17 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from .errors import UnknownNameError
 
-__all__ = ["Registry", "MethodInfo", "FAMILIES", "TASKS", "METHODS", "load_implementation"]
+__all__ = ["Registry", "MethodInfo", "FAMILIES", "TASKS", "MAP_UNITS", "METHODS", "load_implementation"]
 
 FAMILIES = ("gradient", "cam", "perturbation", "game-theoretic", "propagation", "counterfactual")
 TASKS = ("classification", "segmentation")
+#: What a method's map measures, which decides whether its channels can be compared:
+#: ``score``: a contribution in the units of the explained score (logit, probability), so the maps
+#: of a CT and a PET channel add up and their shares compare; ``gradient``: score per unit of input
+#: intensity (per HU, per SUV), so channels with different units do not compare; ``layer``: a
+#: layer's activations (CAM), computed after the network has mixed the channels, so one map is
+#: split equally over them and says nothing about which channel decided.
+MAP_UNITS = ("score", "gradient", "layer")
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,8 @@ class MethodInfo:
         reference: the paper that defines the method.
         summary: one line for listings and tooltips.
         implementation: ``"module:function"`` imported lazily by :meth:`load`.
+        units: what the map measures, one of :data:`MAP_UNITS` (decides whether the maps of
+            different input channels compare).
     """
 
     name: str
@@ -43,10 +52,13 @@ class MethodInfo:
     reference: str
     summary: str
     implementation: str
+    units: str = "score"
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"unknown family {self.family!r} for {self.name}")
+        if self.units not in MAP_UNITS:
+            raise ValueError(f"unknown map units {self.units!r} for {self.name}")
         if not set(self.tasks) <= set(TASKS):
             raise ValueError(f"unknown task in {self.tasks!r} for {self.name}")
 

@@ -145,6 +145,24 @@ class Target:
         if any(not 0 <= int(v) < n for v, n in zip(self.voxel, shape)):
             raise TargetError(f"voxel {tuple(self.voxel)} lies outside the image grid {tuple(shape)}")
 
+    @classmethod
+    def from_description(cls, description: Any) -> Optional["Target"]:
+        """The target a provenance's ``target`` record describes (:meth:`describe`), or None when it
+        cannot be rebuilt from the record alone (a mask region: the record keeps only its size)."""
+        if not isinstance(description, dict) or description.get("region") not in REGIONS:
+            return None
+        region = description["region"]
+        if region == "mask" or (region == "boundary" and description.get("structure") == "mask"):
+            return None
+        try:
+            return cls(class_index=description.get("class_index"), region=region,
+                       score=description.get("score", "logit"), reduction=description.get("reduction", "sum"),
+                       box=tuple(description["box"]) if description.get("box") else None,
+                       voxel=tuple(description["voxel"]) if description.get("voxel") else None,
+                       band_mm=tuple(description.get("band_mm") or (2.0, 2.0)))
+        except (TargetError, TypeError, ValueError):
+            return None
+
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly description for provenance (masks summarised, not stored)."""
         out: dict[str, Any] = {

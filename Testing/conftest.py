@@ -11,7 +11,8 @@ import pytest
 @pytest.fixture(scope="session")
 def small_demo(tmp_path_factory):
     """The folder of ``run_demo(small=True)`` (its printout in ``printed.txt``), made once per test
-    session for Testing/Lib/test_demo.py and Testing/Bridge/test_demo_scene.py."""
+    session for Testing/Lib/test_demo.py, Testing/Bridge/test_demo_scene.py and Testing/Viewer (the web
+    viewer)."""
     from MedXAILib.demo import open_hint, run_demo
 
     out = tmp_path_factory.getbasetemp() / "medxai-demo-small"

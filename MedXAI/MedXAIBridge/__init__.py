@@ -8,9 +8,11 @@ Modules (import the one you need, e.g. ``from MedXAIBridge import volumes``):
   segmentation nodes; the top-k% outline of an attribution map.
 - ``results``: an :class:`MedXAILib.attribution.Attribution` -> a new scalar volume node carrying
   the provenance as node attributes, placed in a "MedXAI" subject-hierarchy folder.
-- ``display``: colour tables, symmetric windows and thresholds for attribution nodes, and slice
-  view layers.
+- ``display``: colour tables, symmetric windows and thresholds for attribution nodes, their colour
+  legends, and slice view layers (views newly showing the input are fitted to it).
 - ``tables``: typed table nodes from plain Python columns.
+- ``nodes``: the scene's node factories (``CreateNodeByClass``, ``GetNodesByClass``) with their
+  reference released, so nothing MedXAI creates outlives the scene.
 
 Rules (DESIGN.md, section 1): this package imports MRML classes through ``slicer``, the
 ``slicer.util`` array helpers, ``vtk``, ``numpy`` and MedXAILib, and never Qt, CTK, torch,
@@ -19,4 +21,4 @@ or passed in. That keeps it testable with the ``slicer-core`` wheel (``Testing/B
 Every function that creates a node creates a NEW node and never modifies its input nodes.
 """
 
-__all__ = ["volumes", "segments", "results", "display", "tables"]
+__all__ = ["volumes", "segments", "results", "display", "tables", "nodes"]

@@ -37,18 +37,21 @@ on the display node and updates every slice view already showing the node as for
 from __future__ import annotations
 
 import numpy as np
+import slicer
 
 from MedXAILib.errors import InputError
 
+from .nodes import createNode, nodesByClass
 from .volumes import checkVolumeNode, nodeLabel
 
-__all__ = ["applyAttributionDisplay", "showInSliceViews", "DIVERGING_TABLE_NAME", "SEQUENTIAL_TABLE_NAME"]
+__all__ = ["applyAttributionDisplay", "showColorLegend", "showInSliceViews", "DIVERGING_TABLE_NAME", "SEQUENTIAL_TABLE_NAME"]
 
 DIVERGING_TABLE_NAME = "MedXAI Diverging"
 SEQUENTIAL_TABLE_NAME = "MedXAI Sequential"
 _TABLE_ATTRIBUTE = "MedXAI.ColorTable"  # "diverging" / "sequential" on shared tables, "node" on per-node ones
 _NODE_TABLE_ATTRIBUTE = "MedXAI.Display.ColorNodeID"  # on the attribution node: its per-node table
 _ENTRIES = 256
+_LEGEND_CLASS = "vtkMRMLColorLegendDisplayNode"
 
 # Moreland's cool-to-warm diverging map (as in ParaView / matplotlib "coolwarm"), 5 anchors.
 _DIVERGING = (
@@ -117,7 +120,7 @@ def _fillTable(table, rgba: np.ndarray) -> None:
 
 
 def _newTable(scene, name: str, rgba: np.ndarray, tag: str, hidden: bool):
-    table = scene.CreateNodeByClass("vtkMRMLColorTableNode")
+    table = createNode(scene, "vtkMRMLColorTableNode")
     table.SetName(name)
     table.SetAttribute(_TABLE_ATTRIBUTE, tag)
     table.SetAttribute("Category", "MedXAI")
@@ -130,9 +133,7 @@ def _newTable(scene, name: str, rgba: np.ndarray, tag: str, hidden: bool):
 def _sharedTable(scene, kind: str):
     """The scene's "MedXAI Diverging" / "MedXAI Sequential" table, created on first use."""
     name = DIVERGING_TABLE_NAME if kind == "diverging" else SEQUENTIAL_TABLE_NAME
-    tables = scene.GetNodesByClass("vtkMRMLColorTableNode")
-    for i in range(tables.GetNumberOfItems()):
-        table = tables.GetItemAsObject(i)
+    for table in nodesByClass(scene, "vtkMRMLColorTableNode"):
         if table.GetAttribute(_TABLE_ATTRIBUTE) == kind and table.GetName() == name:
             return table
     return _newTable(scene, name, _baseRgba(kind), kind, hidden=False)
@@ -171,7 +172,8 @@ def _hideBand(rgba: np.ndarray, lo: float, hi: float, band: float) -> np.ndarray
 
 
 def applyAttributionDisplay(node, colormap: str = "auto", opacity: float = 0.5, symmetricWindow: bool = True,
-                            thresholdPercentile: float = 0.0):
+                            thresholdPercentile: float = 0.0, windowPercentile: float = 100.0,
+                            colorLegend: bool = True):
     """Colour an attribution volume node for slice views (creates its display node if needed).
 
     Args:
@@ -185,6 +187,11 @@ def applyAttributionDisplay(node, colormap: str = "auto", opacity: float = 0.5, 
             [min, max] of the map.
         thresholdPercentile: in [0, 100); voxels with |a| below this percentile of |a| are
             transparent (0: no threshold).
+        windowPercentile: in (0, 100]; with `symmetricWindow`, m is this percentile of |a| instead
+            of max |a| (100), so a few extreme voxels saturate instead of washing out the rest of the
+            map (the demo scene and the web viewer use 99.9). Voxels are not changed.
+        colorLegend: show the node's colour legend (:func:`showColorLegend`) in the views that show it
+            (skipped in a scene without Slicer's Colors module, such as a bare scene in a script).
 
     Returns:
         The ``vtkMRMLScalarVolumeDisplayNode``. The node gets attributes ``MedXAI.Display.Colormap``
@@ -203,6 +210,8 @@ def applyAttributionDisplay(node, colormap: str = "auto", opacity: float = 0.5, 
         raise InputError(f"opacity must be in [0, 1]; got {opacity}")
     if not 0.0 <= float(thresholdPercentile) < 100.0:
         raise InputError(f"the threshold percentile must be in [0, 100); got {thresholdPercentile}")
+    if not 0.0 < float(windowPercentile) <= 100.0:
+        raise InputError(f"the window percentile must be in (0, 100]; got {windowPercentile}")
     from vtk.util import numpy_support
 
     values = numpy_support.vtk_to_numpy(imageData.GetPointData().GetScalars()).astype(np.float64, copy=False)
@@ -210,7 +219,8 @@ def applyAttributionDisplay(node, colormap: str = "auto", opacity: float = 0.5, 
     if values.size == 0:
         values = np.zeros(1)
     magnitude = np.abs(values)
-    m = float(magnitude.max()) or 1.0
+    m = (float(np.percentile(magnitude, windowPercentile)) if windowPercentile < 100.0 else 0.0) or float(
+        magnitude.max()) or 1.0
     amin, amax = float(values.min()), float(values.max())
     signed = amin < 0.0
 
@@ -274,19 +284,59 @@ def applyAttributionDisplay(node, colormap: str = "auto", opacity: float = 0.5, 
     node.SetAttribute("MedXAI.Display.Colormap", custom.GetID() if custom is not None else kind)
     node.SetAttribute("MedXAI.Display.Window", f"{lo!r} {hi!r}")
     node.SetAttribute("MedXAI.Display.Threshold", repr(threshold))
-    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-    for i in range(composites.GetNumberOfItems()):
-        composite = composites.GetItemAsObject(i)
+    for composite in nodesByClass(scene, "vtkMRMLSliceCompositeNode"):
         if composite.GetForegroundVolumeID() == node.GetID():
             composite.SetForegroundOpacity(float(opacity))
+    if colorLegend is False or scene.IsNodeClassRegistered(_LEGEND_CLASS):  # a bare scene (a script) has no legends
+        showColorLegend(node, colorLegend)
     return display
 
 
-def showInSliceViews(scene, backgroundNode, foregroundNode, opacity: float = 0.5) -> int:
+def showColorLegend(node, visible: bool = True):
+    """Show (or hide) the colour legend of an attribution node: its colours and the window's values.
+
+    The legend is the Colors module's default colour legend display node
+    (``vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode``, what the Colors module's "Create" button
+    and ``slicer.modules.colors.logic()`` make), created once per node and drawn by Slicer's colour
+    legend displayable manager in every view that shows the node. Its title is the method (the node
+    name is long), and its labels use 3 significant digits: attribution values are often far below 1
+    and the default format ("%.1f") would label them all 0.0.
+
+    Returns:
+        The ``vtkMRMLColorLegendDisplayNode``, or None when hidden and there is none.
+
+    Raises:
+        InputError: the node has no display node yet, or the scene cannot create colour legends.
+    """
+    legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(node)
+    if legend is None and not visible:
+        return None
+    if legend is None:
+        if node.GetDisplayNode() is None:
+            raise InputError(f"{nodeLabel(node)} has no display node: apply the attribution display first")
+        scene = node.GetScene()
+        if scene is None or not scene.IsNodeClassRegistered(_LEGEND_CLASS):
+            raise InputError(f"no colour legend can be created for {nodeLabel(node)}: the scene lacks the colour "
+                             "legend node class (Slicer's Colors module registers it)")
+        legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(node)
+        legend.SetTitleText(node.GetAttribute("MedXAI.MethodTitle") or node.GetName() or "")
+        legend.SetLabelFormat("%.3g")
+    legend.SetVisibility(bool(visible))
+    return legend
+
+
+def showInSliceViews(scene, backgroundNode, foregroundNode, opacity: float = 0.5, sliceLogics=None) -> int:
     """Show `backgroundNode` (the image) under `foregroundNode` (the attribution) in every slice view.
 
     Sets every ``vtkMRMLSliceCompositeNode`` of `scene`: background volume, foreground volume and
     foreground opacity. Passing None for a layer leaves that layer as it is.
+
+    Args:
+        sliceLogics: the views' ``vtkMRMLSliceLogic`` objects (a ``vtkCollection`` or an iterable; in
+            Slicer ``slicer.app.applicationLogic().GetSliceLogics()``). A view whose background
+            becomes `backgroundNode` is fitted to it and centred on it (``FitSliceToBackground``, as
+            ``slicer.util.setSliceViewerLayers(fit=True)`` does); a view that already showed it keeps
+            the user's zoom and position.
 
     Returns:
         The number of slice views updated (0 when the scene has no slice views, e.g. a bare scene).
@@ -295,14 +345,34 @@ def showInSliceViews(scene, backgroundNode, foregroundNode, opacity: float = 0.5
         raise InputError("no scene was given")
     if not 0.0 <= float(opacity) <= 1.0:
         raise InputError(f"opacity must be in [0, 1]; got {opacity}")
-    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-    for i in range(composites.GetNumberOfItems()):
-        composite = composites.GetItemAsObject(i)
+    toFit = []
+    composites = nodesByClass(scene, "vtkMRMLSliceCompositeNode")
+    for composite in composites:
         wasModifying = composite.StartModify()
         if backgroundNode is not None:
+            if composite.GetBackgroundVolumeID() != backgroundNode.GetID():
+                toFit.append(composite)
             composite.SetBackgroundVolumeID(backgroundNode.GetID())
         if foregroundNode is not None:
             composite.SetForegroundVolumeID(foregroundNode.GetID())
         composite.SetForegroundOpacity(float(opacity))
         composite.EndModify(wasModifying)
-    return composites.GetNumberOfItems()
+    for logic in _sliceLogics(sliceLogics):
+        if logic.GetSliceCompositeNode() in toFit:
+            logic.FitSliceToBackground()
+    # The colour legend displayable manager re-checks which views show a volume only when a legend node
+    # is modified or when the user changes a layer in a slice controller (composite interaction flags),
+    # not when layers are set from code: nudge the legends of the volumes just shown.
+    for node in (backgroundNode, foregroundNode):
+        legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(node) if node is not None else None
+        if legend is not None:
+            legend.Modified()
+    return len(composites)
+
+
+def _sliceLogics(sliceLogics) -> list:
+    if sliceLogics is None:
+        return []
+    if hasattr(sliceLogics, "GetNumberOfItems"):  # a vtkCollection
+        return [sliceLogics.GetItemAsObject(i) for i in range(sliceLogics.GetNumberOfItems())]
+    return list(sliceLogics)

@@ -29,6 +29,7 @@ import vtk
 from MedXAILib.attribution import PROVENANCE_KEY, Attribution
 from MedXAILib.errors import GeometryError, InputError
 
+from .nodes import createNode
 from .volumes import checkVolumeNode, ijkToRas, imageDataFromArray, nodeLabel, placeLikeInput, shapeOf
 
 __all__ = ["createAttributionNode", "attributionProvenance", "FOLDER_NAME", "RESULT_ATTRIBUTE"]
@@ -127,7 +128,7 @@ def createAttributionNode(attribution: Attribution, inputVolumeNode, name: Optio
     if name is None:
         name = f"{inputVolumeNode.GetName()} · {_methodLabel(provenance)} · {_targetLabel(provenance)}"
 
-    node = scene.CreateNodeByClass("vtkMRMLScalarVolumeNode")
+    node = createNode(scene, "vtkMRMLScalarVolumeNode")  # filled before AddNode: observers see a complete node
     node.SetName(name)
     matrix = vtk.vtkMatrix4x4()
     inputVolumeNode.GetIJKToRASMatrix(matrix)

@@ -59,8 +59,8 @@ def statisticsTableNode(scene, table: Mapping[str, Sequence], name: str,
             ``"<column> · <map>"`` take their column's unit.
 
     Returns:
-        The table node: names -> string column, integers and booleans (``pointing_hit``) -> int
-        columns, other numbers -> double columns (NaN kept); unit labels set per column.
+        The table node: names -> string column, integers and booleans -> int columns, other
+        numbers -> double columns (NaN kept); unit labels set per column.
 
     Raises:
         InputError: no scene, an empty or ragged table (see

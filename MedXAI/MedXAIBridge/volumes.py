@@ -24,6 +24,8 @@ from vtk.util import numpy_support
 from MedXAILib.errors import GeometryError, InputError
 from MedXAILib.volume import ImageVolume
 
+from .nodes import createNode
+
 __all__ = ["imageVolumeFromNode", "imageVolumeFromNodes", "volumeNodeFromImageVolume", "checkVolumeNode", "ijkToRas",
            "imageDataFromArray", "nodeLabel", "placeLikeInput", "shapeOf", "transformId"]
 
@@ -246,7 +248,7 @@ def volumeNodeFromImageVolume(scene, volume: ImageVolume, name: str, nodeClass: 
     if not isinstance(volume, ImageVolume):
         raise InputError(f"an ImageVolume was expected; got {type(volume).__name__}")
     _checkAffineForSlicer(volume.affine)
-    probe = scene.CreateNodeByClass(nodeClass) if nodeClass else None
+    probe = createNode(scene, nodeClass) if nodeClass else None
     if probe is None or not probe.IsA("vtkMRMLVolumeNode"):
         raise InputError(f"'{nodeClass}' is not a volume node class")
     isVector = probe.IsA(_VECTOR_CLASS)
@@ -256,7 +258,7 @@ def volumeNodeFromImageVolume(scene, volume: ImageVolume, name: str, nodeClass: 
                 f"a {nodeClass} holds one channel but the volume has {volume.n_channels}; "
                 "pass one channel (volume.with_array(volume.array[c])) or a vector volume class"
             )
-        probe = scene.CreateNodeByClass(_VECTOR_CLASS)
+        probe = createNode(scene, _VECTOR_CLASS)
         isVector = True
     node = probe
     array = volume.array

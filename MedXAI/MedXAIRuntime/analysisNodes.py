@@ -66,10 +66,10 @@ def createVolumeResult(volume: Any, inputVolumeNode: Any, name: str, kind: str,
 
 def nodesByAttribute(scene: Any, className: str, attribute: str, value: Optional[str] = None) -> list:
     """Nodes of `className` in `scene` whose `attribute` is set (to `value`, when given)."""
-    nodes = scene.GetNodesByClass(className)
+    from MedXAIBridge.nodes import nodesByClass
+
     found = []
-    for i in range(nodes.GetNumberOfItems()):
-        node = nodes.GetItemAsObject(i)
+    for node in nodesByClass(scene, className):
         current = node.GetAttribute(attribute)
         if current is not None and (value is None or current == value):
             found.append(node)

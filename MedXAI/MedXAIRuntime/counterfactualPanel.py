@@ -157,7 +157,18 @@ def metricsRows(data: Mapping[str, Any], classIndex: Optional[int] = None) -> li
     sparsity = metrics.get("sparsity") or {}
     if sparsity:
         rows.append(("Voxels changed above noise", "", f"{100 * float(sparsity.get('changed_fraction', 0)):.3g} %"))
-    if proximity:
+    minimality = metrics.get("minimality") or {}
+    if minimality:  # the same numbers as the library's summary and the CLI's outcome line
+        rows.append(("Volume changed above noise (ml)", "", _text(minimality.get("changed_ml"))))
+        if minimality.get("changed_share_of_structure") is not None:
+            rows.append(("Changed volume / structure volume", "", _text(minimality["changed_share_of_structure"])))
+        if not minimality.get("minimal", True):
+            rows.append(("Minimal change", "", "no: spread over too much of the image"))
+    perChannel = metrics.get("per_channel") or []
+    if len(perChannel) > 1:  # each channel in its own units (HU, SUV): never one number for all
+        for row in perChannel:
+            rows.append((f"Max |change| in {row.get('channel')} (its units)", "", _text(row.get("max_abs"))))
+    elif proximity:
         rows.append(("Mean |change|", "", _text(proximity.get("mean_abs"))))
         rows.append(("Max |change|", "", _text(proximity.get("max_abs"))))
     if metrics.get("locality") is not None:

@@ -1,24 +1,24 @@
 """Install what MedXAILib needs into Slicer's Python, on the first Apply and with the user's consent.
 
-- torch comes from the PyTorch extension: ``PyTorchUtils.PyTorchUtilsLogic().installTorch(...)``,
-  which picks the build that matches the NVIDIA driver. pip never installs torch.
-- The other packages (``Resources/requirements.txt``: MONAI, SciPy, scikit-image) are installed with
-  ``slicer.packaging.pip_ensure`` (Slicer 5.12) or ``slicer.util.pip_install`` (Slicer 5.10), always
-  under a constraints file that pins the installed torch, torchvision, numpy and SimpleITK, so pip
-  can never replace them (a replaced torch or numpy breaks Slicer or the PyTorch extension).
+- torch is installed the way the PyTorch extension installs it (light-the-torch, which picks the
+  build that matches the NVIDIA driver); pip never installs torch.
+- The other packages (``Resources/requirements.txt``: MONAI, SciPy, scikit-image, PyYAML) are installed
+  with pip, always under a constraints file that pins the installed torch, torchvision, numpy and
+  SimpleITK, so pip can never replace them (a replaced torch or numpy breaks Slicer or the PyTorch
+  extension).
+- Both run in a child process (:mod:`MedXAIRuntime.installer`) with progress and Cancel: the PyTorch
+  extension's ``installTorch`` and ``slicer.util.pip_install`` would block Slicer's main thread.
 
-Nothing is installed or imported when Slicer loads the module (DESIGN.md, section 6). The functions
-that only compute (requirement parsing, missing packages, the constraints text, pip arguments) are
-plain Python and tested by pytest; :func:`ensureDependencies` needs the Slicer application.
+Nothing is installed or imported when Slicer loads the module (DESIGN.md, section 6). This module
+decides what is missing and asks once (:func:`prepareInstallation`), and checks again afterwards
+(:func:`finishInstallation`); all of it is plain Python, tested by pytest.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import logging
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
@@ -32,16 +32,16 @@ __all__ = [
     "installedVersion",
     "missingRequirements",
     "constraintsText",
-    "pipInstallArguments",
     "torchStatus",
     "installationPlan",
-    "ensureDependencies",
+    "confirmationText",
+    "prepareInstallation",
+    "finishInstallation",
     "dependenciesReady",
 ]
 
 MINIMUM_TORCH = "2.4"  # MONAI 1.6 needs torch >= 2.4 (pyproject.toml)
 PINNED_PACKAGES = ("torch", "torchvision", "numpy", "SimpleITK")  # never to be replaced by pip
-REQUESTER = "MedXAI"
 
 _ready = False
 
@@ -122,14 +122,6 @@ def constraintsText(installed: Mapping[str, Optional[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pipInstallArguments(requirements: Sequence[str], constraintsPath: Optional[Path] = None) -> list[str]:
-    """The argument list for ``slicer.util.pip_install`` (5.10: ``pip install <args>``)."""
-    args = list(requirements)
-    if constraintsPath is not None:
-        args += ["-c", str(constraintsPath)]
-    return args
-
-
 def torchStatus(versionOf: Callable[[str], Optional[str]] = installedVersion, minimum: str = MINIMUM_TORCH) -> str:
     """``"missing"``, ``"old"`` or ``"ok"`` for the installed torch (from metadata: torch is not imported)."""
     version = versionOf("torch")
@@ -147,11 +139,11 @@ def installationPlan(
 
 
 # ------------------------------------------------------------------------------------------------
-# Inside Slicer
+# Before and after an installation (the installation itself: MedXAIRuntime.installer, in a child process)
 
 
 def dependenciesReady() -> bool:
-    """True once :func:`ensureDependencies` succeeded in this session (or nothing was missing)."""
+    """True once everything is installed (checked from package metadata; remembered once true)."""
     global _ready
     if not _ready:
         status, missing = installationPlan()
@@ -159,94 +151,76 @@ def dependenciesReady() -> bool:
     return _ready
 
 
-def _writeConstraints() -> Path:
-    importlib.invalidate_caches()  # see what the PyTorch extension has just installed
-    text = constraintsText({name: installedVersion(name) for name in PINNED_PACKAGES})
-    handle = tempfile.NamedTemporaryFile("w", prefix="MedXAI-constraints-", suffix=".txt", delete=False, encoding="utf-8")
-    with handle:
-        handle.write(text)
-    logging.info("MedXAI: pip constraints %s:\n%s", handle.name, text)
-    return Path(handle.name)
+def confirmationText(status: str, missing: Sequence[str]) -> tuple[str, str]:
+    """The question asked before installing, and its details (one line per package)."""
+    items = []
+    if status == "missing":
+        items.append(f"PyTorch >= {MINIMUM_TORCH}, installed as the PyTorch extension does (light-the-torch picks "
+                     "the build for your NVIDIA driver)")
+    items += [f"{req} (pip)" for req in missing]
+    message = (
+        "MedXAI needs Python packages that are not installed yet. Installing them needs a network connection "
+        "and can take several minutes; it runs in the background (Slicer stays usable, Cancel stops it). "
+        "Install them now?"
+    )
+    return message, "\n".join(items)
 
 
-def _installTorch() -> None:
-    try:
-        import PyTorchUtils
-    except ModuleNotFoundError:
-        raise DependencyError(
-            "MedXAI needs the PyTorch extension. Install 'PyTorch' from the Extensions Manager, restart "
-            "Slicer, and apply again."
-        ) from None
-    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-    if torchLogic.torchInstalled():
-        return
-    logging.info("MedXAI: installing PyTorch with the PyTorch extension (this can take several minutes)")
-    torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=f">={MINIMUM_TORCH}")
-    if torch is None:
-        raise DependencyError("PyTorch was not installed; MedXAI cannot compute explanations without it.")
-
-
-def _pipInstall(missing: Sequence[str]) -> None:
-    import slicer
-
-    constraints = _writeConstraints()
-    try:
-        try:
-            import slicer.packaging as packaging  # Slicer >= 5.12
-        except ImportError:
-            packaging = None
-        if packaging is not None and hasattr(packaging, "pip_ensure"):
-            packaging.pip_ensure(list(missing), constraints=constraints, prompt_install=False, requester=REQUESTER)
-        else:  # Slicer 5.10
-            slicer.util.pip_install(pipInstallArguments(missing, constraints))
-    finally:
-        constraints.unlink(missing_ok=True)
-
-
-def ensureDependencies(confirm: Callable[[str, str], bool]) -> None:
-    """Make torch, MONAI and the rest importable, installing what is missing after `confirm`.
+def prepareInstallation(
+    confirm: Callable[[str, str], bool],
+    testing: bool = False,
+    requirements: Optional[Sequence[str]] = None,
+    versionOf: Callable[[str], Optional[str]] = installedVersion,
+):
+    """Decide what to install, asking the user once.
 
     Args:
-        confirm: ``confirm(message, details) -> bool``, called once when something must be
-            installed; the widget shows it as an OK/Cancel dialog. Nothing is installed on False.
+        confirm: ``confirm(message, details) -> bool``; the widget shows an OK/Cancel dialog.
+        testing: Slicer runs in testing mode: nothing may be installed (as ``slicer.packaging.pip_ensure``
+            skips installing then).
+        requirements, versionOf: what is required and how versions are read (defaults: the module's
+            ``requirements.txt`` and the installed metadata).
+
+    Returns:
+        None when everything is installed, else the :class:`~MedXAIRuntime.installer.InstallPlan`
+        the user agreed to (run it with :class:`~MedXAIRuntime.installer.InstallJob`).
 
     Raises:
-        DependencyError: the PyTorch extension is missing, torch is too old, the user declined,
-            or the packages are still missing after installing (e.g. in testing mode, where
-            ``pip_ensure`` installs nothing).
+        DependencyError: torch is too old (MedXAI never replaces it), Slicer is in testing mode, or
+            the user declined.
     """
     global _ready
-    if _ready:
-        return
-    status, missing = installationPlan()
+    status, missing = installationPlan(requirements, versionOf)
     if status == "old":
         raise DependencyError(
-            f"PyTorch {installedVersion('torch')} is too old for MedXAI (it needs {MINIMUM_TORCH} or newer). "
+            f"PyTorch {versionOf('torch')} is too old for MedXAI (it needs {MINIMUM_TORCH} or newer). "
             f"Open the 'PyTorch Utils' module and install PyTorch with the version requirement >={MINIMUM_TORCH}."
         )
     if status == "ok" and not missing:
         _ready = True
-        return
-    items = []
-    if status == "missing":
-        items.append(f"PyTorch >= {MINIMUM_TORCH}, installed by the PyTorch extension (it picks the GPU build)")
-    items += [f"{req} (pip)" for req in missing]
-    message = (
-        "MedXAI needs Python packages that are not installed yet. Installing them needs a network "
-        "connection and can take several minutes. Install them now?"
-    )
-    if not confirm(message, "\n".join(items)):
+        return None
+    still = (["torch"] if status != "ok" else []) + list(missing)
+    if testing:
+        raise DependencyError(f"Slicer runs in testing mode, where nothing is installed; missing: {', '.join(still)}")
+    if not confirm(*confirmationText(status, missing)):
         raise DependencyError("MedXAI cannot compute explanations until its Python packages are installed.")
-    if status == "missing":
-        _installTorch()
-    if missing:
-        _pipInstall(missing)
-    importlib.invalidate_caches()
-    status, missing = installationPlan()
+    from .installer import InstallPlan
+
+    return InstallPlan.forMissing(status, missing)
+
+
+def finishInstallation(requirements: Optional[Sequence[str]] = None,
+                       versionOf: Callable[[str], Optional[str]] = installedVersion) -> None:
+    """After the installer succeeded: check again in this process (it reads what the child installed).
+
+    Raises:
+        DependencyError: something is still missing (the message names it).
+    """
+    global _ready
+    importlib.invalidate_caches()  # the child changed site-packages behind this interpreter's back
+    status, missing = installationPlan(requirements, versionOf)
     if status != "ok" or missing:
         still = (["torch"] if status != "ok" else []) + list(missing)
-        raise DependencyError(
-            f"these packages are still missing after the installation: {', '.join(still)}. "
-            "See the Python console for pip's output."
-        )
+        raise DependencyError(f"these packages are still missing after the installation: {', '.join(still)}. "
+                              "Restart Slicer and apply again; the details show pip's output.")
     _ready = True

@@ -136,6 +136,8 @@ def scoreRows(scores: Mapping[str, Mapping[str, Any]], titles: Optional[Mapping[
         value = formatValue(result.get("value"))
         direction = _direction(result.get("higher_is_better"))
         warning = result.get("warning")
+        chance = result.get("chance")  # localisation: what a map without information scores
+        direction += f"; chance {formatValue(chance)}" if chance is not None else ""
         rows.append((_title(name, titles), f"{value} ({direction})" + (f" - {warning}" if warning else "")))
     return rows
 
@@ -152,10 +154,14 @@ def comparisonRows(data: Mapping[str, Any], titles: Optional[Mapping[str, str]] 
         raise InputError("the comparison holds no method")
     headers = ["Metric", *methods]
     rows = []
+    separation = data.get("separation") or {}
     for metric, values in table.items():
         if metric == "method":
             continue
-        rows.append([_title(metric, titles), *[formatValue(v) for v in values]])
+        # a metric on which all methods score alike says so, as the library's comparison does
+        flat = isinstance(separation.get(metric), Mapping) and separation[metric].get("separates") is False
+        rows.append([_title(metric, titles) + (" (does not separate)" if flat else ""),
+                     *[formatValue(v) for v in values]])
     ranks = {entry["method"]: entry.get("mean_rank") for entry in (data.get("ranking") or []) if isinstance(entry, Mapping)}
     if ranks:
         rows.append(["Mean rank (lower is better)", *[formatValue(ranks.get(m)) for m in methods]])

@@ -10,7 +10,9 @@ input grid and JSON data), whichever way it ran:
 - :class:`RunJob`: writes the request into a temporary folder (:func:`MedXAILib.runs.write_request`),
   starts ``python -m MedXAILib.runs FOLDER`` (PythonSlicer in Slicer), is polled for its JSON-lines
   progress without blocking, and reads the result back (:func:`MedXAILib.runs.read_result`); Cancel
-  kills the whole process tree. The temporary folder is always removed.
+  stops the whole process tree without waiting. The temporary folder is always removed.
+  :class:`ProcessJob`, its base, is the same mechanism for any MedXAI child process (the package
+  installer of :mod:`MedXAIRuntime.installer` is one).
 
 :func:`explainRequest` and :func:`analysisRequest` are the Slicer-style constructors the widget and
 the panels use. Nothing here imports qt or slicer, and MedXAILib.runs is imported inside the
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KIND_TITLES", "explainRequest", "analysisRequest", "kindTitle", "runInProcess", "runCommand",
-    "RunOutcome", "RunProcessError", "RunJob",
+    "RunOutcome", "RunProcessError", "ProcessJob", "RunJob",
 ]
 
 ProgressCallback = Callable[[float, str], None]
@@ -151,30 +153,35 @@ class RunOutcome:
         return None if self.result is None else self.result.attribution()
 
 
-class RunJob:
-    """``python -m MedXAILib.runs FOLDER`` for one request, polled without blocking.
+class ProcessJob:
+    """A MedXAI child process that speaks the JSON-lines protocol, polled without blocking.
+
+    The one mechanism behind every background run of the module: :class:`RunJob` (an explanation or
+    an analysis: ``python -m MedXAILib.runs FOLDER``) and :class:`MedXAIRuntime.installer.InstallJob`
+    (the Python packages: ``python -m MedXAIRuntime.installer FOLDER``). A subclass writes its inputs
+    into a new temporary folder and names the command (:meth:`prepare`), and reads its result back
+    (:meth:`readResult`); this class starts the process, parses progress, log lines and the final
+    ``done`` line, turns a failure into :class:`RunProcessError` with the process's own reason, and
+    removes the folder.
 
     Usage::
 
-        job = RunJob(request)
-        job.start()                       # writes the request folder, starts the process
+        job.start()                       # writes the inputs, starts the process
         while not job.finished:
             for fraction, message in job.poll(): ...
         outcome = job.outcome()           # reads the result; the temporary folder is removed
+
+    :meth:`cancel` returns at once: the process tree is asked to stop now, and a thread kills what is
+    left, reaps it and removes the folder (:func:`MedXAIRuntime.process.terminateProcessTree`).
     """
 
-    tempPrefix = "MedXAI-run-"
+    tempPrefix = "MedXAI-job-"
+    what = "computation"
 
-    def __init__(
-        self,
-        request: "RunRequest",
-        python: Optional[str] = None,
-        env: Optional[Mapping[str, str]] = None,
-        tempRoot: Optional[str] = None,
-    ):
-        self.request = request
-        self.what = kindTitle(request)
+    def __init__(self, python: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
+                 tempRoot: Optional[str] = None):
         self.python = python or process.pythonExecutable()
+        self.pythonGiven = python is not None
         self.env = env
         self.tempRoot = tempRoot
         self.folder: Optional[Path] = None
@@ -186,18 +193,28 @@ class RunJob:
         self.returnCode: Optional[int] = None
         self._process: Optional[process.BackgroundProcess] = None
         self._cancelled = False
+        self._stopping = False
         self._started = 0.0
         self._outcome: Optional[RunOutcome] = None
 
-    def start(self) -> None:
-        """Write the request into a new temporary folder and start the worker."""
-        from MedXAILib.runs import write_request
+    # -- what a kind of job provides
 
+    def prepare(self, folder: Path) -> list[str]:
+        """Write the inputs into `folder` (new, empty) and return the command to run."""
+        raise NotImplementedError
+
+    def readResult(self, folder: Path) -> Any:
+        """The result after the process exited with 0."""
+        raise NotImplementedError
+
+    # -- running
+
+    def start(self) -> None:
+        """Write the inputs into a new temporary folder and start the process."""
         self._started = time.monotonic()
         self.folder = Path(tempfile.mkdtemp(prefix=self.tempPrefix, dir=self.tempRoot))
         try:
-            write_request(self.request, self.folder)
-            self.command = runCommand(self.python, self.folder)
+            self.command = self.prepare(self.folder)
             logging.info("MedXAI: starting %s", " ".join(self.command))
             root = process.libraryRoot()
             self._process = process.BackgroundProcess(
@@ -242,12 +259,15 @@ class RunJob:
         return updates
 
     def cancel(self) -> None:
-        """Stop the process and all its children; :meth:`outcome` then reports a cancel."""
+        """Stop the process and all its children without waiting; :meth:`outcome` then reports a cancel.
+
+        The tree gets SIGTERM now (the worker exits 130 and writes nothing); a thread kills what is
+        still alive after a few seconds and then removes the temporary folder.
+        """
         self._cancelled = True
         if self._process is not None and self.returnCode is None:
-            self._process.kill()
-            self._process.readLines()
-            self.returnCode = self._process.popen.returncode if self._process.popen is not None else -1
+            self.returnCode = process.EXIT_CANCELLED
+            self._stop()
 
     def wait(self, timeout: Optional[float] = None, onProgress: Optional[ProgressCallback] = None) -> RunOutcome:
         """Poll until the process ends (scripts and tests; the GUI uses a timer instead)."""
@@ -264,23 +284,21 @@ class RunJob:
 
     def outcome(self) -> RunOutcome:
         """The result once finished: read it back (or the error), then remove the temporary folder."""
-        from MedXAILib.runs import EXIT_CANCELLED, EXIT_OK, read_result
-
         if self._outcome is not None:
             return self._outcome
         if not self.finished:
             raise RuntimeError(f"the {self.what} process is still running")
-        stderr = self._process.stderrText() if self._process is not None else ""
+        stderr = self._process.stderrText() if self._process is not None and not self._stopping else ""
         log = "\n".join(self.logLines + ([stderr] if stderr else []))
         outcome = RunOutcome(seconds=self.elapsedSeconds, log=log)
         try:
-            if self._cancelled or self.returnCode == EXIT_CANCELLED:
+            if self._cancelled or self.returnCode == process.EXIT_CANCELLED:
                 outcome.cancelled = True
-            elif self.returnCode == EXIT_OK:
-                outcome.result = read_result(self.folder)
+            elif self.returnCode == process.EXIT_OK:
+                outcome.result = self.readResult(self.folder)
             else:
                 message = process.lastErrorLine(stderr, self.returnCode)
-                logging.error("MedXAI %s failed (exit code %s):\n%s", self.what, self.returnCode, stderr)
+                logging.error("MedXAI %s failed (exit code %s):\n%s", self.what, self.returnCode, log)
                 outcome.error = RunProcessError(message, self.returnCode, log)
         except Exception as error:  # reading the result back failed
             outcome.error = error
@@ -290,16 +308,61 @@ class RunJob:
         return outcome
 
     def cleanup(self) -> None:
-        """Stop the process if it still runs and remove the temporary folder."""
+        """Stop the process if it still runs (without waiting) and remove the temporary folder."""
         popen = self._process.popen if self._process is not None else None
         if popen is not None and popen.poll() is None:
-            self._process.kill()
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            self._stop()
+        elif not self._stopping:
+            _removeFolder(self.folder)
             self.folder = None
+
+    def _stop(self) -> None:
+        """Terminate the tree in the background; the folder is removed once the process has ended."""
+        if self._stopping:
+            return
+        self._stopping = True
+        folder, self.folder = self.folder, None
+        self._process.terminate(onEnded=lambda: _removeFolder(folder))
 
     def __del__(self) -> None:  # a job dropped while running must not leave a process behind
         try:
             self.cleanup()
         except Exception:
             pass
+
+
+def _removeFolder(folder: Optional[Path]) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class RunJob(ProcessJob):
+    """``python -m MedXAILib.runs FOLDER`` for one :class:`~MedXAILib.runs.RunRequest`.
+
+    The request is written into the folder (:func:`MedXAILib.runs.write_request`) and the
+    :class:`~MedXAILib.runs.RunResult` read back (:func:`MedXAILib.runs.read_result`).
+    """
+
+    tempPrefix = "MedXAI-run-"
+
+    def __init__(
+        self,
+        request: "RunRequest",
+        python: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        tempRoot: Optional[str] = None,
+    ):
+        super().__init__(python, env, tempRoot)
+        self.request = request
+        self.what = kindTitle(request)
+
+    def prepare(self, folder: Path) -> list[str]:
+        from MedXAILib.runs import write_request
+
+        write_request(self.request, folder)
+        return runCommand(self.python, folder)
+
+    def readResult(self, folder: Path) -> "RunResult":
+        from MedXAILib.runs import read_result
+
+        return read_result(folder)

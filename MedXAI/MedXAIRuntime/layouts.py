@@ -77,12 +77,9 @@ def comparisonLayoutXml(orientation: str = "Axial") -> str:
 
 
 def _compositeNodes(scene: Any) -> dict[str, Any]:
-    nodes = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-    found = {}
-    for i in range(nodes.GetNumberOfItems()):
-        node = nodes.GetItemAsObject(i)
-        found[node.GetLayoutName()] = node
-    return found
+    from MedXAIBridge.nodes import nodesByClass
+
+    return {node.GetLayoutName(): node for node in nodesByClass(scene, "vtkMRMLSliceCompositeNode")}
 
 
 def _id(node: Any) -> Optional[str]:

@@ -8,7 +8,9 @@ Everything here is plain Python (no qt, no slicer), so it is unit tested with py
 - :func:`popenKeywords` starts the process in its own session / process group, and
   :func:`killProcessTree` ends it together with every process it started (the PythonSlicer
   launcher starts the real interpreter as a child, and killing only the launcher would leave the
-  child running: DESIGN.md, section 6);
+  child running: DESIGN.md, section 6); :func:`terminateProcessTree` does the same without making the
+  caller wait: it sends the polite signal and returns, and a thread escalates to a forced kill and
+  reaps the process (the GUI's Cancel must return to the event loop at once);
 - :class:`BackgroundProcess` reads stdout on a thread into a queue that the caller drains without
   blocking (the Qt runner drains it from a ``QTimer``).
 
@@ -28,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from MedXAILib.runs.protocol import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK  # the one definition
 
@@ -43,10 +45,12 @@ __all__ = [
     "parseOutputLine",
     "lastErrorLine",
     "libraryRoot",
+    "runtimeRoot",
     "childEnvironment",
     "pythonExecutable",
     "popenKeywords",
     "killProcessTree",
+    "terminateProcessTree",
     "isProcessAlive",
     "BackgroundProcess",
 ]
@@ -140,12 +144,20 @@ def libraryRoot() -> Path:
     return Path(MedXAILib.__file__).resolve().parent.parent
 
 
+def runtimeRoot() -> Path:
+    """The folder that holds the ``MedXAIRuntime`` package (``qt-scripted-modules`` in Slicer, like
+    :func:`libraryRoot`; ``MedXAI/`` in the source tree)."""
+    return Path(__file__).resolve().parent.parent
+
+
 def childEnvironment(base: Optional[Mapping[str, str]] = None, root: Optional[Path] = None) -> dict[str, str]:
-    """`base` (default: this process's environment) with MedXAILib importable and unbuffered output."""
+    """`base` (default: this process's environment) with MedXAILib and MedXAIRuntime importable
+    (``python -m MedXAIRuntime.demo`` and the installer run there) and unbuffered output."""
     env = dict(os.environ if base is None else base)
     root = libraryRoot() if root is None else root
+    roots = list(dict.fromkeys([str(root), str(runtimeRoot())]))  # one folder in Slicer, two in the source tree
     existing = env.get("PYTHONPATH", "")
-    env["PYTHONPATH"] = str(root) + (os.pathsep + existing if existing else "")
+    env["PYTHONPATH"] = os.pathsep.join(roots + ([existing] if existing else []))
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
     return env
@@ -155,14 +167,12 @@ def pythonExecutable() -> str:
     """PythonSlicer inside Slicer (Slicer sets ``sys.executable`` to it), else this interpreter."""
     import shutil
 
-    try:
-        from slicer import app  # noqa: F401  (only inside the Slicer application)
-
+    # Inside the Slicer application `slicer` is imported and has `app`; looking it up in sys.modules
+    # never imports a `slicer` package (slicer-core would load all of MRML just to answer no).
+    if getattr(sys.modules.get("slicer"), "app", None) is not None:
         found = shutil.which("PythonSlicer")
         if found:
             return found
-    except ImportError:
-        pass
     return sys.executable
 
 
@@ -253,17 +263,23 @@ def _groupAlive(pgid: int) -> bool:
     return True
 
 
-def killProcessTree(process: Union[subprocess.Popen, int], timeout: float = 3.0) -> None:
+def killProcessTree(process: Union[subprocess.Popen, int], timeout: float = 3.0,
+                    descendants: Optional[Sequence[int]] = None) -> None:
     """End `process` and every process it started: politely first, then by force after `timeout`.
 
     POSIX: SIGTERM (which the ``medxai`` CLI turns into a clean cancel: exit code 130, nothing
     written) to the process group made by :func:`popenKeywords` and to every descendant psutil
     can see (psutil is optional), then SIGKILL to whatever is still alive after `timeout` seconds.
     Windows: psutil's terminate/kill on the tree, or ``taskkill /T /F`` without psutil.
+    Blocks up to about twice `timeout`; the GUI uses :func:`terminateProcessTree`.
+
+    Args:
+        descendants: the tree's PIDs when known from before a first signal (a child whose parent
+            has already died is no longer found as a descendant).
     """
     popen = process if isinstance(process, subprocess.Popen) else None
     pid = popen.pid if popen is not None else int(process)
-    descendants = _descendants(pid)
+    descendants = list(descendants) if descendants is not None else _descendants(pid)
 
     if os.name == "nt":  # pragma: no cover - Windows
         try:
@@ -336,6 +352,56 @@ def killProcessTree(process: Union[subprocess.Popen, int], timeout: float = 3.0)
             popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             popen.kill()
+
+
+def terminateProcessTree(process: Union[subprocess.Popen, int], timeout: float = 3.0,
+                         onEnded: Optional[Callable[[], None]] = None) -> threading.Thread:
+    """Ask `process` and every process it started to end, and return at once.
+
+    POSIX: SIGTERM goes to the process group (and the descendants psutil sees) before this returns,
+    so the run stops now; a daemon thread then waits up to `timeout` seconds, kills what is left
+    (:func:`killProcessTree`), reaps the process and finally calls `onEnded()` (on that thread: it
+    must not touch Qt or MRML; removing a temporary folder is what it is for). Windows: the thread
+    does everything (``taskkill`` and psutil calls can take a while).
+
+    Returns:
+        The thread (tests join it).
+    """
+    popen = process if isinstance(process, subprocess.Popen) else None
+    pid = popen.pid if popen is not None else int(process)
+    descendants = _descendants(pid)  # now: once the launcher has died its children are orphans
+    if os.name != "nt":
+        try:
+            pgid = os.getpgid(pid)
+        except ProcessLookupError:
+            pgid = None
+        targets = []
+        if pgid is not None and pgid == pid and pgid != os.getpgid(0):
+            targets.append(lambda: os.killpg(pid, signal.SIGTERM))
+        else:
+            targets.append(lambda: os.kill(pid, signal.SIGTERM))
+        targets += [lambda child=child: os.kill(child, signal.SIGTERM) for child in descendants]
+        for send in targets:
+            try:
+                send()
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def reap() -> None:
+        try:
+            killProcessTree(process, timeout, descendants)
+        finally:
+            if onEnded is not None:
+                try:
+                    onEnded()
+                except Exception:  # a cleanup error must not kill the thread silently
+                    import logging
+
+                    logging.exception("MedXAI: cleaning up after a stopped process failed")
+
+    thread = threading.Thread(target=reap, name="MedXAI-process-reaper", daemon=True)
+    thread.start()
+    return thread
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,11 +499,19 @@ class BackgroundProcess:
         return code
 
     def kill(self, timeout: float = 3.0) -> None:
-        """End the process and all its children (see :func:`killProcessTree`)."""
+        """End the process and all its children and wait for it (see :func:`killProcessTree`)."""
         if self.popen is not None:
             killProcessTree(self.popen, timeout=timeout)
             if self._thread is not None:
                 self._thread.join(timeout)
+
+    def terminate(self, timeout: float = 3.0, onEnded: Optional[Callable[[], None]] = None) -> Optional[threading.Thread]:
+        """End the process and all its children without waiting (see :func:`terminateProcessTree`)."""
+        if self.popen is None:
+            if onEnded is not None:
+                onEnded()
+            return None
+        return terminateProcessTree(self.popen, timeout=timeout, onEnded=onEnded)
 
     def stderrText(self) -> str:
         if self.stderrPath is None:

@@ -4,10 +4,12 @@ Segment Statistics computes its measurements one segment at a time on the scalar
 selects. When that volume is a MedXAI attribution result (:func:`isAttributionNode`), the plugin
 (:mod:`MedXAIRuntime.segmentStatisticsPlugin`) reports for each segment S the relevance measures of
 :func:`MedXAILib.statistics.structure_statistics` with S as the structure and the rest of the volume
-as the background (:func:`relevanceMeasures`): the share of |relevance| in S (relevance mass
-accuracy), its density ratio, the relevance rank accuracy (Arras et al. 2022), the pointing-game
-hit (Zhang et al. 2018), top-k Dice, the boundary-to-interior ratio, and the signed sum, mean and
-masses. Keys, titles, descriptions and units are in :data:`MEASUREMENTS`.
+as the background (:func:`relevanceMeasures`): the share of |relevance| and of positive relevance
+(relevance mass accuracy) in S, its density ratio, the rank accuracy of |relevance| (Arras et al.
+2022), the distance from the map's maximum to S (the pointing game's distance, Zhang et al. 2018),
+top-k Dice, the boundary-to-interior ratio, and the signed sum, mean and masses. Keys, titles,
+descriptions and units are in :data:`MEASUREMENTS`; each key names one definition, the same as in
+MedXAILib (the metric ``pointing_game`` counts a hit when this distance is within its tolerance).
 """
 
 from __future__ import annotations
@@ -33,17 +35,20 @@ REST_NAME = "(rest of the volume)"
 #: key -> (title, description); keys are columns of MedXAILib.statistics.STATISTIC_COLUMNS.
 MEASUREMENTS: dict[str, tuple[str, str]] = {
     "share_abs": ("Relevance share",
-                  "Share of the map's total |relevance| inside the segment (relevance mass accuracy, Arras, Osman "
-                  "& Samek 2022, Information Fusion 81:14-40)."),
+                  "Share of the map's total |relevance| inside the segment; chance level is its share of the volume."),
+    "share_positive": ("Positive relevance share",
+                       "Share of the map's positive relevance inside the segment: relevance mass accuracy (Arras, "
+                       "Osman & Samek 2022, Information Fusion 81:14-40); chance level is its share of the volume."),
     "density_ratio": ("Relevance density ratio",
                       "Relevance share divided by the segment's share of the volume: above 1 when the segment holds "
                       "more relevance than its size."),
-    "rank_accuracy": ("Relevance rank accuracy",
-                      "Of the K voxels with the largest |relevance| (K = the segment's voxel count), the fraction "
-                      "inside the segment (Arras et al. 2022); chance level is the segment's volume share."),
-    "pointing_hit": ("Pointing game hit",
-                     "1 when a voxel of maximal |relevance| lies in the segment, else 0 (Zhang et al. 2018, IJCV "
-                     "126:1084-1102)."),
+    "abs_rank_accuracy": ("Rank accuracy of |relevance|",
+                          "Of the K voxels with the largest |relevance| (K = the segment's voxel count), the fraction "
+                          "inside the segment (Arras et al. 2022, on |relevance|); chance level is the segment's "
+                          "volume share."),
+    "peak_distance_mm": ("Distance of the maximum",
+                         "Distance from the voxel of the map's largest (positive) relevance to the segment, 0 inside: "
+                         "the pointing game's distance (Zhang et al. 2018, IJCV 126:1084-1102)."),
     "top_dice": ("Top-k Dice",
                  "Dice coefficient of the segment with the voxels of largest |relevance| (top fraction of the "
                  "volume, 5 % by default)."),
@@ -58,7 +63,7 @@ MEASUREMENTS: dict[str, tuple[str, str]] = {
                            "Distance from the |relevance|-weighted centre of the segment to its centroid."),
 }
 PLUGIN_KEYS = tuple(MEASUREMENTS)
-DEFAULT_KEYS = ("share_abs", "density_ratio", "rank_accuracy", "pointing_hit")
+DEFAULT_KEYS = ("share_abs", "density_ratio", "abs_rank_accuracy", "peak_distance_mm")
 
 
 def relevanceMeasures(attribution: np.ndarray, mask: np.ndarray, affine: np.ndarray, name: str = "segment",
@@ -75,8 +80,7 @@ def relevanceMeasures(attribution: np.ndarray, mask: np.ndarray, affine: np.ndar
         topFraction, boundaryMm: as :func:`MedXAILib.statistics.structure_statistics`.
 
     Returns:
-        ``{key: value}``: floats (NaN where undefined), ``pointing_hit`` as the int 0 or 1 (Segment
-        Statistics makes an integer column of it).
+        ``{key: value}``: floats (NaN where undefined).
 
     Raises:
         InputError: an unknown key, an empty mask, or a map and mask on different grids.
@@ -95,7 +99,7 @@ def relevanceMeasures(attribution: np.ndarray, mask: np.ndarray, affine: np.ndar
     out: dict[str, Any] = {}
     for key in keys:
         value = table[key][1]
-        out[key] = int(bool(value)) if key == "pointing_hit" else float(value)
+        out[key] = float(value)
     return out
 
 

@@ -13,8 +13,10 @@ interface::
   responsive as the run's progress updates.
 - :class:`SubprocessRunner` runs ``python -m MedXAILib.runs FOLDER`` (PythonSlicer) through
   :class:`~MedXAIRuntime.jobs.RunJob` and polls it with a ``qt.QTimer``: Slicer stays fully
-  responsive, a crash of the computation cannot take Slicer down, and Cancel kills the whole
-  process tree.
+  responsive, a crash of the computation cannot take Slicer down, and Cancel stops the whole
+  process tree and returns at once (the kill finishes on a thread). :meth:`SubprocessRunner.startJob`
+  runs any other :class:`~MedXAIRuntime.jobs.ProcessJob` the same way: the package installation
+  (:class:`~MedXAIRuntime.installer.InstallJob`) uses it.
 
 :func:`chooseRunMode` picks one for the ``auto`` run mode. :class:`CommandRunner` runs any other
 command (the demo's training) the same non-blocking way.
@@ -33,7 +35,7 @@ from typing import Any, Callable, Optional
 from MedXAILib.errors import Cancelled
 from MedXAILib.monitor import Monitor
 
-from .jobs import RunJob, RunOutcome, kindTitle, runInProcess
+from .jobs import ProcessJob, RunJob, RunOutcome, kindTitle, runInProcess
 
 __all__ = [
     "RunMode", "InProcessRunner", "SubprocessRunner", "CommandRunner", "chooseRunMode", "resolveRunMode",
@@ -160,8 +162,8 @@ class InProcessRunner:
 
 
 class SubprocessRunner:
-    """Runs a request in a :class:`~MedXAIRuntime.jobs.RunJob` (``python -m MedXAILib.runs FOLDER``) and polls it
-    without blocking."""
+    """Runs a request in a :class:`~MedXAIRuntime.jobs.RunJob` (``python -m MedXAILib.runs FOLDER``), or any
+    :class:`~MedXAIRuntime.jobs.ProcessJob`, and polls it without blocking."""
 
     def __init__(
         self,
@@ -174,7 +176,7 @@ class SubprocessRunner:
         self._pollIntervalMs = pollIntervalMs
         self._schedule = scheduler or _defaultScheduler
         self._env = env
-        self._job: Optional[RunJob] = None
+        self._job: Optional[ProcessJob] = None
         self._onProgress: Optional[ProgressCallback] = None
         self._onFinished: Optional[FinishedCallback] = None
 
@@ -183,16 +185,27 @@ class SubprocessRunner:
         return self._job is not None
 
     @property
-    def job(self) -> Optional[RunJob]:
+    def job(self) -> Optional[ProcessJob]:
         return self._job
+
+    def environment(self) -> Optional[dict]:
+        """The child's base environment: the one given, else Slicer's start-up environment."""
+        return self._env if self._env is not None else _startupEnvironment()
 
     def start(self, request: Any, onProgress: ProgressCallback, onFinished: FinishedCallback) -> None:
         if self.running:
             raise RuntimeError("a computation is already running")
-        env = self._env
-        if env is None:
-            env = _startupEnvironment()
-        job = RunJob(request, python=self._python, env=env)
+        self.startJob(RunJob(request, python=self._python, env=self.environment()), onProgress, onFinished)
+
+    def startJob(self, job: ProcessJob, onProgress: ProgressCallback, onFinished: FinishedCallback) -> None:
+        """Start `job` (not started yet) and poll it like a request's run; a job without its own
+        environment or interpreter gets the runner's."""
+        if self.running:
+            raise RuntimeError("a computation is already running")
+        if job.env is None:
+            job.env = self.environment()
+        if self._python and not job.pythonGiven:
+            job.python = self._python
         job.start()  # errors writing the inputs or starting the process rise to the caller
         self._job, self._onProgress, self._onFinished = job, onProgress, onFinished
         onProgress(0.0, f"Starting the {job.what} process", 0.0)
@@ -224,7 +237,7 @@ class SubprocessRunner:
             onFinished(outcome)
 
     def cancel(self) -> None:
-        """Kill the process tree now; `onFinished` reports the cancel right away."""
+        """Stop the process tree; `onFinished` reports the cancel right away, without waiting for the kill."""
         job = self._job
         if job is None:
             return
@@ -306,26 +319,30 @@ class CommandRunner:
         else:
             self._finish(code)
 
-    def _finish(self, code: int) -> None:
+    def _finish(self, code: int, cancelled: bool = False) -> None:
         import shutil
 
         from . import process
 
         background, onFinished = self._process, self._onFinished
-        stderr = background.stderrText() if background is not None else ""
+        stderr = background.stderrText() if background is not None and not cancelled else ""
         message = "" if code == 0 else process.lastErrorLine(stderr, code)
         if code != 0 and stderr:
             logging.error("MedXAI: the command failed (exit code %s):\n%s", code, stderr)
         self._process = self._onLine = self._onFinished = None
-        if self._folder is not None:
+        if self._folder is not None and not cancelled:  # after a cancel the reaper thread removes it
             shutil.rmtree(self._folder, ignore_errors=True)
-            self._folder = None
+        self._folder = None
         if onFinished is not None:
             onFinished(code, message)
 
     def cancel(self) -> None:
+        """Stop the command's process tree without waiting; `onFinished` reports the cancel at once."""
+        import shutil
+
         from . import process
 
         if self._process is not None:
-            self._process.kill()
-            self._finish(process.EXIT_CANCELLED)
+            folder = self._folder
+            self._process.terminate(onEnded=lambda: shutil.rmtree(folder, ignore_errors=True) if folder else None)
+            self._finish(process.EXIT_CANCELLED, cancelled=True)

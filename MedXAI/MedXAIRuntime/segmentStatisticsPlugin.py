@@ -2,7 +2,7 @@
 
 Select the attribution result as the "Scalar volume" in the Segment Statistics module: the table
 then gains the columns of :mod:`MedXAIRuntime.relevanceMeasures` (relevance share, density ratio,
-rank accuracy, pointing-game hit, ...). For any other scalar volume the plugin reports nothing, so
+rank accuracy of |relevance|, distance of the map's maximum, ...). For any other scalar volume the plugin reports nothing, so
 ordinary intensity statistics are unchanged.
 
 This module subclasses Slicer's ``SegmentStatisticsPluginBase`` (which imports qt), so only Slicer

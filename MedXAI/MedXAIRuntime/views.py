@@ -43,11 +43,10 @@ def showTopOutline(attributionNode: Any, percent: float) -> Any:
     Returns the new segmentation node, or None when `percent` is 0 (the old outline is removed).
     """
     from MedXAIBridge import segments
+    from MedXAIBridge.nodes import nodesByClass
 
     scene = attributionNode.GetScene()
-    nodes = scene.GetNodesByClass("vtkMRMLSegmentationNode")
-    old = [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
-    for node in old:
+    for node in nodesByClass(scene, "vtkMRMLSegmentationNode"):
         if node.GetAttribute(OUTLINE_ATTRIBUTE) == attributionNode.GetID():
             scene.RemoveNode(node)
     if not percent or percent <= 0:

@@ -150,7 +150,7 @@ def predicted_structure(image: ImageVolume, model: "ModelAdapter", class_index: 
     import torch
 
     _check_segmenter(model, image)
-    bound = model.bind(image.affine, image.shape)
+    bound = model.bind(image.affine, image.shape, image.array)
     with torch.no_grad():
         output = bound(torch.as_tensor(image.array, device=model.device)[None])
     _check_output(model, output, int(class_index))
@@ -225,7 +225,7 @@ def boundary_uncertainty(
     transforms: list[tuple[int, ...]] = [()] + ([(2,), (3,), (4,)] if flips else [])
     repeats = max(n_dropout, 1)
     members = len(transforms) * repeats
-    bound = model.bind(image.affine, image.shape)
+    bound = model.bind(image.affine, image.shape, image.array)
     x = torch.as_tensor(image.array, device=model.device)[None]
     devices = [model.device] if model.device.type == "cuda" else []
     states = [(module, module.training) for module in dropouts]
@@ -281,8 +281,17 @@ def boundary_uncertainty(
 # Plot
 
 
-def plot_profile(profile: dict[str, list], path: str | Path) -> Path:
+def plot_profile(profile: dict[str, list], path: str | Path, title: str = "",
+                 band_mm: Optional[tuple[float, float]] = None) -> Path:
     """Write a PNG of a :func:`relevance_profile`: mean, median and the 5-95 / 25-75 % bands.
+
+    Args:
+        profile: the profile table.
+        path: the PNG.
+        title: what was explained (method, structure, target); the figure is titled
+            "Relevance across the structure's surface" plus this.
+        band_mm: ``(inner, outer)``: the explained boundary band, shaded from -inner to +outer mm,
+            so the reader sees which part of the profile was the target.
 
     Needs matplotlib (not a dependency of MedXAILib); the write is atomic.
 
@@ -307,10 +316,15 @@ def plot_profile(profile: dict[str, list], path: str | Path) -> Path:
     axes.fill_between(x, column["p25"], column["p75"], alpha=0.35, color="tab:blue", label="25-75 %")
     axes.plot(x, column["p50"], color="tab:blue", linestyle="--", label="median")
     axes.plot(x, column["mean"], color="tab:red", label="mean")
-    axes.axvline(0.0, color="black", linewidth=0.8)
+    if band_mm is not None:
+        inner, outer = (float(v) for v in band_mm)
+        axes.axvspan(-inner, outer, color="tab:orange", alpha=0.15,
+                     label=f"explained band ({inner:g} mm in, {outer:g} mm out)")
+    axes.axvline(0.0, color="black", linewidth=0.8, label="surface")
     axes.axhline(0.0, color="grey", linewidth=0.5)
     axes.set_xlabel("signed distance to the structure surface (mm; < 0 inside)")
-    axes.set_ylabel("relevance")
+    axes.set_ylabel("relevance (raw, signed)")
+    axes.set_title("Relevance across the structure's surface" + (f"\n{title}" if title else ""), fontsize=10)
     axes.legend(loc="best", fontsize="small")
     figure.tight_layout()
     import io

@@ -6,10 +6,14 @@ structure gets one row of statistics (:func:`structure_statistics`), a relevance
 side by side (:func:`compare_statistics`). Tables are plain ``dict[str, list]`` columns (the Slicer
 bridge turns them into table nodes) and are written as CSV or JSON, atomically.
 
-Location measures use |relevance| (negative evidence is still where the model looks); value
-measures (sum, mean, max, p95, masses) use the signed map. Ties in |relevance| at a cut-off (top-K,
-top fraction) are shared in proportion, so results never depend on voxel order; a map with no
-relevance at all therefore scores chance level, not an arbitrary 0 or 1.
+Two kinds of location measures, named apart so that one name always means one definition:
+``share_abs``, ``density_ratio``, ``abs_rank_accuracy``, ``top_dice``, ``top_iou`` and the
+centres use |relevance| (negative evidence is still where the model looks); ``share_positive``
+and ``peak_distance_mm`` use the positive evidence exactly as the metrics
+``relevance_mass_accuracy`` and ``pointing_game`` of :mod:`MedXAILib.evaluation` define them
+(Testing/Lib/test_statistics.py checks that they agree). Value measures (sum, mean, max, p95, masses) use the signed map. Ties in |relevance| at
+a cut-off (top-K, top fraction) are shared in proportion, so results never depend on voxel order;
+a map with no relevance at all therefore scores chance level, not an arbitrary 0 or 1.
 
 Only numpy at import time (SciPy loads on use, for the boundary bands).
 """
@@ -50,8 +54,9 @@ __all__ = [
 #: The columns of :func:`structure_statistics`, in order.
 STATISTIC_COLUMNS = (
     "structure", "label", "voxels", "volume_mm3", "sum", "mean", "max", "p95", "positive_mass",
-    "negative_mass", "share_abs", "density_ratio", "rank_accuracy", "pointing_hit", "top_dice", "top_iou",
-    "boundary_interior_ratio", "centre_ras_x", "centre_ras_y", "centre_ras_z", "centre_distance_mm",
+    "negative_mass", "share_abs", "share_positive", "volume_share", "density_ratio", "abs_rank_accuracy",
+    "peak_distance_mm", "top_dice", "top_iou", "boundary_interior_ratio", "centre_ras_x", "centre_ras_y",
+    "centre_ras_z", "centre_distance_mm",
 )
 
 #: Unit of every column MedXAI writes into a statistics, profile or curve table ("" = none: counts
@@ -68,9 +73,11 @@ STATISTIC_UNITS: dict[str, str] = {
     "positive_mass": "",
     "negative_mass": "",
     "share_abs": "",
+    "share_positive": "",
+    "volume_share": "",
     "density_ratio": "",
-    "rank_accuracy": "",
-    "pointing_hit": "",
+    "abs_rank_accuracy": "",
+    "peak_distance_mm": "mm",
     "top_dice": "",
     "top_iou": "",
     "boundary_interior_ratio": "",
@@ -176,6 +183,21 @@ class _Ranking:
         return inside_above + (k - above) * inside_tied / tied
 
 
+def _peak_distance(peaks: np.ndarray, structure: np.ndarray, spacing: np.ndarray) -> float:
+    """Smallest distance (mm) between a peak voxel and a structure voxel (0 when a peak is inside);
+    equal to the pointing game's distance (a Euclidean distance transform of the structure at the peak)."""
+    if len(peaks) > 8:  # a plateau of maxima: one distance transform instead of one pass per peak
+        from scipy import ndimage
+
+        distance = ndimage.distance_transform_edt(~structure, sampling=list(spacing))
+        return float(distance[tuple(peaks.astype(int).T)].min())
+    voxels = np.argwhere(structure).astype(np.float64)
+    best = math.inf
+    for peak in peaks:
+        best = min(best, float(np.sqrt((((voxels - peak) * spacing) ** 2).sum(axis=1)).min()))
+    return best
+
+
 def _ratio(numerator: float, denominator: float) -> float:
     if denominator == 0:
         return math.nan if numerator == 0 else math.inf
@@ -199,16 +221,25 @@ def structure_statistics(
     - ``voxels``, ``volume_mm3`` (voxels x voxel volume from the affine);
     - ``sum``, ``mean``, ``max``, ``p95`` of ``a`` over S; ``positive_mass`` = sum of ``max(a, 0)``
       and ``negative_mass`` = sum of ``min(a, 0)`` (<= 0; the two add up to ``sum``);
-    - ``share_abs`` = sum_S |a| / sum_N |a|: the relevance mass accuracy of Arras, Osman & Samek
-      2022, "CLEVR-XAI: a benchmark dataset for the ground truth evaluation of neural network
-      explanations", Information Fusion 81:14-40;
-    - ``density_ratio`` = share_abs / (|S| / |N|): > 1 when the structure holds more relevance
-      than its volume share;
-    - ``rank_accuracy``: of the K = |S| voxels with the largest |a|, the fraction inside S (the
-      relevance rank accuracy of Arras et al. 2022); chance level is |S| / |N|;
-    - ``pointing_hit``: whether a voxel of maximal |a| lies in S (the pointing game of Zhang et al.
-      2018, "Top-down neural attention by excitation backprop", IJCV 126:1084-1102; with tied
-      maxima, any of them counts; False everywhere for a map with no relevance);
+    - ``share_abs`` = sum_S |a| / sum_N |a|: the structure's share of the map's |relevance|
+      (Arras, Osman & Samek 2022, "CLEVR-XAI: a benchmark dataset for the ground truth evaluation
+      of neural network explanations", Information Fusion 81:14-40, define their relevance mass
+      accuracy on positive relevance: that is ``share_positive``);
+    - ``share_positive`` = sum_S max(a, 0) / sum_N max(a, 0): the relevance mass accuracy of
+      Arras et al. 2022, the metric ``relevance_mass_accuracy`` (NaN for a map without positive
+      relevance);
+    - ``volume_share`` = |S| / |N|: the chance level of both shares and of ``abs_rank_accuracy``;
+    - ``density_ratio`` = share_abs / volume_share: > 1 when the structure holds more relevance
+      than its volume share (for a small structure it is large even when most relevance lies
+      elsewhere: read it with ``abs_rank_accuracy`` and ``peak_distance_mm``);
+    - ``abs_rank_accuracy``: of the K = |S| voxels with the largest |a|, the fraction inside S
+      (Arras et al.'s relevance rank accuracy on |a|; the metric ``relevance_rank_accuracy``
+      ranks the signed map); chance level is ``volume_share``;
+    - ``peak_distance_mm``: distance (mm, between voxel centres) from the voxel of the largest a
+      (the positive peak) to S, 0 inside: the distance of the pointing game of Zhang et al. 2018,
+      "Top-down neural attention by excitation backprop", IJCV 126:1084-1102 (the metric
+      ``pointing_game`` counts a hit when it is within its tolerance); with tied maxima, the
+      closest; NaN for a map with no relevance;
     - ``top_dice``, ``top_iou``: Dice and IoU of S with the ``round(top_fraction * N)`` voxels of
       largest |a| (at least one);
     - ``boundary_interior_ratio``: mean |a| over the voxels within `boundary_mm` of S's surface
@@ -253,8 +284,9 @@ def structure_statistics(
     n_all = a.size
     ranking = _Ranking(magnitude)
     n_top = min(max(int(round(top_fraction * n_all)), 1), n_all)
-    peak = float(magnitude.max()) if n_all else 0.0
-    at_peak = (magnitude == peak) if peak > 0 else np.zeros(a.shape, bool)
+    positive_total = float(np.clip(a, 0.0, None).sum())
+    # the positive peak(s), as the pointing game takes them (none for a map without relevance)
+    peaks = np.argwhere(a == a.max()).astype(np.float64) if n_all and np.any(a != 0) else np.zeros((0, 3))
 
     def ras(ijk: np.ndarray) -> np.ndarray:
         return affine[:3, :3] @ ijk + affine[:3, 3]
@@ -276,9 +308,12 @@ def structure_statistics(
         mass = float(magnitude[structure].sum())
         share = mass / total_abs if total_abs > 0 else math.nan
         row["share_abs"] = share
+        row["share_positive"] = (float(np.clip(values, 0.0, None).sum()) / positive_total
+                                 if count and positive_total > 0 else math.nan)
+        row["volume_share"] = count / n_all if n_all else math.nan
         row["density_ratio"] = share / (count / n_all) if count and total_abs > 0 else math.nan
-        row["rank_accuracy"] = ranking.expected_inside(count, structure) / count if count else math.nan
-        row["pointing_hit"] = bool(np.any(at_peak & structure))
+        row["abs_rank_accuracy"] = ranking.expected_inside(count, structure) / count if count else math.nan
+        row["peak_distance_mm"] = _peak_distance(peaks, structure, spacing) if count and len(peaks) else math.nan
         overlap = ranking.expected_inside(n_top, structure)
         row["top_dice"] = 2 * overlap / (n_top + count)
         row["top_iou"] = overlap / (n_top + count - overlap)
@@ -368,7 +403,8 @@ def compare_statistics(
     labels: np.ndarray,
     names: Sequence[str],
     affine: np.ndarray,
-    columns: Sequence[str] = ("share_abs", "density_ratio", "rank_accuracy", "pointing_hit", "top_dice"),
+    columns: Sequence[str] = ("share_abs", "share_positive", "density_ratio", "abs_rank_accuracy",
+                              "peak_distance_mm", "top_dice"),
     top_fraction: float = 0.05,
     boundary_mm: float = 2.0,
 ) -> dict[str, list]:

@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "writes the relevance profile across the surface and test-time-flip / MC-dropout uncertainty maps.")
     common.add_input_arguments(parser)
     target = parser.add_argument_group("target")
-    target.add_argument("--target-class", type=int, required=True, metavar="C",
-                        help="output class of the structure")
+    target.add_argument("--target-class", type=int, metavar="C",
+                        help="output class of the structure (or name it with --target-structure)")
     target.add_argument("--target-mask", metavar="MASK",
                         help="the structure as a label map (non-zero voxels, resampled onto the image); "
                              "default: the voxels predicted as the class")
@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     params = common.parse_params(args.param)
     image = common.read_input(args)
     model = common.model_from_args(args)
+    if args.target_class is None:
+        raise InputError("give the structure: --target-class C or --target-structure NAME")
     mask = None
     if args.target_mask:
         mask = read_label_map(args.target_mask, reference=image).array[0] != 0
@@ -120,7 +122,11 @@ def run(args: argparse.Namespace) -> int:
     if args.profile:
         write_table_csv(profile, common.staged(args, args.profile))
     if args.profile_png:
-        plot_profile(profile, common.staged(args, args.profile_png))
+        name = attribution.provenance.get("target_name") or f"class {args.target_class}"
+        plot_profile(profile, common.staged(args, args.profile_png),
+                     f"{attribution.provenance.get('method_title', args.method)} of the '{name}' {args.score} in the "
+                     f"band, {'the given structure' if mask is not None else 'the predicted structure'}",
+                     tuple(args.band_mm))
     if maps is not None:
         ensemble = maps["probability"].meta["ensemble"]
         provenance = {"kind": "boundary_uncertainty", "channels": list(UNCERTAINTY_MAPS),

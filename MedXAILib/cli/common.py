@@ -8,6 +8,7 @@ and no output file unless the whole job succeeded.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import re
@@ -22,7 +23,8 @@ from ..io.outputs import Output, OutputSet
 
 __all__ = [
     "EXIT_OK", "EXIT_BAD_INPUT", "EXIT_CANCELLED", "OUTPUT_SUFFIXES", "Parser", "fail", "ints", "floats",
-    "parse_params", "add_input_arguments", "add_target_arguments", "add_run_arguments",
+    "parse_params", "bundle_overrides", "folds", "class_by_name", "add_input_arguments", "add_target_arguments",
+    "add_run_arguments",
     "read_input", "model_from_args", "target_from_args", "monitor_from_args", "finish",
     "MODEL_INPUTS", "OutputOption", "declare_io", "guard_outputs", "staged",
 ]
@@ -79,6 +81,30 @@ def ints(count: int, what: str, positive: bool = False) -> Callable[[str], tuple
 def floats(count: int, what: str, positive: bool = False, increasing: bool = False) -> Callable[[str], tuple]:
     """An argparse type: `count` comma-separated finite numbers."""
     return numbers(count, what, float, positive, increasing)
+
+
+def folds(text: str) -> list[int | str]:
+    """An argparse type: ``0,1,2`` or ``all`` (nnU-Net's fold_all)."""
+    values: list[int | str] = []
+    for part in text.replace(" ", "").split(","):
+        if part == "all" or part.isdigit():
+            values.append(part if part == "all" else int(part))
+        else:
+            raise argparse.ArgumentTypeError(f"--folds takes fold numbers or 'all', separated by commas; got {text!r}")
+    return values
+
+
+def class_by_name(names: Optional[Sequence[str]], name: str) -> int:
+    """The output channel named `name` (case-insensitive), with a did-you-mean when there is none."""
+    if not names:
+        raise InputError(f"--target-structure {name!r}: the model declares no class names; give --target-class")
+    exact = [i for i, n in enumerate(names) if n == name] or [i for i, n in enumerate(names) if n.lower() == name.lower()]
+    if exact:
+        return exact[0]
+    close = difflib.get_close_matches(name.lower(), [n.lower() for n in names], n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(repr(names[[n.lower() for n in names].index(c)]) for c in close)}?" if close \
+        else f"the model's classes: {', '.join(names[:40])}{' ...' if len(names) > 40 else ''}"
+    raise InputError(f"the model has no structure {name!r}; {hint}")
 
 
 def memory_budget(text: str) -> Optional[int]:
@@ -157,8 +183,20 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image file (NIfTI, NRRD, MetaImage) or DICOM series folder; repeat for more "
                              "channels (resampled onto the first)")
     parser.add_argument("--model", required=True, help="TorchScript file, exported program (.pt2), MONAI bundle "
-                        "folder or model spec JSON")
+                        "folder, model spec JSON, nnU-Net v2 model folder, or totalsegmentator:TASK")
     parser.add_argument("--trust-bundle", action="store_true", help="allow a bundle's config to run code")
+    parser.add_argument("--target-structure", metavar="NAME",
+                        help="the structure to explain, by the model's class name (sets the class; for a model made "
+                             "of several parts, such as totalsegmentator:total, loads the part that predicts it)")
+    nnunet = parser.add_argument_group("nnU-Net and TotalSegmentator models")
+    nnunet.add_argument("--folds", type=folds, metavar="F,F|all",
+                        help="folds to average (fold numbers, or 'all' for fold_all; default: every fold present)")
+    nnunet.add_argument("--configuration", metavar="NAME",
+                        help="configuration (3d_fullres, 2d, ...) where the dataset folder holds several")
+    nnunet.add_argument("--checkpoint", choices=("final", "best"), help="checkpoint_final.pth (default) or "
+                        "checkpoint_best.pth")
+    nnunet.add_argument("--no-mirroring", action="store_true", help="no test-time mirroring (faster; nnU-Net's "
+                        "--disable_tta)")
     group = parser.add_argument_group("model options (override what the model declares)")
     group.add_argument("--task", choices=("classification", "segmentation"))
     group.add_argument("--roi-size", metavar="X,Y,Z", type=ints(3, "--roi-size", positive=True),
@@ -168,6 +206,38 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
                        help="resample to this spacing (mm) before the model")
     group.add_argument("--window", metavar="LOW,HIGH", type=floats(2, "--window", increasing=True),
                        help="map intensities [LOW, HIGH] to [0, 1] with clipping before the model")
+    group.add_argument("--pad-divisible", metavar="K", type=ints(1, "--pad-divisible", positive=True),
+                       help="pad each size to a multiple of K before the network (for networks that need sizes "
+                            "divisible by their strides, e.g. 16 or 32); its output is cropped back")
+    group.add_argument("--output-activation", choices=("softmax", "sigmoid"),
+                       help="how the output's channels relate: softmax (one class per voxel) or sigmoid "
+                            "(multi-label; a bundle's Activations(sigmoid=True) sets it)")
+    group.add_argument("--overlap", type=_overlap, metavar="F", help="sliding-window overlap in [0, 1)")
+    group.add_argument("--blend-mode", choices=("constant", "gaussian"), help="sliding-window blending")
+    group.add_argument("--padding-mode", choices=("constant", "replicate", "reflect", "circular"),
+                       help="how an image smaller than the sliding window is padded up to it (constant: zeros)")
+    group.add_argument("--bundle-override", action="append", default=[], metavar="ID=VALUE",
+                       help="replace a value of a MONAI bundle's config, as MONAI's runner does with --ID VALUE "
+                            "(e.g. device=cpu, network_def#in_channels=2, inferer#roi_size=[96,96,96]); "
+                            "repeatable; VALUE is YAML/JSON, a $expression needs --trust-bundle")
+
+
+def _overlap(text: str) -> float:
+    """An argparse type: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"--overlap must be a number in [0, 1); got {text!r}")
+    return value
+
+
+def bundle_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--bundle-override ID=VALUE`` options as ``{id: value}`` (see :func:`MedXAILib.model.bundle.parse_override`)."""
+    from ..model.bundle import parse_override
+
+    return dict(parse_override(pair) for pair in pairs)
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
@@ -225,9 +295,22 @@ def model_from_args(args: argparse.Namespace) -> Any:
         steps.append({"kind": "scale_intensity_range", "a_min": args.window[0], "a_max": args.window[1],
                       "b_min": 0.0, "b_max": 1.0, "clip": True})
     adapter = load_model(args.model, trust_bundle=args.trust_bundle, device=args.device, task=args.task,
-                         roi_size=args.roi_size, preprocessing=Preprocessing.from_config(steps) if steps else None)
+                         roi_size=args.roi_size, preprocessing=Preprocessing.from_config(steps) if steps else None,
+                         folds=args.folds, configuration=args.configuration, checkpoint=args.checkpoint,
+                         mirroring=not args.no_mirroring, structure=args.target_structure,
+                         output_activation=args.output_activation, overlap=args.overlap, blend_mode=args.blend_mode,
+                         padding_mode=args.padding_mode, pad_divisible=args.pad_divisible,
+                         bundle_overrides=bundle_overrides(args.bundle_override))
     adapter.memory_budget = getattr(args, "memory_budget", None)
     adapter.mixed_precision = bool(getattr(args, "mixed_precision", False))
+    if args.target_structure:  # the class by name, in whichever option the command reads it from
+        index = class_by_name(adapter.class_names, args.target_structure)
+        for dest in ("target_class", "class_index"):
+            if hasattr(args, dest):
+                if getattr(args, dest) not in (None, index):
+                    raise InputError(f"--target-structure {args.target_structure} is class {index}, not "
+                                     f"{getattr(args, dest)}: give one of them")
+                setattr(args, dest, index)
     return adapter
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ..errors import InputError
 from ..evaluation.metrics import METRICS
 from . import common
-from .evaluate_cmd import parse_metric_list, parse_scoped_params
+from .evaluate_cmd import cost_text, long_run_monitor, parse_metric_list, parse_scoped_params
 
 __all__ = ["register", "run"]
 
@@ -54,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
     mask = read_label_map(args.mask, reference=image).array[0] != 0 if args.mask else None
     model = common.model_from_args(args)
     target = common.target_from_args(args, image)
+    announce = _compare_cost(methods, method_params, metrics, metric_params, mask is not None, image)
     result = compare_methods(image, model, methods, target, metrics, mask, method_params or None,
-                             common.monitor_from_args(args), args.seed, metric_params or None)
+                             long_run_monitor(args, announce), args.seed, metric_params or None)
     result.write(common.staged(args, args.out), maps=args.save_maps)
     written = args.outputs.commit()
     ranking = [{"method": m, "mean_rank": r} for m, r in result.ranking]
@@ -65,7 +67,36 @@ def run(args: argparse.Namespace) -> int:
         print(to_json({"done": True, "outputs": [str(p) for p in written], "warnings": [],
                        "ranking": ranking}, indent=None), flush=True)
         return common.EXIT_OK
+    graded = result.info.get("graded", {}).get(result.methods[0], {})
+    target = graded.get("target") or {}
+    print(f"graded for '{graded.get('target_name') or target.get('class_index')}' ({target.get('region')}, "
+          f"{target.get('score')}) with model {(graded.get('model') or {}).get('id')}")
+    for metric, separation in result.separation.items():
+        if not separation["separates"]:
+            print(f"note: {separation['note']}")
     print(f"ranking (mean rank over {len(result.ranked_metrics)} metrics; lower is better):")
     for position, (method, rank) in enumerate(result.ranking, start=1):
         print(f"  {position}. {method:<24} {rank:.2f}")
     return common.finish(args, written)
+
+
+def _compare_cost(methods: list[str], method_params: dict, metrics: Any, metric_params: dict, has_mask: bool,
+                  image: Any) -> str:
+    from ..evaluation.metrics import estimate_passes, method_passes, parse_metric_params, resolve_metrics
+    from ..methods import METHODS
+    from ..params import make_params
+
+    infos = resolve_metrics(metrics, has_mask, True)
+    parsed = parse_metric_params(infos, metric_params or None)
+    total = {"passes": 0, "forward_passes": 0, "explanations": 0}
+    per_method = {}
+    for name in methods:
+        info = METHODS.get(name)
+        given = next((v for k, v in method_params.items() if METHODS.get(k).name == name), None)
+        passes = method_passes(name, make_params(info.params, given), image.shape)
+        per_method[name] = passes
+        estimate = estimate_passes(infos, parsed, passes)
+        total["forward_passes"] += estimate["forward_passes"]
+        total["explanations"] += estimate["explanations"] + 1  # the map itself, then its re-runs
+        total["passes"] += estimate["passes"] + (passes or 1)
+    return cost_text("compare", total, per_method)

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--generator", default="gradient_search",
                         help=f"generator: {', '.join(GENERATORS.names())} (default gradient_search)")
     parser.add_argument("--goal", required=True, choices=GOAL_KINDS, help="what the change must achieve")
-    parser.add_argument("--class", dest="class_index", type=int, required=True, metavar="C",
+    parser.add_argument("--class", dest="class_index", type=int, metavar="C",
                         help="the output class of the goal")
     parser.add_argument("--target-probability", type=float, metavar="P",
                         help="class_probability goal: the probability to reach (default: flip the decision)")
@@ -61,19 +61,24 @@ def run(args: argparse.Namespace) -> int:
     bounds = _bounds(args.bounds)
     info = GENERATORS.get(args.generator)  # unknown names fail before anything heavy runs
     params = make_params(info.params, common.parse_params(args.param))
-    goal = Goal(args.goal, args.class_index, target_probability=args.target_probability,
-                target_volume_ml=args.target_volume_ml)
+    if args.class_index is None and not args.target_structure:
+        raise InputError("give the class: --class C or --target-structure NAME")
     if info.needs_region and not args.region:
         raise InputError(f"the {info.name} generator needs --region MASK (the structure to replace)")
     image = common.read_input(args)
-    model = common.model_from_args(args)
+    model = common.model_from_args(args)  # --target-structure sets args.class_index
+    goal = Goal(args.goal, args.class_index, target_probability=args.target_probability,
+                target_volume_ml=args.target_volume_ml)
     region = read_label_map(args.region, reference=image).array[0] != 0 if args.region else None
     result = generate_counterfactual(image, model, goal, info.name, region=region, params=params,
                                      bounds=bounds, monitor=common.monitor_from_args(args), seed=args.seed)
     written = args.outputs.final_paths(result.save(common.staged(args, args.out), overwrite=True))
     if args.json:
         _write_json(common.staged(args, args.json), result.summary_json([str(p) for p in written]))
-    return common.finish(args, warnings=result.warnings)
+    code = common.finish(args, warnings=result.warnings)
+    if not (args.quiet or args.progress_json):
+        print(result.outcome_line())
+    return code
 
 
 def _bounds(text: Optional[str]) -> Optional[tuple[float, float]]:

@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="example input (after the model's preprocessing; its first window for sliding-window "
                              "models); default: zeros of the model's ROI size, or a 64^3 cube; repeat for channels")
     parser.add_argument("--trust-bundle", action="store_true", help="allow a bundle's config to run code")
+    parser.add_argument("--bundle-override", action="append", default=[], metavar="ID=VALUE",
+                        help="replace a value of a MONAI bundle's config (as in 'medxai explain'); repeatable")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     common.declare_io(parser, ("image", "model"), [])
@@ -33,13 +35,14 @@ def run(args: argparse.Namespace) -> int:
     from ..methods.layers import default_layers, example_input
     from ..model import load_model
 
-    model = load_model(args.model, trust_bundle=args.trust_bundle, device=args.device)
+    model = load_model(args.model, trust_bundle=args.trust_bundle, device=args.device,
+                       bundle_overrides=common.bundle_overrides(args.bundle_override))
     network_input = None
     source = "zeros"
     if args.image:
         image = read_image(args.image[0]) if len(args.image) == 1 else read_images(args.image)
         model.check_input(image.n_channels)
-        bound = model.bind(image.affine, image.shape)
+        bound = model.bind(image.affine, image.shape, image.array)
         x = torch.as_tensor(image.array, device=model.device).unsqueeze(0)
         with torch.no_grad():
             network_input = model.preprocessing.apply(x, bound.grids)

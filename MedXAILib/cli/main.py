@@ -1,6 +1,8 @@
 """The ``medxai`` command line (also ``python -m MedXAILib``).
 
-Each subcommand lives in its own module with ``register(subparsers)`` and ``run(args)``.
+Each subcommand lives in its own module with ``register(subparsers)`` and ``run(args)``. Packages beside
+MedXAILib add subcommands through the entry-point group ``medxai.commands`` (``medxai view`` from
+MedXAIViewer): the library finds them without importing them by name (docs/adr/0003-web-viewer.md).
 Exit codes: 0 success; 2 bad input (a one-line reason on stderr, no traceback, no output file);
 130 cancelled (Ctrl-C or SIGTERM, no output file); 1 an unexpected internal error.
 """
@@ -15,13 +17,46 @@ from typing import Any, Optional, Sequence
 from .. import __version__
 from ..errors import Cancelled, MedXAIError
 from . import boundary_cmd, counterfactual_cmd, demo_cmd, explain_cmd, layers_cmd, methods_cmd, stats_cmd
-from . import compare_cmd, evaluate_cmd, run_cmd, train_demo_cmd
+from . import cohort_cmd, compare_cmd, evaluate_cmd, run_cmd, train_demo_cmd
 from .common import EXIT_CANCELLED, EXIT_OK, Parser, fail, guard_outputs
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "PLUGIN_GROUP", "plugin_commands"]
 
 COMMANDS = (explain_cmd, methods_cmd, layers_cmd, demo_cmd, boundary_cmd, stats_cmd, counterfactual_cmd)
-COMMANDS += (evaluate_cmd, compare_cmd, train_demo_cmd, run_cmd)
+COMMANDS += (evaluate_cmd, compare_cmd, train_demo_cmd, run_cmd, cohort_cmd)
+#: Entry-point group of subcommands that other packages provide (a module with ``register`` and ``run``).
+PLUGIN_GROUP = "medxai.commands"
+
+
+def plugin_commands() -> list[tuple[str, Any]]:
+    """The installed ``medxai.commands`` entry points as (name, loaded module); one that fails to load still
+    gets a parser that says why in one line, so a broken plug-in never takes the other commands down."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, Any] = {}
+    for entry in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        if entry.name in found:
+            continue
+        try:
+            found[entry.name] = entry.load()
+        except Exception as error:  # noqa: BLE001 - any import failure of someone else's package
+            found[entry.name] = _Unloadable(entry.name, f"{type(error).__name__}: {error}".splitlines()[0])
+    return list(found.items())
+
+
+class _Unloadable:
+    """Stands in for a plug-in subcommand whose module cannot be imported."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name, self.reason = name, reason
+
+    def register(self, sub: argparse._SubParsersAction) -> None:
+        parser = sub.add_parser(self.name, help=f"(unavailable: {self.reason})", add_help=False)
+        parser.add_argument("rest", nargs=argparse.REMAINDER)
+        parser.set_defaults(handler=self.run, io_inputs=(), io_outputs=())
+
+    def run(self, args: argparse.Namespace) -> int:
+        return fail(f"'medxai {self.name}' cannot be loaded: {self.reason}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for command in COMMANDS:
         command.register(sub)
+    for name, command in plugin_commands():
+        if name not in sub.choices:  # a built-in command is never replaced
+            command.register(sub)
     return parser
 
 

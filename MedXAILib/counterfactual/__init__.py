@@ -169,6 +169,24 @@ def _predictions(output: Any, task: str, activation: str, class_names: Optional[
             "volumes_ml": [round(c * ml, 6) for c in counts], "label_map": labels.cpu().numpy().astype(dtype)}
 
 
+def _warn_outcome(ctx: Any, metrics: dict[str, Any], info: GeneratorInfo) -> None:
+    """Say when the goal was not reached (every generator; the optimising ones say it already) and when
+    the change is not minimal: a result must never look like a success it is not."""
+    validity, spread = metrics["validity"], metrics["minimality"]
+    if not validity.get("reached") and not any("goal was not reached" in w for w in ctx.diagnostics.get("warnings", [])):
+        quantity = str(validity.get("quantity", "goal")).replace("_", " ")
+        ctx.warn(f"the goal was not reached: {quantity} {validity.get('before'):.4g} -> {validity.get('after'):.4g}, "
+                 f"target {validity.get('target'):.4g}" + (
+                     "; the changed region alone does not carry the decision (or does not cover it: grow it)"
+                     if not info.optimises_goal else ""))
+    if not spread["minimal"]:
+        where = (f", {spread['changed_share_of_structure']:.1f} x the structure's {spread['structure_ml']:.3g} ml"
+                 if spread.get("structure_ml") else "")
+        ctx.warn(f"the change is not minimal: {spread['changed_voxels']} voxels ({spread['changed_ml']:.4g} ml, "
+                 f"{spread['changed_share_of_image']:.1%} of the image{where}) changed above noise; restrict it "
+                 "with a region (--region) or raise distance_weight")
+
+
 def _run(image: ImageVolume, model: Any, goal: Goal, info: GeneratorInfo, region: Optional[np.ndarray],
          params: Any, bounds_c: tuple[np.ndarray, np.ndarray], bounds: Any, monitor: Monitor, seed: int,
          started: float) -> Counterfactual:
@@ -185,7 +203,7 @@ def _run(image: ImageVolume, model: Any, goal: Goal, info: GeneratorInfo, region
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     monitor.update(0.0, "Running the model on the input")
-    bound = adapter.bind(image.affine, image.shape)
+    bound = adapter.bind(image.affine, image.shape, image.array)
     device = adapter.device
     x = torch.as_tensor(image.array, device=device).unsqueeze(0)
     with torch.no_grad():
@@ -221,8 +239,12 @@ def _run(image: ImageVolume, model: Any, goal: Goal, info: GeneratorInfo, region
     diff_np = cf_np - x_np  # exactly 0 where nothing changed
     metric_region = ctx.effective_region if ctx.effective_region is not None else region
     seconds = time.perf_counter() - started
+    structure = metric_region
+    if structure is None and resolved.structure is not None:  # a structure goal: its predicted structure
+        structure = resolved.structure.cpu().numpy()
     metrics = compute_metrics(x_np, cf_np, metric_region, before.get("label_map"), resolved.describe(value_after),
-                              seconds)
+                              seconds, ml, structure, list(image.channel_names))
+    _warn_outcome(ctx, metrics, info)
     names = adapter.class_names or []
     provenance = {
         "generator": info.name,

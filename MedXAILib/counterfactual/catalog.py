@@ -110,7 +110,15 @@ class GradientSearchParams:
         help="Weight of the total variation of x' - x (mean over voxels): favours compact, smooth changes. "
         "Keep it below distance_weight, or the change spreads beyond where the model looks.",
     )
-    goal_weight: float = param(1.0, range=(1e-12, None), help=_GOAL_WEIGHT_HELP)
+    smooth_mm: float = param(
+        3.0, range=(0.0, 50.0), unit="mm",
+        help="Standard deviation of the Gaussian through which the change is made (delta = G * u, the L1 acting "
+        "on u): a sparse u gives a few smooth blobs, and the search follows the gradient that is coherent over "
+        "a region rather than voxel-level noise. 0 changes single voxels.")
+    goal_weight: float = param(0.0, range=(0.0, None), help=_GOAL_WEIGHT_HELP + " 0: for an L1 search, "
+                               "calibrated on the first step so that only the voxels the goal depends on most "
+                               "outweigh distance_weight (the growth then brings in more only while the goal "
+                               "needs them); otherwise 1.")
     goal_weight_growth: float = param(2.0, range=(1.0, 1000.0), help=_GROWTH_HELP)
     patience: int = param(10, range=(1, 100000), help=_PATIENCE_HELP)
     margin: float = param(

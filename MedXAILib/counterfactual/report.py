@@ -7,6 +7,13 @@ Metrics (all in image units unless stated):
 - sparsity: the share of voxels changed by more than the image's noise level, estimated robustly
   as 1.4826 * MAD(first differences) / sqrt(2) (the MAD of a high-pass filter: structure edges are
   outliers and do not count; Donoho & Johnstone 1994 use the MAD of fine wavelet coefficients);
+- per channel: the same proximity numbers and the changed voxels of every channel, in that
+  channel's own units (HU for CT, SUV for PET): a multi-channel change is never summed over units;
+- minimality in a reader's terms: the changed volume (voxels changed above noise in any channel) in
+  ml and as a share of the image and of the structure (the region, or the goal's predicted
+  structure), how much of it lies outside the structure, and the largest change per channel; a
+  change over more than :data:`SPREAD_SHARE` of the image (or :data:`SPREAD_FACTOR` times the
+  structure) is flagged as not minimal;
 - locality: the share of sum |delta| that lies inside the region (``None`` without a region);
 - plausibility (a proxy): for each tissue class, the 1-Wasserstein distance between the class's
   intensity histogram before and after the change. Classes are the segmenter's predicted labels on
@@ -31,8 +38,13 @@ from ..io.jsondata import to_json
 from ..errors import InputError
 from ..volume import ImageVolume
 
-__all__ = ["Counterfactual", "OUTPUT_NAMES", "noise_level", "proximity", "sparsity", "locality", "plausibility",
-           "compute_metrics"]
+__all__ = ["Counterfactual", "OUTPUT_NAMES", "noise_level", "proximity", "per_channel", "minimality", "sparsity",
+           "locality", "plausibility", "compute_metrics", "SPREAD_SHARE", "SPREAD_FACTOR"]
+
+#: A change over more than this share of the image is not a minimal change (:func:`minimality`).
+SPREAD_SHARE = 0.05
+#: ... nor one over more than this many times the structure's volume.
+SPREAD_FACTOR = 10.0
 
 #: File names written by :meth:`Counterfactual.save` (the label maps only for segmenters).
 OUTPUT_NAMES = {"counterfactual": "counterfactual.nrrd", "difference": "difference.nrrd",
@@ -62,11 +74,73 @@ def proximity(delta: np.ndarray) -> dict[str, float]:
             "mean_abs": float(a.mean()) if a.size else 0.0}
 
 
-def sparsity(delta: np.ndarray, noise: list[float]) -> dict[str, Any]:
-    """Share of voxels whose change exceeds the noise level in any channel (lower is sparser)."""
+def _changed(delta: np.ndarray, noise: list[float]) -> np.ndarray:
     changed = np.zeros(delta.shape[1:], bool)
     for c, sigma in enumerate(noise):
         changed |= np.abs(delta[c]) > max(sigma, 0.0)
+    return changed
+
+
+def per_channel(delta: np.ndarray, noise: list[float], names: Optional[list[str]] = None) -> list[dict[str, Any]]:
+    """Proximity and changed voxels of each channel, in that channel's own intensity units."""
+    names = list(names or [])
+    out = []
+    for c in range(delta.shape[0]):
+        a = np.abs(delta[c].astype(np.float64))
+        out.append({"channel": names[c] if c < len(names) else f"channel {c}", "l1": float(a.sum()),
+                    "l2": float(np.sqrt((a * a).sum())), "max_abs": float(a.max(initial=0.0)),
+                    "mean_abs": float(a.mean()) if a.size else 0.0,
+                    "changed_voxels": int(np.count_nonzero(a > max(noise[c], 0.0))),
+                    "noise_level": round(float(noise[c]), 6)})
+    return out
+
+
+def minimality(delta: np.ndarray, noise: list[float], voxel_ml: float, structure: Optional[np.ndarray] = None,
+               names: Optional[list[str]] = None) -> dict[str, Any]:
+    """How small the change is, in the reader's terms: millilitres, shares, the largest change per channel.
+
+    Args:
+        delta: x' - x, (C, I, J, K).
+        noise: each channel's noise level (:func:`noise_level`): smaller changes do not count.
+        voxel_ml: the volume of one voxel (ml).
+        structure: bool (I, J, K), the structure the change is about (the region, the goal's
+            predicted structure, a lesion), or None.
+        names: channel names.
+
+    Returns:
+        ``changed_voxels``, ``changed_ml``, ``changed_share_of_image``, ``structure_ml``,
+        ``changed_share_of_structure`` (changed volume / structure volume; above 1 when the change
+        is larger than the structure), ``changed_outside_structure_ml``, ``max_abs_per_channel``
+        (``{channel: largest |delta|}``), ``minimal`` (False when the change spreads over more
+        than :data:`SPREAD_SHARE` of the image or :data:`SPREAD_FACTOR` times the structure) and
+        ``rule``.
+    """
+    changed = _changed(delta, noise)
+    count = int(changed.sum())
+    names = list(names or [])
+    out: dict[str, Any] = {
+        "changed_voxels": count, "changed_ml": round(count * voxel_ml, 4),
+        "changed_share_of_image": float(changed.mean()) if changed.size else 0.0,
+        "structure_ml": None, "changed_share_of_structure": None, "changed_outside_structure_ml": None,
+        "max_abs_per_channel": {(names[c] if c < len(names) else f"channel {c}"): float(np.abs(delta[c]).max(initial=0.0))
+                                for c in range(delta.shape[0])},
+    }
+    spread = out["changed_share_of_image"] > SPREAD_SHARE
+    if structure is not None and np.any(structure):
+        structure = np.asarray(structure, bool)
+        size = int(structure.sum())
+        out.update(structure_ml=round(size * voxel_ml, 4), changed_share_of_structure=count / size,
+                   changed_outside_structure_ml=round(int((changed & ~structure).sum()) * voxel_ml, 4))
+        spread = spread or count > SPREAD_FACTOR * size
+    out["minimal"] = not spread
+    out["rule"] = (f"not minimal when the voxels changed above noise exceed {SPREAD_SHARE:.0%} of the image or "
+                   f"{SPREAD_FACTOR:g} times the structure's volume")
+    return out
+
+
+def sparsity(delta: np.ndarray, noise: list[float]) -> dict[str, Any]:
+    """Share of voxels whose change exceeds the noise level in any channel (lower is sparser)."""
+    changed = _changed(delta, noise)
     return {"changed_fraction": float(changed.mean()), "changed_voxels": int(changed.sum()),
             "noise_level": [round(float(s), 6) for s in noise]}
 
@@ -115,13 +189,21 @@ def plausibility(before: np.ndarray, after: np.ndarray, labels: Optional[np.ndar
 
 
 def compute_metrics(before: np.ndarray, after: np.ndarray, region: Optional[np.ndarray],
-                    labels: Optional[np.ndarray], validity: dict[str, Any], seconds: float) -> dict[str, Any]:
-    """Every metric of the module docstring for input `before` and counterfactual `after` ((C, I, J, K))."""
+                    labels: Optional[np.ndarray], validity: dict[str, Any], seconds: float,
+                    voxel_ml: float = 0.0, structure: Optional[np.ndarray] = None,
+                    names: Optional[list[str]] = None) -> dict[str, Any]:
+    """Every metric of the module docstring for input `before` and counterfactual `after` ((C, I, J, K)).
+
+    `structure` (default: `region`) is what :func:`minimality` measures the change against;
+    ``proximity`` over all channels adds up different units and is kept for single-channel images
+    and compatibility: read ``per_channel`` for a multi-channel input.
+    """
     delta = after.astype(np.float64) - before.astype(np.float64)
     noise = [noise_level(before[c]) for c in range(before.shape[0])]
-    return {"validity": validity, "proximity": proximity(delta), "sparsity": sparsity(delta, noise),
-            "locality": locality(delta, region), "plausibility": plausibility(before, after, labels),
-            "seconds": round(float(seconds), 4)}
+    return {"validity": validity, "proximity": proximity(delta), "per_channel": per_channel(delta, noise, names),
+            "minimality": minimality(delta, noise, voxel_ml, region if structure is None else structure, names),
+            "sparsity": sparsity(delta, noise), "locality": locality(delta, region),
+            "plausibility": plausibility(before, after, labels), "seconds": round(float(seconds), 4)}
 
 
 def _umask() -> int:
@@ -171,7 +253,8 @@ class Counterfactual:
         return list(self.provenance.get("diagnostics", {}).get("warnings", []))
 
     def summary(self, outputs: Optional[list[str]] = None) -> dict[str, Any]:
-        """JSON-friendly summary: predictions (label maps replaced by their file names), metrics, provenance."""
+        """JSON-friendly summary: whether the goal was reached and the change is minimal, the warnings,
+        predictions (label maps replaced by their file names), metrics and provenance."""
 
         def strip(prediction: dict[str, Any], name: str) -> dict[str, Any]:
             out = {k: v for k, v in prediction.items() if k != "label_map"}
@@ -179,11 +262,24 @@ class Counterfactual:
                 out["label_map"] = OUTPUT_NAMES[name]
             return out
 
-        out = {"before": strip(self.before, "labels_before"), "after": strip(self.after, "labels_after"),
+        out = {"goal_reached": self.reached, "minimal": bool(self.metrics.get("minimality", {}).get("minimal", True)),
+               "warnings": self.warnings,
+               "before": strip(self.before, "labels_before"), "after": strip(self.after, "labels_after"),
                "metrics": self.metrics, "provenance": self.provenance}
         if outputs is not None:
             out["outputs"] = list(outputs)
         return out
+
+    def outcome_line(self) -> str:
+        """One line for a console: goal reached or not, and how much changed per channel."""
+        validity = self.metrics.get("validity", {})
+        spread = self.metrics.get("minimality", {})
+        quantity = str(validity.get("quantity", "goal")).replace("_", " ")
+        largest = ", ".join(f"{name} {value:.4g}" for name, value in (spread.get("max_abs_per_channel") or {}).items())
+        return (f"goal {'reached' if self.reached else 'NOT reached'}: {quantity} {validity.get('before', float('nan')):.4g}"
+                f" -> {validity.get('after', float('nan')):.4g} (target {validity.get('target', float('nan')):.4g}); "
+                f"changed {spread.get('changed_ml', 0):.4g} ml ({spread.get('changed_share_of_image', 0):.2%} of the image)"
+                + (f"; largest change per channel (its own units): {largest}" if largest else ""))
 
     def summary_json(self, outputs: Optional[list[str]] = None) -> str:
         return to_json(self.summary(outputs))

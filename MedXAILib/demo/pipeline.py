@@ -65,6 +65,12 @@ __all__ = [
 SEGMENTER, CLASSIFIER = "phantom_segmenter", "lesion_classifier_petct"
 CT_WINDOW = (-160.0, 240.0)  # display window (abdomen, W 400 / L 40)
 PET_WINDOW = (0.0, 10.0)  # SUV
+_WINDOWS = {"CT": CT_WINDOW, "PET": PET_WINDOW}
+#: The units of each input channel, for the figures and the counterfactual's change per channel.
+CHANNEL_UNITS = {"CT": "HU", "PET": "SUV"}
+#: Display smoothing (Gaussian standard deviation, mm) of the figures' projection row; never applied to
+#: a saved map or to any number (see MedXAILib.report.figures).
+DISPLAY_SMOOTH_MM = 3.0
 PHANTOM_SEED = 3_000_000  # + seed: held out (training seeds < 1_000_000; evaluation 1_000_000 and 2_000_000 on)
 METHODS = ("integrated_gradients", "grad_cam", "saliency")
 HIDDEN = 0.1  # in the Slicer scene, |relevance| below this fraction of the window is transparent
@@ -256,34 +262,76 @@ def _clean(value: Any) -> Any:
     return int(value) if isinstance(value, np.integer) else value
 
 
-def lesion_statistics(attribution: np.ndarray, case: DemoCase) -> dict[str, Any]:
+def _region(case: DemoCase, grow_mm: float) -> np.ndarray:
+    """The true lesion grown by `grow_mm` (the region the counterfactual replaces)."""
+    from scipy import ndimage
+
+    return ndimage.distance_transform_edt(~case.lesion, sampling=case.image.spacing) <= grow_mm
+
+
+def lesion_statistics(attribution: Any, case: DemoCase) -> dict[str, Any]:
     """Where the relevance lies relative to the true structures, the lesion in particular.
 
-    Per structure of the true label map: :func:`MedXAILib.statistics.structure_statistics` (share of
-    |relevance|, density ratio, rank accuracy, pointing game, ...). For the lesion also the share of
-    the *positive* relevance (evidence for the target) and the ratios share / volume share
-    (1 = no more than its size; higher = concentrated in the lesion), and the distance (mm) from
-    the lesion centre to the voxel of largest relevance.
+    The lesion's numbers are the localisation metrics of :mod:`MedXAILib.evaluation.localisation`
+    with their registry defaults (the definitions the method comparison uses, on the channel sum):
+    the pointing game (the map's maximum within 5 mm of the lesion, with its distance), relevance
+    mass accuracy (the lesion's share of the positive relevance), relevance rank accuracy and AUROC,
+    each with its chance level, and the verdict of
+    :func:`~MedXAILib.evaluation.localisation.localisation_verdict`. Per structure of the true label
+    map: :func:`MedXAILib.statistics.structure_statistics`. Per input channel (when the method tells
+    the channels apart): its share of |relevance|, its relevance summed over the lesion region (the
+    lesion grown by :data:`~MedXAILib.demo.sections.GROW_MM`, the region the counterfactual
+    replaces) and over the image, and the distance from its maximum to the lesion.
     """
     from ..analysis.statistics import structure_statistics
+    from ..attribution import Attribution
+    from ..evaluation.localisation import (auroc_score, localisation_verdict, pointing_game_score,
+                                           relevance_mass_accuracy_score, relevance_rank_accuracy_score)
+    from ..evaluation.metrics import PointingGameParams
+    from .sections import GROW_MM
 
-    a = np.asarray(attribution, dtype=np.float64)
+    if not isinstance(attribution, Attribution):
+        attribution = Attribution(np.asarray(attribution, np.float32)[np.newaxis] if np.ndim(attribution) == 3
+                                  else np.asarray(attribution, np.float32), case.image.affine)
+    a = attribution.summed.astype(np.float64)
+    spacing = case.image.spacing
+    tolerance = PointingGameParams().tolerance_mm
+    pointing = pointing_game_score(a, case.lesion, spacing, tolerance)
+    mass = relevance_mass_accuracy_score(a, case.lesion)
+    rank = relevance_rank_accuracy_score(a, case.lesion)
+    area = auroc_score(np.abs(a), case.lesion)
     labels = np.where(case.lesion, len(case.class_names) - 1, case.labels)  # the lesion is the last class
     table = structure_statistics(a, labels, case.class_names, case.image.affine)
     rows = {name: {col: _clean(table[col][i]) for col in table if col != "structure"}
             for i, name in enumerate(table["structure"])}
     lesion = rows[case.class_names[-1]]
     volume_share = lesion["voxels"] / a.size
-    positive = float(np.clip(a, 0, None).sum())
-    pos_share = float(lesion["positive_mass"] or 0.0) / positive if positive > 0 else 0.0
-    peak = np.array(np.unravel_index(int(np.argmax(a)), a.shape), dtype=float)
-    distance = float(np.linalg.norm(case.image.affine[:3, :3] @ (peak - case.centre_ijk)))
-    return {"lesion_volume_share": round(volume_share, 6), "positive_share_in_lesion": round(pos_share, 6),
-            "positive_ratio": round(pos_share / volume_share, 3),
+    region = _region(case, GROW_MM)
+    channels = []
+    summary = attribution.channel_summary()
+    if len(summary["names"]) > 1 and summary["resolved"]:
+        for c, name in enumerate(summary["names"]):
+            channel = attribution.array[c].astype(np.float64)
+            peak = pointing_game_score(channel, case.lesion, spacing, tolerance)
+            channels.append({"channel": name, "share_abs": round(summary["shares"][c], 4),
+                             "sum": _clean(float(channel.sum())),
+                             "sum_in_lesion_region": _clean(float(channel[region].sum())),
+                             "peak_distance_mm": round(peak["distance_mm"], 2)})
+    return {"lesion_volume_share": round(volume_share, 6),
+            "positive_share_in_lesion": round(mass["value"], 6) if np.isfinite(mass["value"]) else 0.0,
+            "positive_ratio": round(mass["value"] / volume_share, 3) if np.isfinite(mass["value"]) else 0.0,
             "abs_share_in_lesion": lesion["share_abs"], "abs_ratio": lesion["density_ratio"],
-            "rank_accuracy": lesion["rank_accuracy"], "pointing_hit": lesion["pointing_hit"],
-            "top_dice": lesion["top_dice"], "peak_distance_mm": round(distance, 2),
-            "structures": {name: {k: row[k] for k in ("voxels", "share_abs", "density_ratio", "rank_accuracy")}
+            "pointing_game": {"value": pointing["value"], "distance_mm": round(pointing["distance_mm"], 2),
+                              "chance": round(pointing["chance"], 6), "tolerance_mm": tolerance,
+                              "max_voxel": pointing["max_voxel"]},
+            "relevance_rank_accuracy": {"value": round(rank["value"], 6), "chance": round(rank["chance"], 6),
+                                        "k": rank["k"]},
+            "auroc": {"value": round(area["value"], 6), "chance": 0.5},
+            "verdict": localisation_verdict(pointing, rank),
+            "peak_distance_mm": round(pointing["distance_mm"], 2),
+            "channels": channels, "lesion_region_grow_mm": GROW_MM,
+            "structures": {name: {k: row[k] for k in ("voxels", "volume_share", "share_abs", "share_positive",
+                                                     "density_ratio", "abs_rank_accuracy", "peak_distance_mm")}
                            for name, row in rows.items()}}
 
 
@@ -342,30 +390,71 @@ def _scene(out: Path, case: DemoCase, labels: np.ndarray, class_names: list[str]
         volumes.append(SceneVolume("PET phantom", case.image.with_array(case.image.array[1:]), PET_WINDOW))
     foreground = None
     for model, method, attribution in results:
-        m = display_limit(attribution.summed)
         provenance = attribution.provenance_json()
-        volumes.append(SceneVolume(_label(method, model), attribution.to_volume(), (-m, m), "diverging", {
-            "MedXAI.Result": "attribution", PROVENANCE_KEY: provenance, "MedXAI.Method": method,
-            "MedXAI.MethodTitle": attribution.provenance["method_title"], "MedXAI.Model": model.name,
-            "MedXAI.Target": str(attribution.provenance.get("target_name")),
-            "MedXAI.Created": attribution.provenance["created"], "MedXAI.Display.Colormap": "diverging",
-            "MedXAI.Display.Window": f"{-m!r} {m!r}", "MedXAI.Display.Threshold": repr(HIDDEN * m)},
-            {PROVENANCE_KEY: provenance}))
-        if foreground is None and model.role == "classifier" and method == "integrated_gradients":
-            foreground = len(volumes) - 1
+        channels = attribution.channel_summary()
+        shown = [(_label(method, model), attribution.summed, None)]
+        if len(channels["names"]) > 1 and channels["resolved"]:  # each channel's map too, over its own image
+            shown += [(f"{_label(method, model)} [{name}]", attribution.array[c], name)
+                      for c, name in enumerate(channels["names"])]
+        for name, values, channel in shown:
+            m = display_limit(values)
+            attributes = {
+                "MedXAI.Result": "attribution", PROVENANCE_KEY: provenance, "MedXAI.Method": method,
+                "MedXAI.MethodTitle": attribution.provenance["method_title"], "MedXAI.Model": model.name,
+                "MedXAI.Target": str(attribution.provenance.get("target_name")),
+                "MedXAI.Created": attribution.provenance["created"], "MedXAI.Display.Colormap": "diverging",
+                "MedXAI.Display.Window": f"{-m!r} {m!r}", "MedXAI.Display.Threshold": repr(HIDDEN * m)}
+            if channel is not None:
+                attributes["MedXAI.Channel"] = channel
+            volumes.append(SceneVolume(name, case.image.with_array(values[np.newaxis].astype(np.float32),
+                                                                   channel_names=[]), (-m, m), "diverging",
+                                       attributes, {PROVENANCE_KEY: provenance}))
+            if foreground is None and model.role == "classifier" and method == "integrated_gradients":
+                foreground = len(volumes) - 1
     segmentation = SceneSegmentation("segmentation", labels, case.image.affine, _segments(class_names, labels))
     focus = (case.image.affine @ np.append(case.centre_ijk, 1.0))[:3]
     return write_mrb(out / "scene.mrb", volumes, segmentation, 0, foreground, 0.5, focus, HIDDEN)
 
 
+def _receptive_field(results: list[tuple[DemoModel, str, Any]]) -> Optional[np.ndarray]:
+    """The segmenter target's receptive field: the box around the voxels where its saliency is not exactly 0.
+
+    Outside it no input change can alter the target's score, so every gradient-based map is exactly 0
+    there: the hard-edged square of the segmenter's maps.
+    """
+    saliency = next((a for m, method, a in results if m.role == "segmenter" and method == "saliency"), None)
+    if saliency is None:
+        return None
+    support = np.any(saliency.array != 0, axis=0)
+    if not support.any() or support.all():
+        return None
+    lo, hi = np.argwhere(support).min(axis=0), np.argwhere(support).max(axis=0) + 1
+    box = np.zeros(support.shape, bool)
+    box[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+    return box
+
+
+def _quantity(units: str, channel: str, score: str) -> str:
+    """What a map's colours show, in its units (the demo targets are logits)."""
+    if units == "gradient":
+        return f"gradient ({score} per {CHANNEL_UNITS.get(channel, 'unit')} of {channel})"
+    if units == "layer":
+        return "layer relevance (arbitrary units)"
+    return f"relevance ({score} contribution)"
+
+
 def _figures(out: Path, case: DemoCase, labels: np.ndarray, class_names: list[str],
-             results: list[tuple[DemoModel, str, Any]], log: Log) -> dict[str, str]:
+             results: list[tuple[DemoModel, str, Any]], log: Log) -> dict[str, Any]:
+    """Input figures, and per map one figure per input channel over its own image (one figure when the
+    method cannot tell the channels apart or the input has one channel)."""
     from ..errors import MedXAIError
     from ..report import figures
+    from .sections import GROW_MM
 
     folder = out / "figures"
     folder.mkdir(exist_ok=True)
-    paths = {}
+    paths: dict[str, Any] = {}
+    receptive = _receptive_field(results)
     try:
         names = dict(enumerate(class_names))
         colours = {v: c for v, _, c in _segments(class_names, labels)}
@@ -373,35 +462,78 @@ def _figures(out: Path, case: DemoCase, labels: np.ndarray, class_names: list[st
                                   "Input CT phantom and predicted segmentation (planes through the lesion centre)",
                                   CT_WINDOW, case.lesion)
         paths["prediction"] = "figures/prediction.png"
+        if case.image.n_channels > 1:
+            figures.prediction_figure(folder / "pet.png", case.image, np.zeros(labels.shape, np.uint8), {}, names,
+                                      case.centre_ijk, "Input PET channel (SUV 0-10; planes through the lesion "
+                                      "centre)", PET_WINDOW, case.lesion, channel=1)
+            paths["pet"] = "figures/pet.png"
         for model, method, attribution in results:
             target = attribution.provenance.get("target_name")
-            path = folder / f"{model.role}_{method}.png"
-            figures.attribution_figure(path, case.ct, attribution.summed, case.centre_ijk,
-                                       f"{_label(method, model)} ({model.name}), target '{target}'", CT_WINDOW,
-                                       case.lesion, "green outline: true lesion; colours saturate beyond the 99.9th "
-                                       "percentile of |relevance|", display_limit(attribution.summed))
-            paths[f"{model.role}/{method}"] = f"figures/{path.name}"
+            score = (attribution.provenance.get("target") or {}).get("score", "logit")
+            channels = attribution.channel_summary()
+            image = case.input_for(model)
+            outlines = [(receptive, "#00e5ff")] if model.role == "segmenter" and receptive is not None else []
+            note = ("green: true lesion; cross: the map's maximum (pointing game)"
+                    + ("; dashed cyan: the target's receptive field" if outlines else ""))
+            per_channel = len(channels["names"]) > 1 and channels["resolved"]
+            region = _region(case, GROW_MM) if per_channel else None
+            shown = {}
+            if per_channel:
+                limits = [display_limit(attribution.array[c]) for c in range(len(channels["names"]))]
+                shared = max(limits) if channels["units"] == "score" else None  # one scale where units agree
+                for c, name in enumerate(channels["names"]):
+                    values = attribution.array[c]
+                    path = folder / f"{model.role}_{method}_{name}.png"
+                    where = (f"{float(values[region].sum()):+.2g} {score} in the lesion region, "
+                             if channels["units"] == "score" else "")
+                    figures.attribution_figure(
+                        path, image, values, case.centre_ijk,
+                        f"{_label(method, model)}, target '{target}': {name} channel over the {name}\n"
+                        f"({where}{100 * channels['shares'][c]:.1f} % of all |relevance|)", _WINDOWS.get(name, CT_WINDOW),
+                        case.lesion, note.replace("the map's maximum (pointing game)", f"the {name} channel's maximum"),
+                        shared or limits[c], _quantity(channels["units"], name, score), channel=c,
+                        smooth_mm=DISPLAY_SMOOTH_MM, peak_ijk=np.unravel_index(int(np.argmax(values)), values.shape),
+                        outlines=outlines)
+                    shown[name] = f"figures/{path.name}"
+            else:
+                values = attribution.summed
+                path = folder / f"{model.role}_{method}.png"
+                agnostic = (" (one map for every channel: the method cannot tell them apart)"
+                            if len(channels["names"]) > 1 else "")
+                figures.attribution_figure(
+                    path, image, values, case.centre_ijk, f"{_label(method, model)} ({model.name}), target "
+                    f"'{target}'{agnostic}", CT_WINDOW, case.lesion, note, display_limit(values),
+                    _quantity(channels["units"], "CT", score), smooth_mm=DISPLAY_SMOOTH_MM,
+                    peak_ijk=np.unravel_index(int(np.argmax(values)), values.shape), outlines=outlines)
+                shown["sum" if agnostic else "CT"] = f"figures/{path.name}"
+            paths[f"{model.role}/{method}"] = shown
     except MedXAIError as error:  # matplotlib missing: everything else is still written
         log(f"  figures skipped: {error}")
     return paths
 
 
-def _counterfactual_figure(out: Path, case: DemoCase, result: Any, log: Log) -> Optional[str]:
+def _counterfactual_figures(out: Path, case: DemoCase, result: Any, log: Log) -> dict[str, str]:
+    """The counterfactual's change per channel, over that channel of the counterfactual, in its own units."""
     from ..errors import MedXAIError
     from ..report import figures
 
-    path = out / "figures" / "counterfactual_inpaint.png"
-    difference = result.difference.array[0]
+    paths = {}
+    names = list(result.difference.channel_names or ["CT"])
     try:
-        figures.attribution_figure(path, result.volume, difference, case.centre_ijk,
-                                   "Counterfactual: the lesion inpainted with surrounding liver "
-                                   "(colours: change of the CT in HU)", CT_WINDOW, case.lesion,
-                                   "green outline: the true lesion that was replaced",
-                                   float(np.abs(difference).max()) or 1.0, quantity="change in HU")
+        for c, name in enumerate(names):
+            difference = result.difference.array[c]
+            unit = CHANNEL_UNITS.get(name, "image units")
+            path = out / "figures" / f"counterfactual_inpaint_{name}.png"
+            figures.attribution_figure(path, result.volume, difference, case.centre_ijk,
+                                       f"Counterfactual: the lesion inpainted in every channel; {name} channel "
+                                       f"(colours: change of the {name} in {unit})", _WINDOWS.get(name, CT_WINDOW),
+                                       case.lesion, "green outline: the true lesion; the region replaced is the "
+                                       "lesion grown by 8 mm", float(np.abs(difference).max()) or 1.0,
+                                       quantity=f"change in {unit}", channel=c)
+            paths[name] = f"figures/{path.name}"
     except MedXAIError as error:
-        log(f"  counterfactual figure skipped: {error}")
-        return None
-    return f"figures/{path.name}"
+        log(f"  counterfactual figures skipped: {error}")
+    return paths
 
 
 def _model_entry(model: DemoModel, out: Path) -> dict[str, Any]:
@@ -461,7 +593,8 @@ def run_demo(out: Path, quiet: bool = False, seed: int = 0, small: bool = False,
     prediction: dict[str, Any] = {"classifier": {
         "probabilities": {n: round(float(p), 4) for n, p in zip(names, probabilities)},
         "predicted": names[int(np.argmax(probabilities))]}}
-    log(f"  classifier: P(lesion) = {probabilities[1]:.3f}")
+    # one rounding (4 decimals) for the console, summary.json and the report, so they never disagree
+    log(f"  classifier: P(lesion) = {prediction['classifier']['probabilities'][names[1]]:.4f}")
     if segmenter is not None:
         labels = np.argmax(_predict(segmenter, case.input_for(segmenter)), axis=0).astype(np.uint8)
         class_names = list(segmenter.adapter.class_names)
@@ -485,16 +618,20 @@ def run_demo(out: Path, quiet: bool = False, seed: int = 0, small: bool = False,
         for method, attribution in _explain(model, case, target, small, seed, log).items():
             results.append((model, method, attribution))
             file = f"attribution_{model.role}_{method}.nrrd"
-            attribution.save(out / file)
+            attribution.save(out / file)  # one map per input channel
             p = attribution.provenance
-            records.append({"model": model.role, "model_name": model.name, "method": method,
-                            "method_title": p["method_title"], "reference": p.get("reference"), "target": text,
-                            "target_spec": p["target"], "parameters": p["parameters"], "file": file,
-                            "seconds": p["seconds"], "diagnostics": p["diagnostics"],
-                            "display_limit": display_limit(attribution.summed),
-                            "statistics": lesion_statistics(attribution.summed, case),
-                            "channel_shares": dict(zip(case.input_for(model).channel_names or ["CT"],
-                                                       (round(v, 4) for v in attribution.channel_shares)))})
+            record = {"model": model.role, "model_name": model.name, "method": method,
+                      "method_title": p["method_title"], "reference": p.get("reference"), "target": text,
+                      "target_spec": p["target"], "parameters": p["parameters"], "file": file, "file_sum": file,
+                      "seconds": p["seconds"], "diagnostics": p["diagnostics"],
+                      "display_limit": display_limit(attribution.summed),
+                      "statistics": lesion_statistics(attribution, case), "channels": attribution.channel_summary(),
+                      "channel_shares": dict(zip(case.input_for(model).channel_names or ["CT"],
+                                                 (round(v, 4) for v in attribution.channel_shares)))}
+            if attribution.array.shape[0] > 1:  # the sum as its own file (what Slicer shows)
+                record["file_sum"] = f"attribution_{model.role}_{method}_sum.nrrd"
+                attribution.save_sum(out / record["file_sum"])
+            records.append(record)
     log("Sanity check: cascading randomisation of the classifier (saliency) ...")
     randomisation = _randomisation(classifier, case, small, seed)
     log("Comparing the classifier's maps (faithfulness, localisation, complexity) ...")
@@ -504,7 +641,10 @@ def run_demo(out: Path, quiet: bool = False, seed: int = 0, small: bool = False,
     log(f"  ranking: {', '.join(r['method'] for r in comparison['ranking'])}")
     log("Counterfactual: the classifier without the lesion (inpainting) ...")
     inpainted, counterfactual = inpaint_lesion(case.input_for(classifier), classifier.adapter, case.lesion, out, seed)
-    log(f"  P(lesion) {counterfactual['probability_before']:.3f} -> {counterfactual['probability_after']:.3f}")
+    log(f"  P(lesion) {counterfactual['probability_before']:.4f} -> {counterfactual['probability_after']:.4f}"
+        f" (goal {'reached' if counterfactual['reached'] else 'NOT reached'})")
+    for row in counterfactual.get("per_channel_inpainting", []):
+        log(f"  lesion removed from {row['channel']} only: P(lesion) {row['probability_after']:.4f}")
 
     log("Writing files, figures, report and scene ...")
     write_image(case.ct, out / "image.nrrd", metadata={"MedXAI.Source": str(case.image.meta.get("source"))})
@@ -514,9 +654,11 @@ def run_demo(out: Path, quiet: bool = False, seed: int = 0, small: bool = False,
     write_seg_nrrd(out / "segmentation.seg.nrrd", SceneSegmentation("segmentation", labels, case.image.affine,
                                                                     _segments(class_names, labels)))
     figure_paths = _figures(out, case, labels, class_names, results, log)
-    counterfactual["figure"] = _counterfactual_figure(out, case, inpainted, log)
+    counterfactual["figures"] = _counterfactual_figures(out, case, inpainted, log)
+    counterfactual["figure"] = next(iter(counterfactual["figures"].values()), None)
     for record in records:
-        record["figure"] = figure_paths.get(f"{record['model']}/{record['method']}")
+        record["figures"] = figure_paths.get(f"{record['model']}/{record['method']}") or {}
+        record["figure"] = next(iter(record["figures"].values()), None)
     _scene(out, case, labels, class_names, results)
     centre_ras = (case.image.affine @ np.append(case.centre_ijk, 1.0))[:3]
     summary = {
@@ -526,6 +668,8 @@ def run_demo(out: Path, quiet: bool = False, seed: int = 0, small: bool = False,
                   "spacing_mm": [round(float(v), 4) for v in case.image.spacing], "display_window_hu": CT_WINDOW,
                   "channels": list(case.image.channel_names or ["CT"])},
         "pet": {"file": "pet.nrrd", "display_window_suv": PET_WINDOW} if case.image.n_channels > 1 else None,
+        "channel_units": {name: CHANNEL_UNITS.get(name, "") for name in case.image.channel_names or ["CT"]},
+        "display_smoothing_mm": DISPLAY_SMOOTH_MM,
         "lesion": {"file": "lesion_mask.nrrd", **{k: case.info[k] for k in ("organ", "radius_mm", "contrast_hu", "suv")
                                                  if k in case.info},
                    "centre_ijk": [round(float(v), 3) for v in case.centre_ijk],
@@ -543,11 +687,14 @@ def run_demo(out: Path, quiet: bool = False, seed: int = 0, small: bool = False,
     log(f"\nDone in {summary['seconds']:.0f} s.")
     for note in notes:
         log(f"  NOTE: {note}")
-    log("Share of positive relevance in the true lesion, relative to its share of the volume:")
+    log("Does the map find the true lesion? (pointing game: the map's maximum within 5 mm; rank accuracy: "
+        "share of its K most relevant voxels inside, K = the lesion's size; chance in brackets)")
     for r in records:
         s = r["statistics"]
-        log(f"  {r['model']:10s} {r['method']:22s} {s['positive_ratio']:7.1f} x  "
-            f"({s['positive_share_in_lesion']:.1%} of positive relevance, {s['lesion_volume_share']:.2%} of voxels)")
+        log(f"  {r['model']:10s} {r['method']:22s} {s['verdict']['verdict']:17s} maximum {s['peak_distance_mm']:6.1f} mm "
+            f"away, rank accuracy {s['relevance_rank_accuracy']['value']:.2f} "
+            f"({s['relevance_rank_accuracy']['chance']:.4f}), positive relevance in the lesion "
+            f"{s['positive_share_in_lesion']:.1%} ({s['lesion_volume_share']:.2%})")
     return 0
 
 
@@ -557,7 +704,9 @@ def open_hint(out: str | Path) -> str:
     return (f"\nOpen:\n  {out / 'report.html'}   in a web browser: figures, numbers, model cards, provenance\n"
             f"  {out / 'scene.mrb'}     in 3D Slicer (drag and drop): the CT with the classifier's integrated "
             "gradients as foreground, the segmentation as segments\n"
-            f"  {out / 'summary.json'}  everything above as JSON")
+            f"  {out / 'summary.json'}  everything above as JSON\n"
+            f"  medxai view {out}   the same views in any browser, without Slicer (make view; or first "
+            "pip install -e '.[viewer]')")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,8 +6,8 @@
 - :func:`inpaint_lesion` asks "what if this lesion were absent": the true lesion (grown by
   :data:`GROW_MM`) is replaced in every channel by harmonic filling with the surrounding tissue's
   noise (the ``inpaint`` counterfactual generator) and the classifier's lesion probability is
-  measured before and after; ``counterfactual/`` holds the
-  volume, the signed difference and the summary.
+  measured before and after, also with the lesion removed from one channel at a time (which channel
+  decided); ``counterfactual/`` holds the volume, the signed difference and the summary.
 
 Both return JSON-ready entries for the demo's ``summary.json`` with paths relative to the demo folder.
 """
@@ -15,7 +15,7 @@ Both return JSON-ready entries for the demo's ``summary.json`` with paths relati
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -51,7 +51,17 @@ def compare_demo_methods(image: Any, adapter: Any, attributions: Mapping[str, An
             "methods": data["methods"], "metrics": data["metrics"], "table": data["table"],
             "metric_info": {k: {"title": v["title"], "family": v["family"], "higher_is_better": v["higher_is_better"]}
                             for k, v in data["metric_info"].items()},
-            "ranking": data["ranking"], "ranking_rule": data["ranking_rule"], "ranked_metrics": data["ranked_metrics"]}
+            "ranking": data["ranking"], "ranking_rule": data["ranking_rule"], "ranked_metrics": data["ranked_metrics"],
+            "separation": data["separation"], "separation_rule": data["separation_rule"],
+            "chance": {m: _chance(data["results"], m) for m in data["metrics"]},
+            "graded": {k: (data["info"].get("graded") or {}).get(data["methods"][0], {}).get(k)
+                       for k in ("image", "target", "target_name", "mask_voxels", "provenance_checked")}}
+
+
+def _chance(results: Mapping[str, Any], metric: str) -> Optional[float]:
+    """A metric's chance level on this case (the same for every method), or None."""
+    values = [r[metric].get("chance") for r in results.values() if r[metric].get("chance") is not None]
+    return float(values[0]) if values else None
 
 
 def inpaint_lesion(image: Any, adapter: Any, lesion: np.ndarray, out: Path, seed: int) -> tuple[Any, dict[str, Any]]:
@@ -61,6 +71,7 @@ def inpaint_lesion(image: Any, adapter: Any, lesion: np.ndarray, out: Path, seed
         The :class:`~MedXAILib.counterfactual.Counterfactual` and its summary entry.
     """
     from ..counterfactual import OUTPUT_NAMES, Goal, generate_counterfactual
+    from ..counterfactual.report import minimality
 
     # grown by 8 mm: the PET channel's point-spread (6 mm FWHM) carries the lesion's uptake beyond
     # its CT border, and a ring of it left behind would still look like a lesion (4 mm is not enough
@@ -69,6 +80,10 @@ def inpaint_lesion(image: Any, adapter: Any, lesion: np.ndarray, out: Path, seed
                                      generator="inpaint", region=lesion, params={"grow_mm": GROW_MM}, seed=seed)
     result.save(out / "counterfactual", overwrite=True)
     metrics = result.metrics
+    names = list(image.channel_names or [f"channel {c}" for c in range(image.n_channels)])
+    ml = abs(float(np.linalg.det(image.affine[:3, :3]))) / 1000.0
+    noise = [row["noise_level"] for row in metrics["per_channel"]]
+    against_lesion = minimality(result.difference.array, noise, ml, lesion, names)
     entry = {
         "folder": "counterfactual", "generator": "inpaint", "grow_mm": GROW_MM,
         "question": "What would the classifier say if the lesion were absent?",
@@ -79,7 +94,35 @@ def inpaint_lesion(image: Any, adapter: Any, lesion: np.ndarray, out: Path, seed
         "predicted_after": result.after["class_names"][result.after["predicted_class"]],
         "reached": result.reached,
         "changed_voxels": int(np.count_nonzero((result.difference.array != 0).any(axis=0))),  # in any channel
+        "changed_ml": against_lesion["changed_ml"], "lesion_ml": against_lesion["structure_ml"],
+        "changed_share_of_lesion": against_lesion["changed_share_of_structure"],
+        "per_channel": [{**row, "mean_change_in_lesion": float(result.difference.array[c][lesion].mean())}
+                        for c, row in enumerate(metrics["per_channel"])],
+        "minimality": metrics["minimality"], "validity": metrics["validity"],
         "proximity": metrics["proximity"], "locality": metrics["locality"], "seconds": metrics["seconds"],
         "warnings": result.warnings,
+        "per_channel_inpainting": _one_channel_at_a_time(image, adapter, result, names),
     }
     return result, entry
+
+
+def _one_channel_at_a_time(image: Any, adapter: Any, result: Any, names: list[str]) -> list[dict[str, Any]]:
+    """P(lesion) with the lesion inpainted in one channel only (the others as acquired): which channel decided.
+
+    The inpainting fills each channel on its own, so taking one channel from the counterfactual is
+    inpainting that channel alone. A one-channel image has nothing to compare.
+    """
+    import torch
+
+    if image.n_channels < 2:
+        return []
+    bound = adapter.bind(image.affine, image.shape, image.array)
+    rows = []
+    for c, name in enumerate(names):
+        mixed = image.array.copy()
+        mixed[c] = result.volume.array[c]
+        with torch.no_grad():
+            logits = bound(torch.as_tensor(mixed[np.newaxis], device=adapter.device))[0].float()
+        probabilities = torch.softmax(logits, 0).cpu().numpy()
+        rows.append({"channel": name, "probability_after": round(float(probabilities[1]), 4)})
+    return rows

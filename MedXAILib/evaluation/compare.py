@@ -29,14 +29,27 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..target import Target
     from ..volume import ImageVolume
 
-__all__ = ["RANKING_RULE", "ComparisonResult", "compare_methods", "rank_methods", "CURVE_METRICS"]
+__all__ = ["RANKING_RULE", "SEPARATION_RULE", "SEPARATION_FRACTION", "ComparisonResult", "compare_methods",
+           "rank_methods", "separation", "CURVE_METRICS"]
+
+#: A metric separates the methods when their values spread over at least this fraction of the
+#: largest distance of any of them from the metric's chance level (:func:`separation`).
+SEPARATION_FRACTION = 0.05
+
+SEPARATION_RULE = (
+    "A metric separates the methods on this case when the spread of their values (largest minus smallest) "
+    f"is at least {SEPARATION_FRACTION:.0%} of the largest distance of any value from the metric's chance "
+    "level (the value of an uninformative map; 0 where none is defined). Otherwise all methods score about "
+    "the same on it, whatever their maps show, and it does not rank them."
+)
 
 RANKING_RULE = (
     "For every metric with a better direction (the result's higher_is_better is true or false; the "
     "complexity metrics have none and are left out), the methods are ranked 1 (best) to n by value; "
     "equal values share the mean of the ranks they span, and undefined (NaN) values share the last "
-    "ranks. A method's score is the mean of its ranks over those metrics: lower is better. The "
-    "ranking sorts by that score; equal scores keep the order in which the methods were given."
+    "ranks; a metric that does not separate the methods on this case (see the separation rule) gives "
+    "them all the same rank. A method's score is the mean of its ranks over those metrics: lower is "
+    "better. The ranking sorts by that score; equal scores keep the order in which the methods were given."
 )
 
 #: Metrics whose results carry a curve (``fractions``, ``curve``) that is plotted per method.
@@ -59,14 +72,47 @@ def _mean_ranks(values: Sequence[float], higher_is_better: bool) -> np.ndarray:
     return ranks
 
 
+def separation(results: Mapping[str, Mapping[str, Mapping[str, Any]]], methods: Sequence[str],
+               metric: str) -> dict[str, Any]:
+    """Whether `metric` separates `methods` on this case (:data:`SEPARATION_RULE`).
+
+    Returns:
+        ``separates`` (bool; True with fewer than two defined values, where there is nothing to
+        separate), ``spread``, ``scale`` (the largest distance from ``chance``), ``chance`` and
+        ``note`` (one sentence for a report when the metric does not separate the methods).
+    """
+    values = np.array([results[m][metric].get("value", np.nan) for m in methods], np.float64)
+    chances = [results[m][metric].get("chance") for m in methods if results[m][metric].get("chance") is not None]
+    chance = float(np.mean(chances)) if chances else 0.0
+    finite = values[np.isfinite(values)]
+    if finite.size < 2:
+        return {"separates": True, "spread": None, "scale": None, "chance": chance, "note": ""}
+    spread = float(finite.max() - finite.min())
+    scale = float(np.abs(finite - chance).max())
+    separates = bool(scale > 0 and spread >= SEPARATION_FRACTION * scale)
+    title = METRICS.get(metric).title
+    if separates:
+        note = ""
+    elif spread == 0:
+        note = f"{title} does not separate the methods here: all score {finite[0]:.4g} (chance {chance:.4g})."
+    else:
+        note = (f"{title} does not separate the methods here: their values ({finite.min():.4g} to "
+                f"{finite.max():.4g}) differ by {spread:.3g}, under {SEPARATION_FRACTION:.0%} of their distance "
+                f"from chance ({chance:.4g}); it does not rank them.")
+    return {"separates": separates, "spread": spread, "scale": scale, "chance": chance, "note": note}
+
+
 def rank_methods(
-    results: Mapping[str, Mapping[str, Mapping[str, Any]]], methods: Sequence[str], metrics: Sequence[str]
+    results: Mapping[str, Mapping[str, Mapping[str, Any]]], methods: Sequence[str], metrics: Sequence[str],
+    ties: Sequence[str] = (),
 ) -> list[tuple[str, float]]:
     """The ranking of :data:`RANKING_RULE`: ``[(method, mean rank), ...]``, best first.
 
     Args:
         results: ``{method: {metric: {"value": ..., "higher_is_better": ...}}}``.
         methods, metrics: the rows and columns to rank (in the order given).
+        ties: metrics that do not separate the methods (:func:`separation`): every method gets the
+            same rank on them.
 
     A method gets NaN as its mean rank when no metric has a direction.
     """
@@ -75,6 +121,9 @@ def rank_methods(
         direction = next((results[m][metric].get("higher_is_better") for m in methods
                           if results[m][metric].get("higher_is_better") is not None), None)
         if direction is None:
+            continue
+        if metric in ties:
+            columns.append(np.full(len(methods), (len(methods) + 1) / 2.0))
             continue
         columns.append(_mean_ranks([results[m][metric]["value"] for m in methods], bool(direction)))
     if not columns:
@@ -100,7 +149,9 @@ class ComparisonResult:
             (:data:`CURVE_METRICS`).
         ranking: ``[(method, mean rank), ...]`` best first, by :data:`RANKING_RULE`.
         ranking_rule: the rule, in words.
-        info: target, seed, image and model descriptions for the saved JSON.
+        info: target, seed, image and model descriptions for the saved JSON; ``graded``: per method,
+            what was graded (:func:`MedXAILib.evaluation.metrics.graded_record`).
+        separation: ``{metric: separation(...)}`` for the ranked metrics (:data:`SEPARATION_RULE`).
     """
 
     methods: list[str]
@@ -112,6 +163,7 @@ class ComparisonResult:
     ranking: list[tuple[str, float]]
     ranking_rule: str = RANKING_RULE
     info: dict[str, Any] = field(default_factory=dict)
+    separation: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ranked_metrics(self) -> list[str]:
@@ -134,6 +186,8 @@ class ComparisonResult:
             "ranking": [{"method": m, "mean_rank": r} for m, r in self.ranking],
             "ranking_rule": self.ranking_rule,
             "ranked_metrics": self.ranked_metrics,
+            "separation": self.separation,
+            "separation_rule": SEPARATION_RULE,
             "results": self.results,
             "curves": self.curves,
             "info": self.info,
@@ -326,6 +380,12 @@ def compare_methods(
     check_mask(mask, image.shape, infos)
     adapter = model if isinstance(model, ModelAdapter) else load_model(model)
     monitor = monitor or Monitor()
+    if target is None:  # one target for every method: a given map's own, or the default
+        from ..target import Target
+
+        first_given = next(iter(given.values()), None)
+        target = (Target.from_description((first_given.provenance or {}).get("target")) if first_given is not None
+                  else None) or Target()
 
     results: dict[str, dict[str, dict[str, Any]]] = {}
     attributions = {}
@@ -344,9 +404,15 @@ def compare_methods(
     curves = {m: {c: {"fractions": results[m][c]["fractions"], "curve": results[m][c]["curve"]}
                   for c in CURVE_METRICS if c in results[m]} for m in names}
     first = attributions[names[0]].provenance
-    info = {"seed": seed, "target": first.get("target"), "target_name": first.get("target_name"),
+    graded = {m: getattr(results[m], "graded", {}) for m in names}
+    info = {"seed": seed, "target": graded[names[0]].get("target") or first.get("target"),
+            "target_name": graded[names[0]].get("target_name") or first.get("target_name"),
             "model": first.get("model"), "input": first.get("input"), "versions": first.get("versions"),
-            "method_parameters": {m: attributions[m].provenance.get("parameters") for m in names}}
+            "method_parameters": {m: attributions[m].provenance.get("parameters") for m in names},
+            "graded": graded}
+    ranked = [m for m in metric_names_ if any(results[x][m].get("higher_is_better") is not None for x in names)]
+    separated = {m: separation(results, names, m) for m in ranked}
+    ties = [m for m, s in separated.items() if not s["separates"]]
     monitor.update(1.0, "Comparison done")
     return ComparisonResult(list(names), metric_names_, results, attributions, table, curves,
-                            rank_methods(results, names, metric_names_), info=info)
+                            rank_methods(results, names, metric_names_, ties), info=info, separation=separated)

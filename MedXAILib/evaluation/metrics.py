@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..errors import GeometryError, InputError, ParameterError, TargetError
+from ..errors import GeometryError, InputError, ParameterError, ProvenanceError, TargetError
 from ..methods.catalog.fields import batch_size_field, blur_sigma_field
 from ..methods.catalog.perturbation import PERTURBATION_BASELINES
 from ..params import make_params, param, params_to_dict
@@ -71,6 +71,11 @@ __all__ = [
     "default_metrics",
     "derive_seed",
     "evaluate",
+    "EvaluationResults",
+    "provenance_mismatches",
+    "graded_record",
+    "estimate_passes",
+    "method_passes",
     "DeletionParams",
     "InsertionParams",
     "FaithfulnessCorrelationParams",
@@ -662,6 +667,160 @@ def _fixed_target(target: "Target", scorer: Any, task: str) -> "Target":
                   score=target.score, reduction=target.reduction)
 
 
+class EvaluationResults(dict):
+    """What :func:`evaluate` returns: ``{metric: result}``, plus :attr:`graded`, the record of what was
+    graded (image, model, method, target, mask, and whether the map's provenance was checked)."""
+
+    graded: dict[str, Any]
+
+    def __init__(self, *args: Any, graded: Optional[dict[str, Any]] = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.graded = dict(graded or {})
+
+
+def _provenance_message(problems: Sequence[str]) -> str:
+    return ("the attribution does not belong to what it would be graded for: " + "; ".join(problems)
+            + ". Give the map's own model and target (--target-* options), or pass --ignore-provenance "
+            "(check_provenance=False) to grade it anyway")
+
+
+#: Target fields that must agree between a map's provenance and the target it is graded for.
+_TARGET_FIELDS = ("class_index", "score", "reduction", "region_voxels")
+
+
+def provenance_mismatches(provenance: Mapping[str, Any], model: "ModelAdapter", image: "ImageVolume",
+                          target: Mapping[str, Any]) -> list[str]:
+    """How a map's provenance disagrees with what it is about to be graded for (empty: it agrees).
+
+    Compares the model's weights (SHA-256), the input's grid and channels, and the resolved target
+    (class, score, reduction and the size of its region); fields missing on either side are not
+    compared, so a map without provenance passes.
+
+    Args:
+        provenance: the map's provenance (:attr:`MedXAILib.Attribution.provenance`).
+        model: the model the map is graded with.
+        image: the image it is graded on.
+        target: the resolved target's description (``TargetScorer.describe()``).
+    """
+    problems = []
+    made_with = (provenance.get("model") or {}).get("sha256")
+    if made_with and model.sha256 and made_with != model.sha256:
+        problems.append(f"it was computed with model {(provenance.get('model') or {}).get('id') or '?'} (weights "
+                        f"SHA-256 {made_with[:12]}...), not with the model given ({model.sha256[:12]}...)")
+    source = provenance.get("input") or {}
+    if source.get("shape") and list(source["shape"]) != list(image.shape):
+        problems.append(f"it was computed on an image of shape {source['shape']}, not {list(image.shape)}")
+    if source.get("channels") and int(source["channels"]) != image.n_channels:
+        problems.append(f"it was computed on {source['channels']} channel(s), not {image.n_channels}")
+    made_for = provenance.get("target") or {}
+    differing = [f"{key} {made_for[key]!r} (given: {target.get(key)!r})" for key in _TARGET_FIELDS
+                 if key in made_for and key in target and made_for[key] != target[key]]
+    if differing:
+        name = provenance.get("target_name")
+        problems.append(f"its target{f' ({name})' if name else ''} differs: " + ", ".join(differing))
+    return problems
+
+
+def graded_record(image: "ImageVolume", model: "ModelAdapter", method: Optional[str], method_params: Any,
+                  target: Mapping[str, Any], target_name: Optional[str], provenance: Mapping[str, Any],
+                  mask: Optional[np.ndarray], checked: bool) -> dict[str, Any]:
+    """What a grade refers to, for its JSON: the image, the model, the method, the target and the mask."""
+    return {
+        "image": {"source": str(image.meta.get("source", "<memory>")), "shape": list(image.shape),
+                  "channels": image.n_channels, "channel_names": list(image.channel_names),
+                  "spacing_mm": [round(float(v), 6) for v in image.spacing]},
+        "model": model.describe(),
+        "method": method,
+        "method_parameters": params_to_dict(method_params) if dataclasses.is_dataclass(method_params) else method_params,
+        "target": dict(target),
+        "target_name": target_name,
+        "mask_voxels": None if mask is None else int(np.count_nonzero(mask)),
+        "attribution": {key: provenance.get(key) for key in ("method", "target", "target_name", "created", "seed")
+                        if key in provenance},
+        "attribution_model_sha256": (provenance.get("model") or {}).get("sha256"),
+        "provenance_checked": bool(checked),
+    }
+
+
+#: Forward passes of the model per metric, as a function of its parameters (for the cost estimate).
+_PASSES: dict[str, Callable[[Any], int]] = {
+    "deletion": lambda p: p.n_steps + 1,
+    "insertion": lambda p: p.n_steps + 1,
+    "faithfulness_correlation": lambda p: p.n_runs,
+    "road": lambda p: p.n_steps,
+    "infidelity": lambda p: p.n_samples,
+}
+#: Explanations (each costing the method's own passes) per metric that re-runs the method.
+_EXPLANATIONS: dict[str, Callable[[Any], int]] = {
+    "max_sensitivity": lambda p: p.n_samples,
+    "avg_sensitivity": lambda p: p.n_samples,
+    "local_lipschitz": lambda p: p.n_samples,
+    "noise_l2": lambda p: p.n_samples,
+    "model_randomisation": lambda p: p.stages + 1,
+    "random_logit": lambda p: 1,
+}
+
+
+def method_passes(method: str, params: Any, shape: Optional[Sequence[int]] = None) -> Optional[int]:
+    """Model passes (forward + backward, or forward for perturbations) of one explanation with
+    `method` and its `params` on a grid of `shape`, or None when it depends on more than that
+    (adaptive occlusion, Score-CAM's layer width, window sizes in mm)."""
+    import math
+
+    from ..methods import METHODS
+
+    name = METHODS.get(method).name
+    for field_name in ("n_steps", "n_masks"):
+        if hasattr(params, field_name):
+            return int(getattr(params, field_name))
+    if hasattr(params, "n_samples"):
+        return int(params.n_samples)
+    if hasattr(params, "n_segments"):
+        return int(params.n_segments) + 1
+    if name == "occlusion":
+        try:
+            window, stride = int(str(params.window)), int(str(params.stride))
+        except ValueError:
+            return None
+        if shape is None:
+            return None
+        return 1 + math.prod(max(math.ceil((n - window) / stride), 0) + 1 for n in shape)
+    if name in ("adaptive_occlusion", "score_cam"):
+        return None
+    return 1
+
+
+def estimate_passes(infos: Sequence[MetricInfo], metric_params: Mapping[str, Any],
+                    method_passes: Optional[int] = None) -> dict[str, Any]:
+    """The cost of grading one map before any work: model passes per metric.
+
+    Args:
+        infos: the metrics (:func:`resolve_metrics`).
+        metric_params: their parameters (:func:`parse_metric_params`).
+        method_passes: forward + backward passes of one explanation with the graded method (for the
+            metrics that re-run it), when known.
+
+    Returns:
+        ``forward_passes`` (metrics that only run the model, batched), ``explanations`` (re-runs
+        of the method; robustness metrics share one set), ``passes`` (the total in model passes,
+        counting ``method_passes`` per explanation, or 1 when unknown) and ``per_metric``.
+    """
+    per_metric, forward, explanations = {}, 0, 0
+    robustness_done = False
+    for info in infos:
+        params = metric_params[info.name]
+        n_forward = _PASSES[info.name](params) if info.name in _PASSES else 0
+        n_explain = _EXPLANATIONS[info.name](params) if info.name in _EXPLANATIONS else 0
+        if info.family == "robustness":  # the four share one set of noisy explanations
+            n_explain = 0 if robustness_done else n_explain
+            robustness_done = True
+        per_metric[info.name] = {"forward_passes": n_forward, "explanations": n_explain}
+        forward += n_forward
+        explanations += n_explain
+    return {"forward_passes": forward, "explanations": explanations,
+            "passes": forward + explanations * max(int(method_passes or 1), 1), "per_metric": per_metric}
+
+
 def evaluate(
     image: "ImageVolume",
     model: "ModelAdapter",
@@ -674,7 +833,8 @@ def evaluate(
     monitor: Optional["Monitor"] = None,
     seed: int = 0,
     method_params: Optional[Mapping[str, Any]] = None,
-) -> dict[str, dict[str, Any]]:
+    check_provenance: bool = True,
+) -> EvaluationResults:
     """Grade an attribution map with explanation quality metrics.
 
     Args:
@@ -682,8 +842,9 @@ def evaluate(
         model: the model explained (a :class:`ModelAdapter`, an ``nn.Module`` or a model path).
         attribution: the map, an :class:`Attribution` (or a (C, I, J, K) / (I, J, K) array) on the
             image grid, with C the image's channels or 1 (channel-summed, as saved files hold).
-        target: what the map explains (default: the predicted class of a classifier); its class and
-            region are fixed from the unperturbed input.
+        target: what the map explains; its class and region are fixed from the unperturbed input.
+            Default: the target in the map's provenance when it can be rebuilt from it
+            (:meth:`MedXAILib.Target.from_description`), else the predicted class of a classifier.
         metrics: metric names (``METRICS.names()``); default: every metric whose inputs are available
             (the localisation family needs `mask`, robustness and randomisation a method).
         mask: ground-truth mask (I, J, K) on the image grid, non-zero inside.
@@ -694,16 +855,21 @@ def evaluate(
         seed: seeds every random draw of the metrics (see :func:`derive_seed`).
         method_params: the method's parameters; default: the provenance's when `method` is the
             provenance's method, else the method's defaults.
+        check_provenance: refuse a map whose provenance names another model (weights), image grid
+            or target than the ones given (:func:`provenance_mismatches`); False grades it anyway
+            and says so in the record.
 
     Returns:
-        ``{metric: {"value": float, ...}}`` in the order asked: each result holds its ``value``,
+        An :class:`EvaluationResults`: ``{metric: {"value": float, ...}}`` in the order asked, and
+        ``.graded`` (:func:`graded_record`). Each result holds its ``value``,
         ``higher_is_better`` (the effective direction), ``seconds``, the metric's ``parameters``
         and its curves or details (e.g. ``fractions`` and ``curve`` for deletion). A value that is
         undefined for this input (e.g. a correlation of constant data) is NaN with a ``warning``.
 
     Raises:
         MedXAIError subclasses with an actionable message: unknown metric or parameter, mask
-        missing, empty or off the grid, attribution off the grid, method unknown or missing.
+        missing, empty or off the grid, attribution off the grid, method unknown or missing;
+        :class:`~MedXAILib.errors.ProvenanceError` for a map made for another model or target.
     """
     import torch
 
@@ -736,21 +902,30 @@ def evaluate(
     adapter = model if isinstance(model, ModelAdapter) else load_model(model)
     adapter.check_input(image.n_channels)
     monitor = monitor or Monitor()
-    target = target or Target()
+    target = target or Target.from_description(provenance.get("target")) or Target()
 
+    if check_provenance and (problems := provenance_mismatches(provenance, adapter, image, {})):
+        raise ProvenanceError(_provenance_message(problems))  # model and grid: before the model runs
     monitor.update(0.0, "Running the model on the input")
-    bound = adapter.bind(image.affine, image.shape)
+    bound = adapter.bind(image.affine, image.shape, image.array)
     x = torch.as_tensor(image.array, device=adapter.device).unsqueeze(0)
     with torch.no_grad():
         output = bound(x)
     scorer = resolve_target(target, output, adapter.task, adapter.output_activation, spacing=image.spacing)
+    described = scorer.describe()
+    if check_provenance and (problems := provenance_mismatches(provenance, adapter, image, described)):
+        raise ProvenanceError(_provenance_message(problems))
+    names = adapter.class_names or []
+    graded = graded_record(image, adapter, method_info.name if method_info else None, method_params, described,
+                           names[scorer.class_index] if scorer.class_index < len(names) else None, provenance,
+                           mask, check_provenance)
     ctx = MetricContext(
         image=image, model=adapter, bound=bound, x=x, output=output, scorer=scorer,
         target=_fixed_target(target, scorer, adapter.task), attribution=array, mask=mask,
         method=method_info.name if method_info else None, method_params=method_params,
         explain_seed=int(provenance.get("seed", seed)), monitor=monitor, seed=int(seed),
     )
-    results: dict[str, dict[str, Any]] = {}
+    results = EvaluationResults(graded=graded)
     for index, info in enumerate(infos):
         started = time.perf_counter()
         with monitor.stage(0.02 + 0.98 * index / len(infos), 0.02 + 0.98 * (index + 1) / len(infos)):

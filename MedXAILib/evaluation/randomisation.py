@@ -146,11 +146,11 @@ def _example_input(image: ImageVolume, model: ModelAdapter) -> torch.Tensor:
     if model.roi_size is not None:
         return torch.zeros((1, image.n_channels, *model.roi_size), device=model.device)
     x = torch.as_tensor(image.array, device=model.device)[None]
-    return model.preprocessing.apply(x, model.bind(image.affine, image.shape).grids)
+    return model.preprocessing.apply(x, model.bind(image.affine, image.shape, image.array).grids)
 
 
 def _fixed_target(image: ImageVolume, model: ModelAdapter, target: Target) -> Target:
-    bound = model.bind(image.affine, image.shape)
+    bound = model.bind(image.affine, image.shape, image.array)
     with torch.no_grad():
         output = bound(torch.as_tensor(image.array, device=model.device)[None])
     scorer = resolve_target(target, output, model.task, model.output_activation, spacing=image.spacing)

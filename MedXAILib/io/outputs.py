@@ -42,12 +42,15 @@ class Output:
         path: where it goes.
         suffixes: the endings it may have (lower case); empty: any.
         folder: a folder the run fills (created if missing) rather than one file.
+        whole: a folder committed as one unit: one rename puts the whole staged folder in place (an
+            earlier folder there is replaced), so a reader sees all of it or none of it (a cohort's case).
     """
 
     option: str
     path: Path
     suffixes: tuple[str, ...] = ()
     folder: bool = False
+    whole: bool = False
 
 
 def resolved(path: str | os.PathLike, option: str = "path") -> Path:
@@ -116,6 +119,12 @@ class OutputSet:
                 if _inside(path, source):
                     raise InputError(f"{output.option} {output.path} lies inside the input folder {option} {source}; "
                                      "MedXAI never overwrites its inputs: choose another path")
+            if output.whole:
+                for option, source in self.inputs:
+                    if _inside(source, path):
+                        raise InputError(f"{output.option} {output.path} holds the input {option} {source}, and "
+                                         "it is replaced as a whole; MedXAI never overwrites its inputs: choose "
+                                         "another path")
             if output.folder:
                 if path.exists() and not path.is_dir():
                     raise InputError(f"{output.option} {output.path} is a file; give a folder")
@@ -158,6 +167,27 @@ class OutputSet:
             target.mkdir(exist_ok=True)
         return target
 
+    def part(self, path: str | os.PathLike, inputs: Iterable[tuple[str, Optional[str | os.PathLike]]] = ()
+             ) -> "OutputSet":
+        """A folder inside one of this set's folder outputs, guarded and committed on its own, as a whole.
+
+        A run that writes many units (a cohort's cases) commits each one when it is done, so a crash or a
+        Ctrl-C keeps the finished ones; each unit appears complete or not at all (:attr:`Output.whole`).
+
+        Args:
+            path: the unit's folder, inside (or below) a folder output of this set.
+            inputs: the unit's own inputs (a case's images), checked with this set's.
+
+        Raises:
+            InputError: `path` is not inside a folder output, or would overwrite an input.
+        """
+        final = resolved(path)
+        for output in self.outputs:
+            if output.folder and _inside(final, resolved(output.path)):
+                return OutputSet([Output(output.option, final, folder=True, whole=True)],
+                                 [*((option, source) for option, source in self.inputs), *inputs])
+        raise InputError(f"{path} lies in no output folder of this run")
+
     # -- after the work -----------------------------------------------------------------------
 
     def _moves(self) -> list[tuple[Path, Path]]:
@@ -175,6 +205,8 @@ class OutputSet:
         """
         if self.committed:
             return []
+        if any(output.whole for output in self.outputs):
+            return self._commit_whole()
         moves = self._moves()
         for _, destination in moves:
             for option, source in self.inputs:
@@ -210,6 +242,41 @@ class OutputSet:
         self.discard()
         self.committed = True
         return [destination for _, destination in moves]
+
+    def _commit_whole(self) -> list[Path]:
+        """Each whole folder output: its staged folder renamed into place (an earlier folder there set aside
+        first and removed after), all or nothing."""
+        done: list[tuple[Path, Optional[Path]]] = []
+        try:
+            for output in self.outputs:
+                final = resolved(output.path)
+                staged = self._staging[final.parent] / final.name if final.parent in self._staging else None
+                if staged is None or not staged.is_dir():
+                    continue
+                backup = None
+                if final.exists() or final.is_symlink():
+                    if not final.is_dir():
+                        raise InputError(f"cannot write {final}: a file is in the way")
+                    backup = final.with_name(f"{_BACKUP_PREFIX}{uuid.uuid4().hex}-{final.name}")
+                    os.replace(final, backup)
+                done.append((final, backup))
+                os.replace(staged, final)
+        except BaseException as error:
+            for final, backup in reversed(done):
+                if backup is not None:
+                    if final.is_dir():
+                        shutil.rmtree(final, ignore_errors=True)
+                    os.replace(backup, final)
+            self.discard()
+            if isinstance(error, OSError):
+                raise InputError(f"cannot write {final}: {error.strerror or error}; nothing was written") from None
+            raise
+        for _, backup in done:
+            if backup is not None:
+                shutil.rmtree(backup, ignore_errors=True)
+        self.discard()
+        self.committed = True
+        return [final for final, _ in done]
 
     def discard(self) -> None:
         """Remove what was staged (after a failure, a cancel, or the commit)."""

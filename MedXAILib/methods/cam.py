@@ -5,10 +5,11 @@ Common steps (one forward pass, one backward pass for the gradient methods):
 
 1. The layer: ``params.layer`` (any module name of the network; an unknown name raises
    :class:`~MedXAILib.errors.ParameterError` with the closest names), or the automatic choice of
-   :func:`MedXAILib.methods.layers.default_layer` for the model's task.
+   :func:`MedXAILib.methods.layers.default_layer` for the model's task. A model's first automatic
+   CAM makes that choice in its own pass (:func:`traced_layer_maps`); later ones find it kept.
 2. A forward hook on that layer records its output ``A`` (B, K, *s) every time the network runs and
-   hands the rest of the network a copy whose gradient flows into the recorded tensor; one backward
-   pass of the target score (the same :class:`~MedXAILib.scoring.TargetScorer` as every method, so
+   hands the rest of the network a copy whose gradient flows into the recorded tensor (the input
+   needs no gradient, so the backward pass stops at the layer); one backward pass of the target score (the same :class:`~MedXAILib.scoring.TargetScorer` as every method, so
    masked, boundary or component targets of segmenters work) gives ``G = d score / d A``. The hooks
    are removed in ``finally`` blocks.
 3. The method combines ``A`` and ``G`` into one map per network call at the layer's resolution,
@@ -47,12 +48,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import ModelError, ParameterError
+from ..errors import ModelError, ParameterError, error_chain
 from ..model.layout import channels_last, to_channels_last
 from .catalog.cam import (
     GradCAMParams,
@@ -63,7 +64,8 @@ from .catalog.cam import (
     XGradCAMParams,
 )
 from .context import MethodContext
-from .layers import check_hookable, default_layer, example_input, resolve_layer
+from .layers import (check_hookable, default_from_trace, default_layer, example_input, finished,
+                     resolve_layer, tracing)
 
 __all__ = [
     "grad_cam",
@@ -73,6 +75,7 @@ __all__ = [
     "layer_cam",
     "score_cam",
     "choose_layer",
+    "traced_layer_maps",
     "ChosenLayer",
     "LayerMaps",
     "layer_maps",
@@ -90,26 +93,87 @@ class ChosenLayer:
     automatic: bool
 
 
-def choose_layer(ctx: MethodContext, name: str) -> ChosenLayer:
+def choose_layer(ctx: MethodContext, name: str, in_pass: bool = False) -> Optional[ChosenLayer]:
     """The named layer, or the automatic choice for the model's task (see :mod:`.layers`).
 
     The automatic choice traces one forward pass on what the network sees in one call; it depends
     only on the network, the task and that input's shape, so the adapter keeps it for later runs.
+
+    Args:
+        in_pass: the caller can trace the choice in its own pass over the input
+            (:func:`traced_layer_maps`): then None is returned for a choice not yet known, instead of
+            running a pass of its own (a model run window by window still traces its first window).
     """
     network = ctx.network
     check_hookable(network)
     if name.strip():
         return ChosenLayer(name.strip(), resolve_layer(network, name), False)
     adapter = ctx.model.adapter
-    with torch.no_grad():
-        z = ctx.network_input()
-    example = example_input(adapter.in_channels, adapter.roi_size, network_input=z)
+    key = _layer_key(ctx)
     cache = getattr(adapter, "_probe_cache", {})
-    key = ("cam_layer", adapter.task, tuple(example.shape), id(network))
     if key not in cache:
+        if in_pass and adapter.roi_size is None:
+            return None
+        with torch.no_grad():
+            z = ctx.network_input()
+        example = example_input(adapter.in_channels, adapter.roi_size, network_input=z)
         cache[key] = default_layer(network, adapter.task, example)
     chosen = cache[key]
     return ChosenLayer(chosen, resolve_layer(network, chosen), True)
+
+
+def _layer_key(ctx: MethodContext) -> tuple:
+    """What the automatic choice depends on: the network, the task and the shape of one network call."""
+    adapter = ctx.model.adapter
+    grid = tuple(int(n) for n in ctx.model.grids[-1].shape)
+    if adapter.roi_size is not None:
+        grid = tuple(r if r > 0 else n for r, n in zip(adapter.roi_size, grid))
+    return ("cam_layer", adapter.task, (1, int(ctx.x.shape[1]), *grid), id(ctx.network))
+
+
+def traced_layer_maps(ctx: MethodContext, grad: bool = True) -> tuple[ChosenLayer, Optional["LayerMaps"]]:
+    """A model's first automatic CAM: the layer is chosen from the CAM's own pass over the input.
+
+    The pass runs with every conv-like module traced (:func:`MedXAILib.methods.layers.tracing`, which
+    keeps each module's output), the input requiring grad so that the graph reaches every candidate.
+    After it the layer is chosen as :func:`~MedXAILib.methods.layers.default_layer` would, the target
+    is resolved from the output, and the gradient is taken with respect to that layer's output only,
+    so the backward pass stops there. The choice is kept on the adapter like a traced one.
+
+    Returns:
+        The chosen layer and its maps, or None for the maps when the network changed the layer's
+        output in place after the layer (a functional in-place operation): then the caller runs its
+        hooked pass at the now known layer (the one case of two passes).
+    """
+    network, adapter = ctx.network, ctx.model.adapter
+    x = to_channels_last(ctx.x.detach())
+    if grad:
+        x = x.requires_grad_(True)
+    with channels_last(network), tracing(network, x.ndim, keep=True) as records:
+        with torch.enable_grad() if grad else torch.no_grad():
+            output = ctx.model(x)
+    try:
+        name = default_from_trace(finished(network, records), adapter.task)
+        adapter._probe_cache[_layer_key(ctx)] = name
+        layer = ChosenLayer(name, resolve_layer(network, name), True)
+        ctx.observe(output, 0)
+        record = records[name]
+        act = record.output
+        if act is None or act._version != record.version:
+            return layer, None
+        with torch.enable_grad() if grad else torch.no_grad():
+            score = ctx.scorer(output)[0]
+        gradients = None
+        if grad:
+            if not score.requires_grad:
+                raise ParameterError(f"the target score does not depend on layer {name!r}; choose a layer "
+                                     "that feeds the output")
+            (gradients,) = torch.autograd.grad(score, act, allow_unused=True)
+            gradients = torch.zeros_like(act) if gradients is None else gradients.detach()
+        return layer, LayerMaps(act.detach(), gradients, score.detach())
+    finally:
+        for record in records.values():
+            record.output = None  # the graph and the activations go with the pass
 
 
 @dataclass
@@ -173,7 +237,9 @@ def layer_maps(ctx: MethodContext, layer: ChosenLayer, grad: bool = True) -> Lay
 def _layer_maps(ctx: MethodContext, layer: ChosenLayer, grad: bool) -> LayerMaps:
     with _hooked(ctx.network, layer, ctx.x.ndim, grad) as store:
         with torch.enable_grad() if grad else torch.no_grad():
-            score = ctx.scorer(ctx.model(to_channels_last(ctx.x.detach())))[0]
+            output = ctx.model(to_channels_last(ctx.x.detach()))
+            ctx.observe(output, 0)  # the pass at the input resolves the target and is the model output
+            score = ctx.scorer(output)[0]
     acts = store["acts"]
     if not acts:
         raise ParameterError(
@@ -299,11 +365,16 @@ def _spatial(t: torch.Tensor) -> tuple[int, ...]:
 
 
 def _gradient_cam(ctx: MethodContext, params: Any, title: str, combine: MapFunction) -> torch.Tensor:
-    layer = choose_layer(ctx, params.layer)
+    layer = choose_layer(ctx, params.layer, in_pass=not ctx.windowed)
     if ctx.windowed:
         return _windowed_gradient_cam(ctx, params, layer, title, combine)
-    ctx.monitor.update(0.0, f"{title}: forward and backward pass through layer {layer.name}")
-    maps = layer_maps(ctx, layer, grad=True)
+    maps = None
+    if layer is None:
+        ctx.monitor.update(0.0, f"{title}: forward pass choosing the layer, backward pass to it")
+        layer, maps = traced_layer_maps(ctx, grad=True)
+    if maps is None:
+        ctx.monitor.update(0.0, f"{title}: forward and backward pass through layer {layer.name}")
+        maps = layer_maps(ctx, layer, grad=True)
     _record(ctx, layer, maps)
     ctx.monitor.update(0.7, f"{title}: weighting the activations")
     assert maps.gradients is not None
@@ -316,9 +387,13 @@ def _windowed_gradient_cam(ctx: MethodContext, params: Any, layer: ChosenLayer, 
     """A gradient CAM over sliding windows, one batch of windows at a time (see the module docstring)."""
     bound = ctx.model
     plan = bound.plan()
-    # only Grad-CAM++'s exp_score reads the score: no pass over the volume for it otherwise
-    score = ctx.scorer(ctx.input_output())[0].detach() if getattr(params, "exp_score", False) \
-        else torch.zeros((), dtype=ctx.x.dtype, device=ctx.x.device)
+    scorer = ctx.scorer if ctx.output is not None else ctx.windowed_scorer(at_input=True)
+    # only Grad-CAM++'s exp_score reads the score: no pass over the volume for it otherwise; with the
+    # target resolved in the windows' one call, its output gives the score before the first backward
+    exp_score = bool(getattr(params, "exp_score", False))
+    scores = {"input": torch.zeros((), dtype=ctx.x.dtype, device=ctx.x.device)}
+    if exp_score and scorer is not None:
+        scores["input"] = ctx.scorer(ctx.input_output())[0].detach()
     total = torch.zeros((1, 1, *plan.count.shape[2:]), dtype=ctx.x.dtype, device=ctx.x.device)
     seen = {"windows": 0, "positive": False, "shape": None}
     ctx.monitor.update(0.0, f"{title}: windows through layer {layer.name}")
@@ -338,17 +413,20 @@ def _windowed_gradient_cam(ctx: MethodContext, params: Any, layer: ChosenLayer, 
         def add(jobs, acts, grads) -> None:
             a, g = torch.cat(acts), torch.cat(grads)
             seen["shape"] = list(a.shape[1:])
-            cams = combine(a, g, score, params)
+            if exp_score and scorer is None and not seen["windows"]:
+                scores["input"] = ctx.scorer(ctx.output)[0].detach()  # kept by the shared call
+            cams = combine(a, g, scores["input"], params)
             if params.relu:
                 seen["positive"] = seen["positive"] or bool((cams > 0).any())
                 cams = F.relu(cams)
             plan.add(total, jobs, _upsample(cams, plan.roi, params.upsample))  # one input: batch item 0
             seen["windows"] += len(jobs)
 
-        found = bound.gradient(ctx.x, ctx.scorer, output=ctx.output, input_grad=False, keep_output=True,
-                               taps=taps, on_batch=add, progress=ctx.window_progress(title))
+        found = bound.gradient(ctx.x, scorer, output=ctx.output, input_grad=False, keep_output=True,
+                               taps=taps, on_batch=add, progress=ctx.window_progress(title),
+                               resolve=ctx.resolve_at_input if scorer is None else None)
     if ctx.output is None:  # the windows' blend is the model output: no second pass for it
-        ctx.output = found.output
+        ctx.keep_output(found.output)
     ctx.diagnostics.update(layer=layer.name, layer_automatic=layer.automatic,
                            layer_output_shape=seen["shape"],
                            windows=seen["windows"], windows_per_call=bound.windows_per_call())
@@ -473,12 +551,12 @@ def _forward_network_input(ctx: MethodContext, z: torch.Tensor) -> torch.Tensor:
             from monai.inferers import sliding_window_inference
 
             y = sliding_window_inference(z, adapter.roi_size, adapter.sw_batch_size, adapter.network,
-                                         overlap=adapter.overlap, mode=adapter.blend_mode)
+                                         overlap=adapter.overlap, mode=adapter.blend_mode,
+                                         padding_mode=adapter.padding_mode)
         else:
             y = adapter.network(z)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"the model failed on a masked input of shape {tuple(z.shape)}: {first}") from None
+        raise ModelError(f"the model failed on a masked input of shape {tuple(z.shape)}: {error_chain(exc)}") from None
     if isinstance(y, (tuple, list)):
         y = y[0]
     y = torch.as_tensor(y)
@@ -501,9 +579,14 @@ def score_cam(ctx: MethodContext, params: ScoreCAMParams) -> torch.Tensor:
     resolution, then upsampled like the other CAMs.
     """
     title = "Score-CAM"
-    layer = choose_layer(ctx, params.layer)
-    ctx.monitor.update(0.0, f"{title}: forward pass through layer {layer.name}")
-    maps = layer_maps(ctx, layer, grad=False)
+    layer = choose_layer(ctx, params.layer, in_pass=not ctx.windowed)
+    maps = None
+    if layer is None:
+        ctx.monitor.update(0.0, f"{title}: forward pass choosing the layer")
+        layer, maps = traced_layer_maps(ctx, grad=False)
+    if maps is None:
+        ctx.monitor.update(0.0, f"{title}: forward pass through layer {layer.name}")
+        maps = layer_maps(ctx, layer, grad=False)
     _record(ctx, layer, maps)
     ctx.monitor.update(0.05, f"{title}: scoring the masked inputs")
     acts = maps.activations

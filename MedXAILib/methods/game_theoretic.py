@@ -78,7 +78,9 @@ def kernel_shap(ctx: MethodContext, params: KernelShapParams) -> torch.Tensor:
     def make_batch(start: int, stop: int) -> torch.Tensor:
         return coalition_inputs(x, baseline, labels, coalitions[start:stop].to(x.device), params.per_channel)
 
-    scores = run_batches(ctx, n, params.batch_size, make_batch, "KernelSHAP", progress=(0.05, 0.99))
+    # coalition 0, every region present, is the input itself: its output is the model output
+    scores = run_batches(ctx, n, params.batch_size, make_batch, "KernelSHAP", progress=(0.05, 0.99),
+                         input_item=0)
     present = coalitions.sum(1)
     weights = torch.where((present == 0) | (present == n_players), ENDPOINT_WEIGHT, 1.0).double()
     coef, intercept, r2 = weighted_linear_fit(coalitions.float(), scores.float(), weights)

@@ -7,9 +7,12 @@ activation modules; that machinery lives in :mod:`.modified_backprop`.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import torch
 
+from ..model.layout import channels_last, to_channels_last
 from .catalog.gradient import (
     DeepLiftParams,
     GradientShapParams,
@@ -122,7 +125,11 @@ def integrated_gradients(ctx: MethodContext, params: IntegratedGradientsParams) 
 
     ``IG_i(x) = (x_i - x'_i) * integral_0^1 dF(x' + a (x - x')) / dx_i da``, evaluated with the
     chosen quadrature in batches of path points. The completeness error
-    ``|sum(IG) - (F(x) - F(x'))|`` is recorded in the diagnostics, absolute and relative.
+    ``|sum(IG) - (F(x) - F(x'))|`` is recorded in the diagnostics, absolute and relative. Its
+    endpoints come from the path where the rule has them (``riemann_trapezoid`` has both,
+    ``riemann_right`` the input, ``riemann_left`` the baseline); the others run in one batch without
+    gradients before the path, which also resolves a target read off the output and gives the
+    provenance its output.
     """
     x = ctx.x.detach()
     baseline = make_baseline(ctx, params.baseline, params.blur_sigma_mm)
@@ -130,25 +137,72 @@ def integrated_gradients(ctx: MethodContext, params: IntegratedGradientsParams) 
     delta = x - baseline
     total = torch.zeros_like(x)
     n = len(alphas)
+    ends = _path_endpoints(ctx, alphas, baseline)
+    at_input = ends.get("input_step")
     for start in range(0, n, params.batch_size):
         stop = min(start + params.batch_size, n)
         a = torch.as_tensor(alphas[start:stop], dtype=x.dtype, device=x.device).view(-1, 1, 1, 1, 1)
         w = torch.as_tensor(weights[start:stop], dtype=x.dtype, device=x.device).view(-1, 1, 1, 1, 1)
-        grads, _ = ctx.gradient(baseline + a * delta)
+        points = baseline + a * delta
+        row = at_input - start if at_input is not None and start <= at_input < stop else None
+        if row is not None:
+            points[row] = x[0]  # exactly the input (baseline + 1 * delta may differ in the last bit)
+        grads, scores = ctx.gradient(points, input_row=row if ctx.output is None else None)
         total += (w * grads).sum(0, keepdim=True)
+        for key in ("input_step", "baseline_step"):
+            if ends.get(key) is not None and start <= ends[key] < stop:
+                ends[key.replace("step", "score")] = float(scores[ends[key] - start])
         ctx.monitor.update(stop / n, f"Integrated gradients: {stop}/{n} path points")
     attribution = delta * total
-    with torch.no_grad():  # F(x) from the output the run already has (explain's target pass)
-        gap = float(ctx.scorer(ctx.input_output())[0]) - float(ctx.score(baseline)[0])
+    if "input_score" not in ends:  # a windowed path does not keep the output of a batch row
+        with torch.no_grad():
+            ends["input_score"] = float(ctx.scorer(ctx.input_output())[0])
     _record_completeness(
         ctx,
         attribution,
-        gap,
+        ends["input_score"] - ends["baseline_score"],
         lambda relative: f"integrated gradients misses completeness by {relative:.1%} of F(input) - "
         "F(baseline): raise n_steps, or use the blur baseline (instance-normalised networks change "
         "abruptly near a constant baseline)",
     )
     return attribution
+
+
+def _path_endpoints(ctx: MethodContext, alphas: np.ndarray, baseline: torch.Tensor) -> dict:
+    """F(input) and F(baseline) for the completeness check: the endpoints that are path points
+    (``alpha`` exactly 1 or 0) are read off the path, the others scored here in one batch without
+    gradients (the input first, so that its output resolves the target and is kept).
+
+    Returns:
+        ``input_score`` / ``baseline_score`` where known already, ``input_step`` / ``baseline_step``
+        (the index of the path point) where the path is to give them.
+    """
+    x = ctx.x.detach()
+    ends: dict = {}
+    ones, zeros = np.flatnonzero(alphas == 1.0), np.flatnonzero(alphas == 0.0)
+    rows = []
+    if ctx.output is not None:
+        with torch.no_grad():
+            ends["input_score"] = float(ctx.scorer(ctx.output)[0])
+    elif len(ones) and ctx.output_free and not ctx.windowed:
+        ends["input_step"] = int(ones[-1])  # that path point keeps its output (windows do not, per row)
+    else:
+        rows.append(x)
+    if len(zeros):
+        ends["baseline_step"] = int(zeros[0])
+    else:
+        rows.append(baseline)
+    if rows:
+        ctx.monitor.update(0.0, "Integrated gradients: the endpoints of the path (completeness check)")
+        batch = torch.cat(rows)
+        with torch.no_grad(), channels_last(ctx.network) if not ctx.windowed else nullcontext():
+            scores = ctx.score(batch if ctx.windowed else to_channels_last(batch),
+                               input_row=0 if rows[0] is x else None)
+        if rows[0] is x:
+            ends["input_score"] = float(scores[0])
+        if not len(zeros):
+            ends["baseline_score"] = float(scores[-1])
+    return ends
 
 
 def _record_completeness(ctx: MethodContext, attribution: torch.Tensor, gap: float, warning) -> None:
@@ -280,6 +334,8 @@ def guided_backprop(ctx: MethodContext, params: GuidedBackpropParams) -> torch.T
         ModelError: TorchScript / exported models, whose layers cannot be hooked.
     """
     ctx.monitor.update(0.0, "Guided backpropagation: forward and guided backward pass")
+    if ctx.windowed:  # a pass the windows cannot share must run before the hooks, not inside them
+        ctx.windowed_scorer(at_input=True)
     with cancel_points(ctx.network, ctx.monitor.check):
         with modified_backward(ctx.network, is_guided_module, guided_rule) as calls:
             grads, _ = ctx.gradient(ctx.x)
@@ -309,17 +365,28 @@ def deeplift(ctx: MethodContext, params: DeepLiftParams) -> torch.Tensor:
     baseline = make_baseline(ctx, params.baseline, params.blur_sigma_mm)
     recorder = DeepLiftRecorder(params.eps)
     ctx.monitor.update(0.0, "DeepLIFT: forward pass on the baseline")
+    if ctx.windowed:  # a pass the windows cannot share must run before the recorder, not inside it
+        ctx.windowed_scorer(at_input=True)
     with cancel_points(ctx.network, ctx.monitor.check):
         with modified_backward(ctx.network, recorder.choose, recorder.on_call) as calls:
             with torch.no_grad():
-                baseline_score = float(ctx.score(baseline)[0])
+                # a target read off the output is fixed by the input pass below: keep the baseline's
+                # output until then rather than running the input once more first
+                baseline_output = ctx.model(baseline)
+                ctx.observe(baseline_output)
+                baseline_score = ctx.scorer(baseline_output)[0] if ctx.resolved else None
+                if baseline_score is not None:
+                    del baseline_output
             _check_hooked(ctx, calls, "DeepLIFT", RESCALE_MODULES + MAXPOOL_MODULES)
             ctx.diagnostics["rescaled_calls"] = dict(calls)
             recorder.start_input_pass()
             ctx.monitor.update(0.4, "DeepLIFT: input pass with the Rescale rule")
             grads, score = ctx.gradient(x)
+    if baseline_score is None:
+        with torch.no_grad():
+            baseline_score = ctx.scorer(baseline_output)[0]
     attribution = (x - baseline) * grads
-    gap = float(score[0]) - baseline_score
+    gap = float(score[0]) - float(baseline_score)
     _record_completeness(ctx, attribution, gap, lambda relative: _deeplift_warning(ctx, relative))
     ctx.monitor.update(1.0, "DeepLIFT: done")
     return attribution
@@ -336,7 +403,7 @@ def _deeplift_warning(ctx: MethodContext, relative: float) -> str:
     names = modules_without_rule(ctx.network)
     if names:
         causes.append(f"{', '.join(names)} modules")
-    if ctx.scorer.target.score == "probability":
+    if ctx.target.score == "probability":
         causes.append("the probability target's softmax/sigmoid")
     causes.append("any activation called as a function or in the preprocessing")
     return (

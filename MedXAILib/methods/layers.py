@@ -34,18 +34,22 @@ from __future__ import annotations
 
 import difflib
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
-from ..errors import ModelError, ParameterError
+from ..errors import ModelError, ParameterError, error_chain
 
 __all__ = [
     "LayerInfo",
     "candidate_layers",
     "default_layer",
     "default_layers",
+    "default_from_trace",
+    "tracing",
+    "finished",
     "resolve_layer",
     "example_input",
     "is_conv_like",
@@ -90,6 +94,8 @@ class _Record:
     spatial: bool = False
     aliases: list[str] = field(default_factory=list)
     alias_of: Optional[str] = None
+    output: Optional[torch.Tensor] = None  # kept by tracing(keep=True) only
+    version: int = -1
 
 
 def is_conv_like(module: torch.nn.Module) -> bool:
@@ -110,8 +116,21 @@ def check_hookable(network: torch.nn.Module) -> None:
         )
 
 
-def _trace(network: torch.nn.Module, example: torch.Tensor) -> list[_Record]:
-    """Run `network` once on `example` and record every conv-like module in finishing order."""
+@contextmanager
+def tracing(network: torch.nn.Module, rank: int, keep: bool = False) -> Iterator[dict[str, "_Record"]]:
+    """Record every conv-like module's calls (order, output shape, aliases) while the block runs the
+    network once; the hooks are always removed.
+
+    Args:
+        rank: the input's number of dimensions (spatial outputs have the same).
+        keep: also keep each module's first output tensor and its version counter, and hand in-place
+            modules (``inplace=True``, such as the ReLU after DenseNet's features) a copy of any kept
+            output they receive, so a kept tensor keeps its values and its place in the graph: a CAM
+            can read the chosen layer off the very pass that traced it (see :func:`finished`).
+
+    Raises:
+        ModelError: a TorchScript network, or one without (visible) convolutions.
+    """
     check_hookable(network)
     records: dict[str, _Record] = {}
     for name, module in network.named_modules():
@@ -125,8 +144,8 @@ def _trace(network: torch.nn.Module, example: torch.Tensor) -> list[_Record]:
         )
     clock = [0]
     outputs: dict[int, tuple[weakref.ref, str]] = {}
+    kept: dict[int, torch.Tensor] = {}
     handles = []
-    spatial_rank = example.ndim
 
     def pre_hook(record: _Record):
         def hook(module, args):
@@ -145,7 +164,7 @@ def _trace(network: torch.nn.Module, example: torch.Tensor) -> list[_Record]:
             record.end = clock[0]
             if isinstance(output, torch.Tensor):
                 record.shape = tuple(int(n) for n in output.shape)
-                record.spatial = output.ndim == spatial_rank
+                record.spatial = output.ndim == rank
                 key = id(output)
                 previous = outputs.get(key)
                 if previous is not None and previous[0]() is output:
@@ -156,23 +175,38 @@ def _trace(network: torch.nn.Module, example: torch.Tensor) -> list[_Record]:
                     outputs[key] = (weakref.ref(output), record.name)
                 except TypeError:  # pragma: no cover - tensors support weak references
                     pass
+                if keep:
+                    record.output, record.version = output, output._version
+                    kept[key] = output
 
         return hook
+
+    def copy_kept(module, args):
+        if any(isinstance(a, torch.Tensor) and kept.get(id(a)) is a for a in args):
+            return tuple(a.clone() if isinstance(a, torch.Tensor) and kept.get(id(a)) is a else a for a in args)
+        return None
 
     try:
         for record in records.values():
             handles.append(record.module.register_forward_pre_hook(pre_hook(record)))
             handles.append(record.module.register_forward_hook(post_hook(record)))
-        with torch.no_grad():
-            network(example)
-    except (RuntimeError, ValueError, TypeError, IndexError, ImportError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(
-            f"the model failed on an example input of shape {tuple(example.shape)}: {first}"
-        ) from None
+        if keep:
+            for module in network.modules():
+                if getattr(module, "inplace", False) is True:
+                    handles.append(module.register_forward_pre_hook(copy_kept))
+        yield records
     finally:
         for handle in handles:
             handle.remove()
+        kept.clear()
+
+
+def finished(network: torch.nn.Module, records: dict[str, "_Record"]) -> list["_Record"]:
+    """The traced modules that ran, in finishing order.
+
+    Raises:
+        ModelError: no hook fired (compiled layers).
+    """
     ran = [r for r in records.values() if r.calls > 0]
     if not ran:
         raise ModelError(
@@ -180,6 +214,19 @@ def _trace(network: torch.nn.Module, example: torch.Tensor) -> list[_Record]:
             "(TorchScript or an exported program); CAM methods need the network as Python modules"
         )
     return sorted(ran, key=lambda r: r.end)
+
+
+def _trace(network: torch.nn.Module, example: torch.Tensor) -> list[_Record]:
+    """Run `network` once on `example` and record every conv-like module in finishing order."""
+    with tracing(network, example.ndim) as records:
+        try:
+            with torch.no_grad():
+                network(example)
+        except (RuntimeError, ValueError, TypeError, IndexError, ImportError) as exc:
+            raise ModelError(
+                f"the model failed on an example input of shape {tuple(example.shape)}: {error_chain(exc)}"
+            ) from None
+    return finished(network, records)
 
 
 def _listed(records: Sequence[_Record]) -> list[_Record]:
@@ -218,6 +265,11 @@ def _spatial_size(shape: Sequence[int]) -> int:
     for n in shape[2:]:
         size *= int(n)
     return size
+
+
+def default_from_trace(records: Sequence[_Record], task: str) -> str:
+    """The automatic choice (see the module docstring) among traced modules in finishing order."""
+    return _default_from_trace(records, task)
 
 
 def default_layer(network: torch.nn.Module, task: str, example_input: torch.Tensor) -> str:

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from ..model.layout import channels_last, to_channels_last
 from .catalog.propagation import LRPParams
 from .context import MethodContext
 
@@ -245,12 +246,12 @@ def lrp(ctx: MethodContext, params: LRPParams) -> torch.Tensor:
         return wrapped
 
     handles = []
-    x = ctx.x.detach().requires_grad_(True)
+    x = to_channels_last(ctx.x.detach()).requires_grad_(True)
     try:
         for module, hook, _ in plan:
             handles.append(module.register_forward_hook(counting(hook)))
-        with torch.enable_grad():
-            score = ctx.score(x)
+        with torch.enable_grad(), channels_last(ctx.network):  # same values, faster convolutions
+            score = ctx.score(x, input_row=0)  # the rules leave the forward values as they are
             if not fired[0]:
                 raise ModelError(
                     "LRP found no layer it can propagate through (no Conv, Linear or normalisation module "
@@ -261,7 +262,7 @@ def lrp(ctx: MethodContext, params: LRPParams) -> torch.Tensor:
     finally:
         for handle in handles:
             handle.remove()
-    relevance = x.detach() * grad
+    relevance = (x.detach() * grad).contiguous()
 
     target = float(score.detach()[0])
     total = float(relevance[0].sum())
@@ -275,7 +276,7 @@ def lrp(ctx: MethodContext, params: LRPParams) -> torch.Tensor:
     if unsupported:
         ctx.warn(f"LRP has no rule for {', '.join(unsupported)}; "
                  "relevance crosses them by the ordinary gradient")
-    if getattr(ctx.scorer.target, "score", "logit") == "probability":
+    if getattr(ctx.target, "score", "logit") == "probability":
         ctx.warn("LRP explains logits: with a probability target the relevance does not sum to "
                  "the probability")
     elif total * target < 0 or abs(total) > AMPLIFICATION_WARNING * abs(target):

@@ -78,6 +78,8 @@ def run_batches(
     label: str,
     on_batch: Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]] = None,
     progress: tuple[float, float] = (0.0, 1.0),
+    with_input: bool = False,
+    input_item: Optional[int] = None,
 ) -> torch.Tensor:
     """Score `n` perturbed inputs, `batch_size` per forward pass, without autograd.
 
@@ -86,27 +88,46 @@ def run_batches(
         label: progress message prefix.
         on_batch: called as ``on_batch(start, stop, inputs, scores)`` after each forward pass.
         progress: the part of the method's progress [0, 1] this loop covers.
+        with_input: while the model output for the input is not known, the input itself joins the
+            first batch as one more row: its output resolves the target and is kept as the model output
+            (:meth:`MethodContext.observe`), in a call the method makes anyway, instead of a pass of its
+            own (a batch of one runs slower per item on the CPU, too).
+        input_item: the perturbed input of this index is the input itself (KernelSHAP's full
+            coalition): its output is kept the same way.
 
     Returns:
-        The scores, shape (n,), on the input's device.
+        The scores of the `n` perturbed inputs, shape (n,), on the input's device.
     """
     lo, hi = progress
     scores = []
     batch_size = _budgeted(ctx, batch_size)
+    lead = 1 if with_input and ctx.output is None else 0
+    bounds, start = [], 0
+    while start < n or (lead and not bounds):
+        stop = min(start + batch_size - (lead if not bounds else 0), n)
+        bounds.append((start, stop))
+        start = stop
     ctx.monitor.update(lo, f"{label}: {n} perturbed inputs")
     with channels_last(ctx.network):
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            with torch.inference_mode():  # no autograd bookkeeping at all, unlike no_grad
-                batch = make_batch(start, stop)
+        for index, (start, stop) in enumerate(bounds):
+            row = 0 if lead and index == 0 else None
+            if row is None and input_item is not None and start <= input_item < stop and ctx.output is None:
+                row = input_item - start
+            # the output kept for the input must stay usable with autograd: no inference mode for its batch
+            with torch.inference_mode() if row is None else torch.no_grad():
+                batch = make_batch(start, stop) if stop > start else ctx.x.detach()[:0]
+                if lead and index == 0:
+                    batch = torch.cat([ctx.x.detach(), batch])
                 if not ctx.windowed:  # windows are laid out per window
                     batch = to_channels_last(batch)
-                batch_scores = ctx.score(batch).reshape(-1).clone()
-                if on_batch is not None:
+                batch_scores = ctx.score(batch, input_row=row).reshape(-1).clone()
+                if lead and index == 0:
+                    batch, batch_scores = batch[1:], batch_scores[1:]
+                if on_batch is not None and stop > start:
                     on_batch(start, stop, batch, batch_scores)
             scores.append(batch_scores.float())
             del batch
-            ctx.monitor.update(lo + (hi - lo) * stop / n, f"{label}: {stop}/{n} perturbed inputs")
+            ctx.monitor.update(lo + (hi - lo) * stop / max(n, 1), f"{label}: {stop}/{n} perturbed inputs")
     ctx.diagnostics["batch_size_used"] = batch_size
     return torch.cat(scores).clone() if scores else torch.zeros(0, device=ctx.x.device)
 
@@ -118,7 +139,8 @@ def _budgeted(ctx: MethodContext, batch_size: int) -> int:
 
 
 def _score_input(ctx: MethodContext) -> torch.Tensor:
-    """The target score of the unperturbed input, from the output the run already has."""
+    """The target score of the unperturbed input, from the output the run already has (a batch that
+    carried the input, see :func:`run_batches`), else from one pass over it."""
     with torch.no_grad():
         return ctx.scorer(ctx.input_output()).detach().reshape(-1)[0]
 
@@ -224,9 +246,9 @@ def occlusion(ctx: MethodContext, params: OcclusionParams) -> torch.Tensor:
     map_channels = n_channels if params.per_channel else 1
     baseline = perturbation_baseline(ctx, params.baseline, params.blur_sigma_mm)
     ctx.monitor.update(0.0, f"Occlusion: {boxes.n} box positions")
-    score = _score_input(ctx)
     chosen = torch.ones((map_channels, *boxes.positions), dtype=torch.bool)
-    drops = occlude(ctx, baseline, boxes, chosen, score, params.batch_size, "Occlusion")
+    drops = occlude(ctx, baseline, boxes, chosen, None, params.batch_size, "Occlusion")
+    score = _score_input(ctx)
     attribution = boxes.spread(drops) / boxes.spread(chosen.to(drops.dtype))
     if not params.per_channel:
         attribution = (attribution / n_channels).expand(n_channels, *boxes.shape)
@@ -271,13 +293,15 @@ class BoxGrid:
 
 
 def occlude(ctx: MethodContext, baseline: torch.Tensor, boxes: BoxGrid, chosen: torch.Tensor,
-            score: torch.Tensor, batch_size: int, label: str,
+            score: Optional[torch.Tensor], batch_size: int, label: str,
             progress: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
     """Score drops ``score(x) - score(x with a box at the baseline)`` of the `chosen` boxes.
 
     Args:
         chosen: (M, *positions) bool; M is 1 (all channels occluded together) or C (one channel at a
             time, channel m of the box).
+        score: ``score(x)``; None: from the model output for the input, which the first batch of
+            boxes computes when it is not known yet (:func:`run_batches` with ``with_input``).
 
     Returns:
         (M, *positions) float32 drops, zero where not chosen.
@@ -285,7 +309,7 @@ def occlude(ctx: MethodContext, baseline: torch.Tensor, boxes: BoxGrid, chosen: 
     x = ctx.x.detach()
     features = torch.nonzero(chosen.reshape(-1)).reshape(-1).tolist()
     per_channel = chosen.shape[0] > 1
-    if window_scores.applies(ctx.model, ctx.scorer, x):
+    if ctx.windowed and window_scores.applies(ctx.model, ctx.scorer, x):
         return _occlude_windows(ctx, baseline, boxes, chosen, features, batch_size, label, progress)
     drops = torch.zeros(chosen.numel(), dtype=torch.float32, device=x.device)
 
@@ -301,10 +325,15 @@ def occlude(ctx: MethodContext, baseline: torch.Tensor, boxes: BoxGrid, chosen: 
             batch[(item,) + index] = baseline[(0,) + index]
         return batch
 
-    def keep(start: int, stop: int, _batch: torch.Tensor, scores: torch.Tensor) -> None:
-        drops[features[start:stop]] = (score - scores).float()
+    known = {"score": score}
 
-    run_batches(ctx, len(features), batch_size, make_batch, label, keep, progress=progress)
+    def keep(start: int, stop: int, _batch: torch.Tensor, scores: torch.Tensor) -> None:
+        if known["score"] is None:  # the first batch carried the input
+            known["score"] = _score_input(ctx)
+        drops[features[start:stop]] = (known["score"] - scores).float()
+
+    run_batches(ctx, len(features), batch_size, make_batch, label, keep, progress=progress,
+                with_input=score is None)
     return drops.reshape(chosen.shape)
 
 
@@ -372,13 +401,13 @@ def adaptive_occlusion(ctx: MethodContext, params: AdaptiveOcclusionParams) -> t
     coarse_stride = tuple(min(s * factor, w) for s, w in zip(stride, coarse_window))
     fine, coarse = BoxGrid(shape, window, stride), BoxGrid(shape, coarse_window, coarse_stride)
     baseline = perturbation_baseline(ctx, params.baseline, params.blur_sigma_mm)
-    score = _score_input(ctx)
 
     ctx.monitor.update(0.0, f"Adaptive occlusion: {coarse.n} coarse boxes")
     every = torch.ones((1, *coarse.positions), dtype=torch.bool)
-    coarse_drops = occlude(ctx, baseline, coarse, every, score, params.batch_size,
+    coarse_drops = occlude(ctx, baseline, coarse, every, None, params.batch_size,
                            "Adaptive occlusion (coarse)",
                            progress=(0.0, 0.3))
+    score = _score_input(ctx)  # known from the coarse pass's first batch
     coarse_map = coarse.spread(coarse_drops) / coarse.spread(every.float())
 
     magnitude = coarse_drops.abs().reshape(-1)
@@ -471,7 +500,7 @@ def rise(ctx: MethodContext, params: RiseParams) -> torch.Tensor:
         m = masks.pop("current")
         saliency.add_((scores.view(-1, 1, 1, 1, 1).to(m.dtype) * m).sum(0).double())
 
-    scores = run_batches(ctx, n, params.batch_size, make_batch, "RISE", accumulate)
+    scores = run_batches(ctx, n, params.batch_size, make_batch, "RISE", accumulate, with_input=True)
     saliency /= n * p
     attribution = saliency.float()
     if not params.per_channel:
@@ -502,7 +531,6 @@ def feature_ablation(ctx: MethodContext, params: FeatureAblationParams) -> torch
     n_channels = int(x.shape[1])
     regions, labels, n_features = regions_and_features(ctx, params, "Feature ablation")
     baseline = perturbation_baseline(ctx, params.baseline, params.blur_sigma_mm)
-    score = _score_input(ctx)
 
     def make_batch(start: int, stop: int) -> torch.Tensor:
         z = torch.ones((stop - start, n_features), device=x.device)
@@ -510,7 +538,8 @@ def feature_ablation(ctx: MethodContext, params: FeatureAblationParams) -> torch
         return coalition_inputs(x, baseline, labels, z, params.per_channel)
 
     scores = run_batches(ctx, n_features, params.batch_size, make_batch, "Feature ablation",
-                         progress=(0.05, 1.0))
+                         progress=(0.05, 1.0), with_input=True)
+    score = _score_input(ctx)  # the input rode in the first batch
     drops = (score - scores).float()
     values = region_values(regions, drops.cpu().numpy(), n_channels, params.per_channel)
     ctx.diagnostics.update(score_input=float(score), n_features=n_features)
@@ -566,7 +595,8 @@ def lime(ctx: MethodContext, params: LimeParams) -> torch.Tensor:
     def weigh(start: int, stop: int, batch: torch.Tensor, _scores: torch.Tensor) -> None:
         similarities[start:stop] = _similarity(x, batch, params.distance, params.kernel_width).cpu()
 
-    scores = run_batches(ctx, n, params.batch_size, make_batch, "LIME", weigh, progress=(0.05, 0.99))
+    scores = run_batches(ctx, n, params.batch_size, make_batch, "LIME", weigh, progress=(0.05, 0.99),
+                         with_input=True)
     if not float(similarities.max()) > 0:
         raise ParameterError(
             f"LIME: every sample's similarity weight is 0 with kernel_width={params.kernel_width} and the "

@@ -22,11 +22,12 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError, ModelError
+from ..errors import InputError, ModelError, error_chain
 from . import memory
 from .preprocessing import Grid, Preprocessing
 from .window_gradient import WindowGradient, window_backward
-from .windows import WindowPlan, network_call, network_output, windowed_forward
+from .windows import (BLEND_MODES, PADDING_MODES, TILE_GRIDS, WindowPlan, gradient_members, network_call,
+                      network_output, windowed_forward)
 
 __all__ = ["ModelAdapter", "BoundModel", "resolve_device", "failure_cause", "TASKS"]
 
@@ -71,6 +72,11 @@ class ModelAdapter:
         sw_batch_size, overlap, blend_mode: sliding-window settings (MONAI semantics); the windows per
             network call are chosen from ``memory_budget`` (``sw_batch_size`` is kept as declared,
             for the provenance).
+        padding_mode: how an input smaller than the ROI is padded up to it (MONAI's ``padding_mode``:
+            ``constant`` zeros, ``replicate``, ``reflect`` or ``circular``).
+        tile_grid: where the windows go: ``monai`` (MONAI's scan interval) or ``nnunet`` (nnU-Net's evenly
+            spread tiles, step ``1 - overlap``); with ``blend_mode`` ``nnunet_gaussian`` the windows are
+            blended as nnU-Net's predictor blends them (:mod:`.windows`).
         memory_budget: bytes a run may use; ``None``: half of the free VRAM (CUDA), or of the free
             RAM up to 4 GiB (CPU; see :mod:`.memory`).
         mixed_precision: run the network under float16 autocast on CUDA (ignored on the CPU).
@@ -81,6 +87,8 @@ class ModelAdapter:
         sha256: hash of the weights / model file, for provenance.
         source: where it was loaded from.
         notes: caveats found while loading, repeated as warnings in every result's provenance.
+        pipeline: how the format's own inference runs and what MedXAI reproduces of it exactly or
+            approximately (for the provenance; e.g. an nnU-Net folder's folds, mirroring, resampling).
         owns_network: the network was loaded for this adapter (or handed to it by ``load_model``), so it is
             kept in ``eval()`` mode with frozen parameters; False for a caller's module that
             :func:`~MedXAILib.engine.explain` only borrows for one call (:meth:`borrowed`).
@@ -94,6 +102,8 @@ class ModelAdapter:
     sw_batch_size: int = 1
     overlap: float = 0.25
     blend_mode: str = "constant"  # MONAI SlidingWindowInferer's default
+    padding_mode: str = "constant"  # MONAI SlidingWindowInferer's default
+    tile_grid: str = "monai"
     output_activation: str = "softmax"
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     model_id: str = "model"
@@ -103,6 +113,7 @@ class ModelAdapter:
     memory_budget: Optional[int] = None
     mixed_precision: bool = False
     notes: list[str] = field(default_factory=list)
+    pipeline: dict = field(default_factory=dict)
     owns_network: bool = field(default=True, repr=False)
     _probe_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -111,6 +122,14 @@ class ModelAdapter:
             raise ModelError(f"task must be one of {', '.join(TASKS)}; got {self.task!r}")
         if self.output_activation not in ("softmax", "sigmoid"):
             raise ModelError(f"output_activation must be softmax or sigmoid; got {self.output_activation!r}")
+        if not (isinstance(self.overlap, (int, float)) and 0 <= self.overlap < 1):
+            raise ModelError(f"overlap must be a number in [0, 1); got {self.overlap!r}")
+        if self.blend_mode not in BLEND_MODES:
+            raise ModelError(f"blend_mode must be one of {', '.join(BLEND_MODES)}; got {self.blend_mode!r}")
+        if self.tile_grid not in TILE_GRIDS:
+            raise ModelError(f"tile_grid must be one of {', '.join(TILE_GRIDS)}; got {self.tile_grid!r}")
+        if self.padding_mode not in PADDING_MODES:
+            raise ModelError(f"padding_mode must be one of {', '.join(PADDING_MODES)}; got {self.padding_mode!r}")
         if self.owns_network:
             _freeze(self.network)
 
@@ -166,7 +185,11 @@ class ModelAdapter:
             "roi_size": list(self.roi_size) if self.roi_size else None,
             "overlap": self.overlap if self.roi_size else None,
             "blend_mode": self.blend_mode if self.roi_size else None,
+            "padding_mode": self.padding_mode if self.roi_size else None,
+            "tile_grid": self.tile_grid if self.roi_size else None,
+            "output_activation": self.output_activation,
             "preprocessing": self.preprocessing.describe(),
+            **({"pipeline": self.pipeline} if self.pipeline else {}),
         }
 
     def budget_bytes(self) -> int:
@@ -183,23 +206,26 @@ class ModelAdapter:
                 f"{n_channels}; give one image per model channel (repeat --image on the CLI)"
             )
 
-    def bind(self, affine: np.ndarray, shape: Sequence[int]) -> "BoundModel":
-        """A differentiable function (B, C, *shape) -> output on this input grid."""
-        return BoundModel(self, Grid(np.asarray(affine, dtype=np.float64), tuple(int(n) for n in shape)))
+    def bind(self, affine: np.ndarray, shape: Sequence[int], reference: Any = None) -> "BoundModel":
+        """A differentiable function (B, C, *shape) -> output on this input grid.
+
+        Args:
+            affine, shape: the input grid.
+            reference: the unperturbed input's voxels (C, *shape); needed, and used, only by a
+                preprocessing step whose grid depends on the values (a foreground crop, whose box is
+                then fixed for every input the bound model sees).
+        """
+        return BoundModel(self, Grid(np.asarray(affine, dtype=np.float64), tuple(int(n) for n in shape)), reference)
 
 
 def failure_cause(error: BaseException) -> str:
-    """The cause of a network failure on one line.
+    """The cause of a network failure, with the exceptions that caused it, on one line.
 
     A TorchScript interpreter error starts with "The following operation failed in the TorchScript
-    interpreter." and a serialized traceback; its cause is the last ``SomethingError: ...`` line.
+    interpreter." and a serialized traceback; its cause is the last ``SomethingError: ...`` line
+    (see :func:`MedXAILib.errors.error_chain`).
     """
-    text = str(error).strip()
-    if not text:
-        return type(error).__name__
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    causes = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", line)]
-    return causes[-1].split(": ", 1)[1] if causes and len(lines) > 1 else lines[0]
+    return error_chain(error)
 
 
 def _failure_hint(error: BaseException, adapter: "ModelAdapter") -> str:
@@ -208,8 +234,9 @@ def _failure_hint(error: BaseException, adapter: "ModelAdapter") -> str:
     if match:
         return f"; the network takes {match.group(1)} input channel(s): give one image per channel"
     if re.search(r"[Ss]izes? of tensors must match|size mismatch|must match the size", text):
-        return ("; the network may need each size to be a multiple of its total stride: set a window with "
-                "--roi-size (a multiple of it) or pad the image")
+        return ("; the network may need each size to be a multiple of its total stride: pad the image to one "
+                "with --pad-divisible K (K the product of the network's strides, e.g. 16 or 32; a 'preprocessing' "
+                "step divisible_pad in a model spec), or set a window with --roi-size (a multiple of it)")
     return ""
 
 
@@ -226,10 +253,10 @@ class BoundModel(torch.nn.Module):
         progress: optional ``progress(done, total)`` called after every batch of windows.
     """
 
-    def __init__(self, adapter: ModelAdapter, grid: Grid):
+    def __init__(self, adapter: ModelAdapter, grid: Grid, reference: Any = None):
         super().__init__()
         self.adapter = adapter
-        self.grids = adapter.preprocessing.grids(grid)
+        self.grids = adapter.preprocessing.grids(grid, reference)
         self.progress = None
         self._plan: Optional[WindowPlan] = None
 
@@ -244,7 +271,8 @@ class BoundModel(torch.nn.Module):
             a = self.adapter
             if a.roi_size is None:
                 raise ModelError("this model has no roi_size, so it does not run window by window")
-            self._plan = WindowPlan.build(self.grids[-1].shape, a.roi_size, a.overlap, a.blend_mode, a.device)
+            self._plan = WindowPlan.build(self.grids[-1].shape, a.roi_size, a.overlap, a.blend_mode, a.device,
+                                          padding_mode=a.padding_mode, tiles=a.tile_grid)
         return self._plan
 
     def _volume_bytes(self, channels: int) -> int:
@@ -259,9 +287,12 @@ class BoundModel(torch.nn.Module):
         if key not in a._probe_cache:
             found: dict[str, int] = {}
 
+            members = gradient_members(a.network)  # an ensemble's backward holds one member's graph at a time
+            unit = members[0][0] if members else a.network
+
             def run() -> None:  # the probe is made inside: a normal tensor even under inference mode
                 probe = torch.zeros((1, channels, *plan.roi), device=a.device, requires_grad=True)
-                found["out_channels"] = int(network_output(a.network, probe, a.uses_amp()).shape[1])
+                found["out_channels"] = int(network_output(unit, probe, a.uses_amp()).shape[1])
 
             saved = memory.saved_bytes(run)
             found["bytes"] = int(memory.GRAD_FACTOR * saved) + 16 * int(np.prod(plan.roi)) * max(1, channels)
@@ -340,7 +371,8 @@ class BoundModel(torch.nn.Module):
                                      self.progress)
             else:
                 y = network_call(a.network, z, a.uses_amp())
-        except (RuntimeError, ValueError) as exc:  # shape and dtype mismatches
+        except (RuntimeError, ValueError, TypeError, IndexError, AssertionError, NotImplementedError) as exc:
+            # the network's own code: shape and dtype mismatches, its assertions on the input size ...
             raise ModelError(f"the model failed on an input of shape {tuple(z.shape)}: {failure_cause(exc)}"
                              f"{_failure_hint(exc, a)}") from None
         if y.dtype != x.dtype and y.is_floating_point():

@@ -1,4 +1,4 @@
-"""`load_model`: TorchScript, exported programs, MONAI bundles and state dict + network spec.
+"""`load_model`: TorchScript, exported programs, MONAI bundles, nnU-Net v2 folders and state dict + network spec.
 
 A network spec is a small JSON file beside a state dict::
 
@@ -21,20 +21,23 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
 from ..errors import ModelError
 from .adapter import ModelAdapter, resolve_device
 from .bundle import build_monai_network, read_bundle
-from .preprocessing import Preprocessing
+from .nnunet import checkpoint_location, is_nnunet_folder, load_nnunet
+from .preprocessing import DivisiblePad, Preprocessing
+from .totalsegmentator import is_totalsegmentator, load_totalsegmentator
+from .windows import PADDING_MODES
 from .weights import apply_state_dict, load_exported, load_state_dict, load_torchscript, sha256_of, sniff_file
 
 __all__ = ["load_model", "save_spec_model"]
 
 SPEC_KEYS = {"network", "weights", "task", "class_names", "in_channels", "roi_size", "sw_batch_size",
-             "overlap", "blend_mode", "output_activation", "preprocessing", "name", "description"}
+             "overlap", "blend_mode", "padding_mode", "output_activation", "preprocessing", "name", "description"}
 
 
 def load_model(
@@ -47,6 +50,17 @@ def load_model(
     in_channels: Optional[int] = None,
     roi_size: Optional[Sequence[int]] = None,
     preprocessing: Optional[Preprocessing] = None,
+    output_activation: Optional[str] = None,
+    overlap: Optional[float] = None,
+    blend_mode: Optional[str] = None,
+    padding_mode: Optional[str] = None,
+    pad_divisible: Optional[int | Sequence[int]] = None,
+    bundle_overrides: Optional[Mapping[str, Any]] = None,
+    folds: Optional[Sequence[int | str]] = None,
+    configuration: Optional[str] = None,
+    checkpoint: Optional[str] = None,
+    mirroring: bool = True,
+    structure: Optional[str] = None,
     borrow: bool = False,
 ) -> ModelAdapter:
     """Load a model from a file, folder or in-memory module into a :class:`ModelAdapter`.
@@ -58,6 +72,18 @@ def load_model(
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
         task, class_names, in_channels, roi_size: override what the model declares.
         preprocessing: replaces the model's own preprocessing when given.
+        output_activation: ``softmax`` or ``sigmoid`` (multi-label), replacing what the model declares.
+        overlap, blend_mode, padding_mode: the sliding window's overlap in [0, 1), blending (``constant``,
+            ``gaussian``) and padding of inputs smaller than the ROI (``constant``, ``replicate``, ...).
+        pad_divisible: pad every spatial size up to a multiple of this (one number or three) before the
+            network, and crop its output back: for networks that need sizes divisible by their strides.
+        bundle_overrides: for a MONAI bundle, config ids and the values that replace them, as MONAI's
+            runner takes ``--id#sub value`` (``{"network_def#in_channels": 2, "device": "cpu"}``).
+        folds, configuration, checkpoint, mirroring: for an nnU-Net v2 folder (or ``totalsegmentator:TASK``):
+            the folds averaged (default all present), the configuration where the folder holds several,
+            ``final`` or ``best``, and test-time mirroring (see :mod:`.nnunet`).
+        structure: the structure to be explained; a model made of several parts
+            (``totalsegmentator:total``) loads the part that predicts it.
         borrow: for an ``nn.Module``: leave it as it is (training mode, trainable parameters, device);
             each MedXAI call then sets it up and gives it back (:meth:`ModelAdapter.borrowed`).
             Without it the adapter takes the module over: ``eval()`` mode, frozen parameters, `device`.
@@ -65,13 +91,19 @@ def load_model(
     Raises:
         ModelError: missing, corrupted or unsupported model; UntrustedModelError for code.
     """
+    if bundle_overrides and not (isinstance(source, (str, Path)) and Path(source).is_dir()):
+        raise ModelError("bundle overrides (--bundle-override) apply to MONAI bundle folders only")
     if isinstance(source, ModelAdapter):
         adapter = source
     elif isinstance(source, torch.nn.Module):
         adapter = ModelAdapter(network=source, model_id=type(source).__name__, source="<memory>",
                                owns_network=not borrow)
+    elif is_totalsegmentator(source) or _is_nnunet(source):
+        adapter = _load_nnunet_source(source, folds, configuration, checkpoint, mirroring, structure)
     else:
-        adapter = _load_path(Path(source), trust_bundle)
+        if folds is not None or configuration is not None or checkpoint is not None:
+            raise ModelError("--folds, --configuration and --checkpoint apply to nnU-Net model folders only")
+        adapter = _load_path(Path(source), trust_bundle, bundle_overrides)
     if task is not None:
         adapter.task = task
     if class_names is not None:
@@ -82,6 +114,16 @@ def load_model(
         adapter.roi_size = tuple(int(v) for v in roi_size)  # type: ignore[assignment]
     if preprocessing is not None:
         adapter.preprocessing = preprocessing
+    if output_activation is not None:
+        adapter.output_activation = output_activation
+    if overlap is not None:
+        adapter.overlap = overlap
+    if blend_mode is not None:
+        adapter.blend_mode = blend_mode
+    if padding_mode is not None:
+        adapter.padding_mode = padding_mode
+    if pad_divisible is not None:  # after the model's own steps: the padding is what the network sees
+        adapter.preprocessing = Preprocessing([*adapter.preprocessing.steps, DivisiblePad(k=pad_divisible)])
     adapter.__post_init__()  # re-validate overrides, eval() and freeze parameters
     if not adapter.owns_network:  # stays where the caller keeps it; a call may move it and moves it back
         parameter = next(iter(adapter.network.parameters()), None)
@@ -90,11 +132,32 @@ def load_model(
     return adapter.to(resolve_device(device))
 
 
-def _load_path(path: Path, trust_bundle: bool) -> ModelAdapter:
+def _is_nnunet(source: Any) -> bool:
+    """An nnU-Net folder, or one of its fold checkpoints given as the model file."""
+    path = Path(source)
+    return is_nnunet_folder(path) or (path.is_file() and checkpoint_location(path) is not None)
+
+
+def _load_nnunet_source(source: Any, folds: Optional[Sequence[int | str]], configuration: Optional[str],
+                        checkpoint: Optional[str], mirroring: bool, structure: Optional[str]) -> ModelAdapter:
+    if is_totalsegmentator(source):
+        return load_totalsegmentator(str(source), structure, folds, checkpoint or "final")
+    path = Path(source)
+    found = checkpoint_location(path) if path.is_file() else None
+    if found is not None:  # fold_N/checkpoint_*.pth: that fold of its model folder
+        folder, fold, choice = found
+        if (folds is not None and [str(f) for f in folds] != [fold]) or (checkpoint not in (None, choice)):
+            raise ModelError(f"{path} is fold {fold}'s {choice} checkpoint; give the model folder to choose folds "
+                             "or checkpoints")
+        return load_nnunet(folder, [fold], configuration, choice, mirroring)
+    return load_nnunet(path, folds, configuration, checkpoint or "final", mirroring)
+
+
+def _load_path(path: Path, trust_bundle: bool, bundle_overrides: Optional[Mapping[str, Any]] = None) -> ModelAdapter:
     if not path.exists():
         raise ModelError(f"model not found: {path}")
     if path.is_dir():
-        return _load_bundle(path, trust_bundle)
+        return _load_bundle(path, trust_bundle, bundle_overrides)
     if path.suffix.lower() == ".json":
         return _load_spec(path)
     kind = sniff_file(path)
@@ -169,9 +232,10 @@ def _apply_bundle_metadata(adapter: ModelAdapter, meta: dict[str, Any]) -> None:
         adapter.task = "classification"
 
 
-def _load_bundle(folder: Path, trusted: bool) -> ModelAdapter:
-    bundle = read_bundle(folder, trusted)
-    weights = folder / "models" / "model.pt"
+def _load_bundle(folder: Path, trusted: bool, overrides: Optional[Mapping[str, Any]] = None) -> ModelAdapter:
+    bundle = read_bundle(folder, trusted, overrides)
+    checkpoint = bundle.checkpoint()  # where the config's CheckpointLoader reads the weights, when it says
+    weights = checkpoint if checkpoint is not None and checkpoint.is_file() else folder / "models" / "model.pt"
     torchscript = folder / "models" / "model.ts"
     if weights.is_file():
         network = bundle.build_network()
@@ -182,17 +246,26 @@ def _load_bundle(folder: Path, trusted: bool) -> ModelAdapter:
         digest = sha256_of(torchscript)
     else:
         raise ModelError(f"the bundle {folder.name} has neither models/model.pt nor models/model.ts")
+    inferer = bundle.inferer()
+    preprocessing = bundle.preprocessing()
+    divisor = bundle.size_divisor()
+    if divisor and not inferer.get("roi_size") and any(k > 1 for k in divisor):
+        # the whole image goes through the network, which takes sizes that are multiples of k (its metadata)
+        preprocessing.steps.append(DivisiblePad(k=divisor))
     adapter = ModelAdapter(
         network=network,
-        preprocessing=bundle.preprocessing(),
-        model_id=str(bundle.metadata.get("name") or folder.name),
+        preprocessing=preprocessing,
+        model_id=bundle.name,
         sha256=digest,
         source=str(folder),
-        **bundle.inferer(),
+        output_activation=bundle.activation() or "softmax",
+        notes=list(bundle.notes),
+        **inferer,
     )
     if weights.is_file():
         adapter.in_channels = _declared_in_channels(bundle.config.get("network_def"))
-    _apply_bundle_metadata(adapter, bundle.metadata)
+    adapter.class_names = bundle.class_names()
+    _apply_bundle_metadata(adapter, bundle.metadata)  # its channel_def, when it has one, comes first
     return adapter
 
 
@@ -220,7 +293,8 @@ def _load_spec(path: Path) -> ModelAdapter:
         )
     _check_spec_values(spec, path)
     net_args = dict(net_spec.get("args", {}))
-    network = build_monai_network(str(net_spec.get("name", "")), net_args, nets)
+    notes: list[str] = []
+    network = build_monai_network(str(net_spec.get("name", "")), net_args, nets, notes)
     weights = (path.parent / spec["weights"]).resolve()
     if not weights.is_file():
         raise ModelError(f"weights file {weights} named in {path.name} does not exist")
@@ -244,11 +318,13 @@ def _load_spec(path: Path) -> ModelAdapter:
         sw_batch_size=int(spec.get("sw_batch_size", 1)),
         overlap=float(spec.get("overlap", 0.25)),
         blend_mode=str(spec.get("blend_mode", "constant")),
+        padding_mode=str(spec.get("padding_mode", "constant")),
         output_activation=str(spec.get("output_activation", "softmax")),
         preprocessing=Preprocessing.from_config(spec.get("preprocessing")),
         model_id=str(spec.get("name") or path.stem),
         sha256=sha256_of(weights),
         source=str(path),
+        notes=notes,
     )
 
 
@@ -265,7 +341,7 @@ def _check_spec_values(spec: dict[str, Any], path: Path) -> None:
     if not (isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1):
         raise ModelError(f"model spec {path.name}: sw_batch_size must be a positive integer; got {batch!r}")
     for key, allowed in (("blend_mode", ("constant", "gaussian")), ("output_activation", ("softmax", "sigmoid")),
-                         ("task", ("classification", "segmentation"))):
+                         ("padding_mode", PADDING_MODES), ("task", ("classification", "segmentation"))):
         if key in spec and spec[key] not in allowed:
             raise ModelError(f"model spec {path.name}: {key} must be one of {', '.join(allowed)}; "
                              f"got {spec[key]!r}")

@@ -41,7 +41,9 @@ def applies(bound: Any, scorer: Any, x: torch.Tensor) -> bool:
     """Whether :class:`LocalWindowScores` serves this model, target and input."""
     return (bool(getattr(bound, "windowed", False)) and not bound.adapter.preprocessing.steps
             and score_is_linear(scorer) and getattr(scorer, "region", None) is not None
-            and int(x.shape[0]) == 1)
+            and int(x.shape[0]) == 1
+            # a box changes only its own windows when the padding is zeros, not copies of the border
+            and (bound.adapter.padding_mode == "constant" or not any(bound.plan().pad)))
 
 
 class LocalWindowScores:

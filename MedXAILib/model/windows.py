@@ -7,22 +7,80 @@ the ROI. :class:`WindowPlan` reproduces its window positions, order, padding and
 the windowed backward passes of :mod:`.window_gradient` can visit the same windows one batch at a
 time. Window ``k`` of batch item ``b`` is job ``b * n_windows + k``, MONAI's order, whatever the
 number of windows per network call.
+
+Two policies reproduce nnU-Net's predictor (``nnunetv2/inference/sliding_window_prediction.py`` and
+``predict_from_raw_data.py``) in the same plan: ``tiles="nnunet"`` spreads the tiles evenly with
+its ``compute_steps_for_sliding_window`` rule (step = 1 - overlap, 0.5 by default) and
+``mode="nnunet_gaussian"`` blends them with its importance map (:func:`nnunet_gaussian`). An
+:class:`Ensemble` network averages test-time mirrorings and folds inside each window; by linearity of
+the blend this equals nnU-Net's average of blended fold predictions, and the windowed backward pass
+visits its members one at a time.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ModelError
+from ..errors import ModelError, error_chain
 from .layout import channels_last, to_channels_last
 
-__all__ = ["WindowPlan", "windowed_forward", "network_call", "network_output", "autocast"]
+__all__ = ["WindowPlan", "windowed_forward", "network_call", "network_output", "autocast", "PADDING_MODES",
+           "TILE_GRIDS", "BLEND_MODES", "nnunet_tile_starts", "nnunet_gaussian", "Ensemble", "gradient_members"]
 
 Progress = Callable[[int, int], None]
+
+#: How an input smaller than the ROI is padded up to it (MONAI's ``padding_mode``: torch's ``F.pad`` modes).
+PADDING_MODES = ("constant", "replicate", "reflect", "circular")
+#: Where the windows go: MONAI's scan interval, or nnU-Net's evenly spread tiles.
+TILE_GRIDS = ("monai", "nnunet")
+#: How windows are blended: MONAI's constant or Gaussian map, or nnU-Net's Gaussian.
+BLEND_MODES = ("constant", "gaussian", "nnunet_gaussian")
+
+
+def nnunet_tile_starts(size: int, tile: int, step: float) -> list[int]:
+    """nnU-Net's tile start positions along one axis (``compute_steps_for_sliding_window``).
+
+    ``ceil((size - tile) / (tile * step)) + 1`` tiles spread evenly from 0 to ``size - tile`` and
+    rounded (numpy's round half to even); a tile of one voxel (the slice axis of a 2D configuration)
+    visits every position.
+    """
+    if tile <= 1:
+        return list(range(size - tile + 1))
+    count = int(np.ceil((size - tile) / (tile * step))) + 1
+    if count == 1:
+        return [0]
+    actual = (size - tile) / (count - 1)
+    return [int(np.round(actual * i)) for i in range(count)]
+
+
+def nnunet_gaussian(roi: Sequence[int], sigma_scale: float = 0.125) -> torch.Tensor:
+    """nnU-Net's importance map for one tile, as the float32 values of its float16 map.
+
+    ``compute_gaussian``: a unit impulse at the centre voxel (size // 2) filtered with scipy's
+    ``gaussian_filter`` (sigma = size / 8 per axis, constant zero border), scaled to a maximum of 10,
+    stored in float16, and its zeros raised to the smallest non-zero value. Axes of one voxel (2D
+    configurations) are left out of the filter.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    roi = tuple(int(r) for r in roi)
+    axes = [a for a, r in enumerate(roi) if r > 1] or list(range(len(roi)))
+    shape = tuple(roi[a] for a in axes)
+    impulse = np.zeros(shape)
+    impulse[tuple(n // 2 for n in shape)] = 1
+    g = gaussian_filter(impulse, [n * sigma_scale for n in shape], 0, mode="constant", cval=0)
+    g /= np.max(g) / 10
+    half = torch.from_numpy(g).to(torch.float16)
+    zero = half == 0
+    if bool(zero.any()):
+        half[zero] = torch.min(half[~zero])
+    return half.to(torch.float32).reshape(roi)
 
 
 @dataclass
@@ -33,7 +91,8 @@ class WindowPlan:
         shape: spatial shape of the network input (before padding).
         roi: window size (``roi_size`` with non-positive entries taken from the shape).
         pad: F.pad argument (last axis first), zero where the input is at least the ROI.
-        slices: spatial slices of every window on the padded grid, MONAI's order.
+        padding_mode: how the input is padded (``PADDING_MODES``; zeros for ``constant``).
+        slices: spatial slices of every window on the padded grid, MONAI's order (axis 0 outermost).
         importance: (1, 1, *roi) blend weights of one window.
         count: (1, 1, *padded) sum of the weights over the windows covering each voxel.
     """
@@ -44,11 +103,14 @@ class WindowPlan:
     slices: list[tuple[slice, ...]]
     importance: torch.Tensor
     count: torch.Tensor
+    padding_mode: str = "constant"
 
     @classmethod
     def build(cls, shape: Sequence[int], roi_size: Sequence[int], overlap: float, mode: str,
               device: torch.device, dtype: torch.dtype = torch.float32,
-              sigma_scale: float = 0.125) -> "WindowPlan":
+              sigma_scale: float = 0.125, padding_mode: str = "constant", tiles: str = "monai") -> "WindowPlan":
+        """The plan for inputs of spatial `shape` (see the class); `tiles` and `mode` pick the policies
+        (:data:`TILE_GRIDS`, :data:`BLEND_MODES`), `overlap` is 1 - nnU-Net's tile step."""
         from monai.data.utils import compute_importance_map, dense_patch_slices, get_valid_patch_size
         from monai.inferers.utils import _get_scan_interval
         from monai.utils import fall_back_tuple
@@ -61,16 +123,29 @@ class WindowPlan:
         for axis in reversed(range(ndim)):  # F.pad order, as MONAI builds it
             diff = max(roi[axis] - shape[axis], 0)
             pad.extend([diff // 2, diff - diff // 2])
-        interval = _get_scan_interval(padded, roi, ndim, (float(overlap),) * ndim)
-        slices = [tuple(s) for s in dense_patch_slices(padded, roi, interval)]
+        if tiles not in TILE_GRIDS or mode not in BLEND_MODES:
+            raise ModelError(f"sliding-window tiles must be one of {', '.join(TILE_GRIDS)} and blending one of "
+                             f"{', '.join(BLEND_MODES)}; got {tiles!r}, {mode!r}")
+        if tiles == "nnunet":
+            starts = [nnunet_tile_starts(n, r, 1.0 - float(overlap)) for n, r in zip(padded, roi)]
+            slices = [tuple(slice(s, s + r) for s, r in zip(corner, roi)) for corner in itertools.product(*starts)]
+        else:
+            interval = _get_scan_interval(padded, roi, ndim, (float(overlap),) * ndim)
+            slices = [tuple(s) for s in dense_patch_slices(padded, roi, interval)]
         valid = get_valid_patch_size(padded, roi)
-        importance = compute_importance_map(valid, mode=mode, sigma_scale=sigma_scale, device=device,
-                                            dtype=dtype)
+        if mode == "nnunet_gaussian":
+            importance = nnunet_gaussian(valid, sigma_scale)
+        else:
+            importance = compute_importance_map(valid, mode=mode, sigma_scale=sigma_scale, device=device,
+                                                dtype=dtype)
         importance = importance.reshape(1, 1, *valid).to(device=device, dtype=dtype)
         count = torch.zeros((1, 1, *padded), dtype=dtype, device=device)
         for where in slices:
             count[(slice(None), slice(None), *where)] += importance
-        return cls(shape, roi, pad, slices, importance, count)
+        if padding_mode not in PADDING_MODES:
+            raise ModelError(f"sliding-window padding_mode must be one of {', '.join(PADDING_MODES)}; "
+                             f"got {padding_mode!r}")
+        return cls(shape, roi, pad, slices, importance, count, padding_mode)
 
     @property
     def n_windows(self) -> int:
@@ -83,7 +158,22 @@ class WindowPlan:
         return tuple(slice(lo, lo + n) for lo, n in zip(lows, self.shape))
 
     def pad_input(self, z: torch.Tensor) -> torch.Tensor:
-        return F.pad(z, self.pad) if any(self.pad) else z
+        """The network input padded up to the ROI with the plan's ``padding_mode`` (as MONAI pads it)."""
+        return F.pad(z, self.pad, mode=self.padding_mode) if any(self.pad) else z
+
+    def pad_zeros(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` padded with zeros (weights of the output, which is cropped: the padding gets none)."""
+        return F.pad(t, self.pad) if any(self.pad) else t
+
+    def unpad_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient on the padded grid pulled back to the unpadded input: cropped for zero padding; a
+        replicated, reflected or wrapped border voxel also collects the gradient of its copies."""
+        if not any(self.pad) or self.padding_mode == "constant":
+            return self.unpad(grad)
+        z = torch.zeros((*grad.shape[:2], *self.shape), dtype=grad.dtype, device=grad.device, requires_grad=True)
+        with torch.enable_grad():
+            (out,) = torch.autograd.grad(self.pad_input(z), z, grad_outputs=grad)
+        return out
 
     def unpad(self, t: torch.Tensor) -> torch.Tensor:
         return t[(slice(None), slice(None), *self.crop)] if any(self.pad) else t
@@ -116,8 +206,12 @@ def autocast(device: torch.device, enabled: bool):
 
 def network_call(network: torch.nn.Module, inputs: torch.Tensor, mixed_precision: bool = False) -> torch.Tensor:
     """One network call on any input (classifier or segmenter); deep-supervision heads reduced to the first."""
-    with autocast(inputs.device, mixed_precision):
-        out = network(inputs)
+    try:
+        with autocast(inputs.device, mixed_precision):
+            out = network(inputs)
+    except ImportError as exc:  # an optional package the network's own code imports when it runs (einops ...)
+        raise ModelError(f"the network needs a Python package that is not installed: {error_chain(exc)}; "
+                         "install it into this Python environment") from None
     if isinstance(out, (tuple, list)):  # deep-supervision nets return several heads; use the first
         out = out[0]
     if isinstance(out, dict):
@@ -169,3 +263,66 @@ def _windowed_forward(network: torch.nn.Module, z: torch.Tensor, plan: WindowPla
     count = plan.count.to(total.dtype)
     return plan.unpad(total / count if total.requires_grad else total.div_(count))  # in place: no 2nd copy
 
+
+
+def _first_head(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+class _Member(torch.nn.Module):
+    """One network on one mirroring of the input: ``flip(net(flip(x)))``."""
+
+    def __init__(self, network: torch.nn.Module, dims: tuple[int, ...]):
+        super().__init__()
+        self.network = network
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.dims:
+            return _first_head(self.network(x))
+        return _first_head(self.network(x.flip(self.dims))).flip(self.dims)
+
+
+class Ensemble(torch.nn.Module):
+    """The mean output of several networks (folds), each averaged over mirrored inputs (test-time mirroring).
+
+    ``forward(x) = mean_f mean_m flip_m(net_f(flip_m(x)))``: per network, the unmirrored pass then every
+    non-empty combination of the mirror axes, summed and divided as nnU-Net's
+    ``_internal_maybe_mirror_and_predict`` does; then the mean over the networks (nnU-Net averages the
+    folds' blended outputs, which is the same by linearity of the blend).
+
+    Args:
+        networks: the networks (one per fold), with identical outputs shapes.
+        mirror_axes: spatial axes (0, 1, 2 of the window) whose flips are averaged; empty for none.
+    """
+
+    def __init__(self, networks: Sequence[torch.nn.Module], mirror_axes: Sequence[int] = ()):
+        super().__init__()
+        self.networks = torch.nn.ModuleList(networks)
+        axes = [2 + int(a) for a in mirror_axes]
+        self.flips: list[tuple[int, ...]] = [()] + [c for k in range(len(axes))
+                                                    for c in itertools.combinations(axes, k + 1)]
+
+    def members(self) -> list[tuple[torch.nn.Module, float]]:
+        """Each (network, mirroring) as a module, with its weight in the mean."""
+        weight = 1.0 / (len(self.networks) * len(self.flips))
+        return [(_Member(net, dims), weight) for net in self.networks for dims in self.flips]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for net in self.networks:
+            prediction = None
+            for dims in self.flips:
+                out = _Member(net, dims)(x)
+                prediction = out if prediction is None else prediction + out
+            assert prediction is not None
+            prediction = prediction / len(self.flips)
+            total = prediction if total is None else total + prediction
+        assert total is not None
+        return total / len(self.networks)
+
+
+def gradient_members(network: torch.nn.Module) -> Optional[list[tuple[torch.nn.Module, float]]]:
+    """The parts of an :class:`Ensemble` whose vector-Jacobian products are taken one at a time
+    (weights summing to 1), so a windowed backward pass holds one member's graph; None for a plain network."""
+    return network.members() if isinstance(network, Ensemble) else None

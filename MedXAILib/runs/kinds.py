@@ -12,6 +12,7 @@ kind                              entry point                                   
 ``evaluate``                      :func:`MedXAILib.evaluation.evaluate`                     ``medxai evaluate``
 ``compare_methods``               :func:`MedXAILib.evaluation.compare_methods`              ``medxai compare``
 ``counterfactual``                :func:`MedXAILib.counterfactual.generate_counterfactual`  ``medxai counterfactual``
+``qa_case``                       :func:`MedXAILib.analysis.qa.qa_case`                     ``medxai cohort``
 ================================  ========================================================  ==================
 
 :func:`run_request` loads the model through a one-model cache (:func:`load_model_cached`): the
@@ -112,8 +113,10 @@ def _evaluate(request: RunRequest, model: Any, monitor: Monitor) -> RunResult:
     scores = evaluate(image, model, _attribution_argument(request, image), request.target,
                       metrics=args.get("metrics") or None, mask=request.arrays.get("mask"),
                       method=args.get("method") or None, params=args.get("metric_params") or None,
-                      monitor=monitor, seed=request.seed, method_params=args.get("method_params"))
-    return RunResult(data={"scores": json_safe(scores)})
+                      monitor=monitor, seed=request.seed, method_params=args.get("method_params"),
+                      check_provenance=bool(args.get("check_provenance", True)))
+    # what was graded (image, model, method, target), as `medxai evaluate --out` records it
+    return RunResult(data={"scores": json_safe(dict(scores)), "graded": json_safe(scores.graded)})
 
 
 def _compare_methods(request: RunRequest, model: Any, monitor: Monitor) -> RunResult:
@@ -147,6 +150,31 @@ def _counterfactual(request: RunRequest, model: Any, monitor: Monitor) -> RunRes
                      warnings=result.warnings)
 
 
+def _qa_case(request: RunRequest, model: Any, monitor: Monitor) -> RunResult:
+    from ..analysis.qa import QAOptions, qa_case
+    from ..volume import ImageVolume
+
+    args = request.arguments
+    image = request.resolved_image()
+    reference = request.arrays.get("reference")
+    if reference is None and args.get("reference_file"):
+        from ..io import read_label_map
+
+        reference = read_label_map(args["reference_file"], reference=image).array[0]
+    found = qa_case(image, model, args.get("structures") or "all", QAOptions.from_json(args.get("options")),
+                    reference=reference, monitor=monitor, seed=request.seed)
+    volumes = {"prediction": image.with_array(found.labels[np.newaxis].astype(np.float32), channel_names=["labels"],
+                                              meta={}),
+               "entropy": image.with_array(found.entropy[np.newaxis], channel_names=["entropy"], meta={})}
+    provenance = {}
+    for name, attribution in found.attributions.items():
+        volumes[f"attribution.{name}"] = ImageVolume(attribution.summed[np.newaxis], attribution.affine)
+        provenance[name] = attribution.provenance
+    data = {"rows": json_safe(found.rows), "class_names": found.class_names, "ensemble": found.ensemble,
+            "provenance": json_safe(provenance), "reference": reference is not None}
+    return RunResult(volumes=volumes, data=data, warnings=found.warnings)
+
+
 #: kind -> the function that runs it (a new kind adds a :class:`RunKind` member and a row here).
 RUN_FUNCTIONS: dict[RunKind, RunFunction] = {
     RunKind.explain: _explain,
@@ -154,6 +182,7 @@ RUN_FUNCTIONS: dict[RunKind, RunFunction] = {
     RunKind.evaluate: _evaluate,
     RunKind.compare_methods: _compare_methods,
     RunKind.counterfactual: _counterfactual,
+    RunKind.qa_case: _qa_case,
 }
 
 

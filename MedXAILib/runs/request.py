@@ -38,7 +38,10 @@ class RunKind(str, enum.Enum):
       (of the attribution in ``arrays["attribution"]``);
     - ``compare_methods``: ``methods``, ``metrics``, ``method_params``, ``metric_params``;
     - ``counterfactual``: ``goal`` (the fields of :class:`~MedXAILib.counterfactual.Goal`), ``generator``,
-      ``params``, ``bounds``.
+      ``params``, ``bounds``;
+    - ``qa_case``: ``structures`` (``"all"`` or names), ``options`` (the fields of
+      :class:`~MedXAILib.analysis.qa.QAOptions`); ``arrays["reference"]`` an optional reference
+      segmentation (evaluation only), or ``reference_file`` to read it from (a cohort case).
     """
 
     explain = "explain"
@@ -46,6 +49,7 @@ class RunKind(str, enum.Enum):
     evaluate = "evaluate"
     compare_methods = "compare_methods"
     counterfactual = "counterfactual"
+    qa_case = "qa_case"
 
     @classmethod
     def of(cls, value: Any) -> "RunKind":

@@ -95,6 +95,9 @@ def newScene():
     scene = slicer.vtkMRMLScene()
     colorLogic = slicer.vtkMRMLColorLogic()
     colorLogic.SetMRMLScene(scene)  # adds Slicer's default colour nodes (Grey, Labels, fMRI, ...)
+    # Slicer's Colors module (vtkSlicerColorLogic::RegisterNodes) registers the colour legend node class;
+    # its logic cannot run here (it looks for the application's colour files), so register the class alone.
+    scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
     slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
     scene._medxaiKeepAlive = colorLogic  # the logic must live as long as the scene
     return scene
@@ -150,7 +153,7 @@ class OffscreenSliceView:
 
         factory = slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance()
         factory.SetMRMLApplicationLogic(self.appLogic)
-        for manager in ("vtkMRMLSegmentationsDisplayableManager2D",):
+        for manager in ("vtkMRMLSegmentationsDisplayableManager2D", "vtkMRMLColorLegendDisplayableManager"):
             if not factory.IsDisplayableManagerRegistered(manager):
                 factory.RegisterDisplayableManager(manager)
         self.managers = slicer.vtkMRMLDisplayableManagerGroup()

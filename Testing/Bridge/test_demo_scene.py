@@ -174,13 +174,23 @@ def test_the_demo_scene_opens_with_the_attribution_over_the_ct(scene, sliceView,
     petNode = _byName(scene, "PET phantom")
     pet = read_image(out / "pet.nrrd")
     _checkVolume(petNode, pet, pet)
-    attributions = [n for n in _nodes(scene, "vtkMRMLScalarVolumeNode") if n not in (ctNode, petNode)]
+    maps = [n for n in _nodes(scene, "vtkMRMLScalarVolumeNode") if n not in (ctNode, petNode)]
+    attributions = [n for n in maps if "MedXAI.Channel" not in attributesOf(n)]  # the channel sums
     assert len(attributions) == len(summary["attributions"])
+    per_channel = [n for n in maps if "MedXAI.Channel" in attributesOf(n)]  # every resolved map of CT + PET
+    assert len(per_channel) == 2 * sum(len(r["figures"]) > 1 for r in summary["attributions"])
+    for node in per_channel:
+        record = next(r for r in summary["attributions"] if node.GetName().startswith(r["method_title"])
+                      and node.GetName().split(": ")[1].startswith(r["model"]))
+        channel = attributesOf(node)["MedXAI.Channel"]
+        volume = read_image(out / record["file"])
+        index = summary["image"]["channels"].index(channel)
+        _checkVolume(node, volume.with_array(volume.array[index:index + 1]), volume)
     for node in attributions:
         provenance = json.loads(attributesOf(node)[PROVENANCE_KEY])
         record = next(r for r in summary["attributions"] if r["method"] == provenance["method"]
                       and r["model_name"] == provenance["model"]["id"])
-        volume = read_image(out / record["file"])
+        volume = read_image(out / record["file_sum"])  # the scene shows the channel sum
         _checkVolume(node, volume, volume)
         _checkDiverging(node, record["display_limit"])
     foreground = next(n for n in attributions if attributesOf(n)["MedXAI.Method"] == "integrated_gradients"

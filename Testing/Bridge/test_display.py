@@ -121,6 +121,21 @@ def test_positive_threshold_uses_the_display_node_threshold(scene, positiveNode,
     assert scene.GetNodeByID(display.GetColorNodeID()).GetName() == SEQUENTIAL_TABLE_NAME
 
 
+def test_window_percentile_saturates_extreme_voxels_and_keeps_the_band_around_zero(scene, signedNode, signedMap):
+    before = ijkArray(signedNode)
+    display = applyAttributionDisplay(signedNode, windowPercentile=99.0, thresholdPercentile=50.0)
+    m = float(np.percentile(np.abs(signedMap), 99.0))
+    assert m < 6.0  # below the two extreme voxels, which now saturate
+    assert display.GetWindowLevelMin() == pytest.approx(-m) and display.GetWindowLevelMax() == pytest.approx(m)
+    table = scene.GetNodeByID(display.GetColorNodeID())
+    values, alpha = _tableValues(display, table), _rgba(table)[:, 3]
+    np.testing.assert_array_equal(alpha == 0, np.abs(values) < float(np.percentile(np.abs(signedMap), 50.0)))
+    np.testing.assert_array_equal(ijkArray(signedNode), before)
+    assert applyAttributionDisplay(signedNode).GetWindowLevelMax() == pytest.approx(7.5)  # 100: max |a|
+    with pytest.raises(InputError, match="window percentile"):
+        applyAttributionDisplay(signedNode, windowPercentile=0.0)
+
+
 def test_colour_node_id_and_errors(scene, signedNode):
     display = applyAttributionDisplay(signedNode, colormap="vtkMRMLColorTableNodefMRI")
     assert display.GetColorNodeID() == "vtkMRMLColorTableNodefMRI"
@@ -154,3 +169,26 @@ def test_opacity_and_slice_layers(scene, sliceView, signedNode):
     assert showInSliceViews(scene, None, None, 0.2) == 1  # None keeps the layers
     assert composite.GetBackgroundVolumeID() == image.GetID()
     assert composite.GetForegroundOpacity() == pytest.approx(0.2)
+
+
+def test_legend_is_made_once_and_skipped_in_a_bare_scene(scene, signedNode, signedMap):
+    """Slicer's scenes can hold colour legends (the Colors module registers the class); a bare scene in a
+    script cannot: the display still works there, and asking for a legend explicitly says why not."""
+    import slicer
+
+    from MedXAIBridge.display import showColorLegend
+
+    applyAttributionDisplay(signedNode)
+    applyAttributionDisplay(signedNode, opacity=0.3)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode") == 1
+    assert showColorLegend(signedNode, False).GetVisibility() == 0
+    applyAttributionDisplay(signedNode, colorLegend=False)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode") == 1
+
+    bare = slicer.vtkMRMLScene()
+    node = addVolumeNode(bare, signedMap, gridAffine(), "signed")
+    applyAttributionDisplay(node)
+    assert bare.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode") == 0
+    with pytest.raises(InputError, match="colour legend node class"):
+        showColorLegend(node)
+    bare.Clear(True)

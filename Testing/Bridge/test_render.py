@@ -145,3 +145,65 @@ def test_top_fraction_outline_is_drawn_around_the_hot_spot(scene, sliceView, ima
     assert yellow.size and yellow.min() < centre < yellow.max(), f"no outline around the hot spot (row {row})"
     # ... and none around the quiet background.
     _assertGrey(_pixel(sliceView, pixels, QUIET), what="the background, away from the outline")
+
+
+def test_colour_legend_is_drawn_beside_the_view_with_the_map_colours(scene, sliceView, image, tmp_path):
+    """The legend (Colors module's colour legend display node) is drawn at the right edge of the view
+    where Slicer puts it, in the diverging colours, and only while the node is shown there."""
+    from MedXAIBridge.display import DIVERGING_TABLE_NAME, showColorLegend
+
+    volume = imageVolumeFromNode(image)
+    node = _show(scene, sliceView, image, Attribution(_signedMap()[np.newaxis], volume.affine,
+                                                      {"method": "saliency", "method_title": "Saliency"}))
+    legend = showColorLegend(node)  # the one applyAttributionDisplay made
+    assert legend.GetTitleText() == "Saliency" and legend.GetLabelFormat() == "%.3g"
+    assert legend.GetPrimaryDisplayNode() is node.GetDisplayNode()
+    assert node.GetDisplayNode().GetColorNode().GetName() == DIVERGING_TABLE_NAME
+    with_legend = sliceView.capture(tmp_path / "legend.png").astype(int)
+    shutil.copyfile(tmp_path / "legend.png", "/tmp/medxai_render_legend.png")
+    showColorLegend(node, False)
+    without = sliceView.capture().astype(int)
+
+    changed = np.abs(with_legend - without).max(axis=2) > 30
+    rows, cols = np.nonzero(changed)
+    width = with_legend.shape[1]
+    assert rows.size > 200, "the legend was not drawn"
+    assert cols.min() > 0.6 * width, f"the legend should sit at the right edge (from column {cols.min()} of {width})"
+    region = with_legend[changed]
+    red = (region[:, 0] > 150) & (region[:, 2] < 90)  # the top of the bar: the table's warm end
+    blue = (region[:, 2] > 150) & (region[:, 0] < 110)  # its bottom: the cold end
+    white = region.min(axis=1) > 200  # title and labels
+    assert red.sum() > 20 and blue.sum() > 20 and white.sum() > 20, (red.sum(), blue.sum(), white.sum())
+
+    # A view that does not show the node has no legend, even with the legend switched on.
+    sliceView.compositeNode.SetForegroundVolumeID(None)
+    showColorLegend(node, True).Modified()
+    shown = sliceView.capture()
+    showColorLegend(node, False)
+    assert np.array_equal(shown, sliceView.capture())
+
+
+def test_showing_a_result_centres_views_on_a_newly_shown_input(scene, sliceView, image, tmp_path):
+    """A view that did not show the input is fitted to it; one that did keeps the user's zoom."""
+    from MedXAIBridge.display import applyAttributionDisplay
+    from MedXAIBridge.results import createAttributionNode
+
+    sliceView.logic.ResizeSliceNode(*sliceView.size)
+    sliceView.sliceNode.SetFieldOfView(30.0, 30.0, 1.0)  # zoomed in far away from the image
+    sliceView.sliceNode.JumpSliceByCentering(400.0, -300.0, 60.0)
+    volume = imageVolumeFromNode(image)
+    node = createAttributionNode(Attribution(_signedMap()[np.newaxis], volume.affine, {}), image)
+    applyAttributionDisplay(node)
+    assert showInSliceViews(scene, image, node, 0.6, [sliceView.logic]) == 1
+
+    centre = (AFFINE @ [(SHAPE[0] - 1) / 2, (SHAPE[1] - 1) / 2, 0, 1.0])[:3]
+    row, col = sliceView.pixelOf(centre)
+    assert abs(row - sliceView.size[1] / 2) <= 2 and abs(col - sliceView.size[0] / 2) <= 2, (row, col)
+    fov = sliceView.sliceNode.GetFieldOfView()
+    assert min(fov[0], fov[1]) >= SHAPE[0] - 1, f"the whole input should fit the view: {fov}"
+    pixels = sliceView.capture(tmp_path / "fitted.png")
+    _assertGrey(_pixel(sliceView, pixels, QUIET), what="the input, now in view")
+
+    sliceView.sliceNode.SetFieldOfView(20.0, 20.0, 1.0)  # the user zooms in; the next result keeps it
+    showInSliceViews(scene, image, node, 0.6, [sliceView.logic])
+    assert sliceView.sliceNode.GetFieldOfView()[0] == pytest.approx(20.0)

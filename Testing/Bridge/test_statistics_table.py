@@ -39,13 +39,13 @@ def test_statistics_table_has_typed_columns_and_units(scene):
     assert node.GetNumberOfRows() == 3
     assert node.GetColumnType("structure") == vtk.VTK_STRING
     assert node.GetColumnType("label") == vtk.VTK_INT and node.GetColumnType("voxels") == vtk.VTK_INT
-    assert node.GetColumnType("pointing_hit") == vtk.VTK_INT  # booleans as 0/1
-    for name in ("volume_mm3", "share_abs", "rank_accuracy", "top_dice", "centre_distance_mm"):
+    for name in ("volume_mm3", "share_abs", "abs_rank_accuracy", "peak_distance_mm", "top_dice", "centre_distance_mm"):
         assert node.GetColumnType(name) == vtk.VTK_DOUBLE, name
     assert node.GetColumnUnitLabel("volume_mm3") == "mm3" and node.GetColumnUnitLabel("centre_ras_x") == "mm"
     assert node.GetColumnUnitLabel("voxels") == "voxels" and node.GetColumnUnitLabel("share_abs") == ""
+    assert node.GetColumnUnitLabel("peak_distance_mm") == "mm"
     assert [_column(node, "structure").GetValue(i) for i in range(3)] == ["background", "liver", "tumour"]
-    assert _column(node, "share_abs").GetValue(1) == 1.0 and _column(node, "pointing_hit").GetValue(1) == 1
+    assert _column(node, "share_abs").GetValue(1) == 1.0 and _column(node, "peak_distance_mm").GetValue(1) == 0
     assert _column(node, "volume_mm3").GetValue(1) == pytest.approx(64 * 0.8 * 0.8 * 2.0)
     assert math.isnan(_column(node, "centre_ras_x").GetValue(2))  # no relevance in the tumour
     assert node.GetAttribute("MedXAI.Result") == "statistics"

@@ -133,12 +133,22 @@ def expect_cli_error(args: Sequence[str], fragment: str, capsys) -> str:
     return err
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+#: Popen keywords giving the child the default SIGINT. A test run started in the background of a
+#: non-interactive shell (`make test &`) has SIGINT ignored, and an ignored signal stays ignored across
+#: exec: without this the child would never see the Ctrl-C the test sends.
+DEFAULT_SIGINT = {"preexec_fn": _default_sigint} if sys.platform != "win32" else {}
+
+
 def interrupt_cli(args: Sequence[str], until: Callable[[dict], bool]) -> list[dict]:
     """Run ``python -m MedXAILib *args`` (with ``--progress-json``) and press Ctrl-C once a progress
     record satisfies `until`: the command must exit 130 saying it was cancelled, without a traceback.
     Returns the records read."""
     process = subprocess.Popen([sys.executable, "-m", "MedXAILib", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT, **DEFAULT_SIGINT)
     records = []
     for line in process.stdout:
         records.append(json.loads(line))

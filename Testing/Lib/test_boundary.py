@@ -190,6 +190,29 @@ def test_plot_profile_writes_a_png(tmp_path):
         plot_profile(profile, tmp_path / "missing" / "p.png")
 
 
+
+def test_plot_profile_is_titled_and_marks_the_explained_band(tmp_path):
+    import matplotlib.image
+
+    mask = np.zeros((8, 8, 8), bool)
+    mask[2:6, 2:6, 2:6] = True
+    profile = relevance_profile(mask.astype(float), mask, (1, 1, 1), max_mm=3)
+    plain = matplotlib.image.imread(str(plot_profile(profile, tmp_path / "plain.png")))[..., :3]
+    titled = matplotlib.image.imread(str(plot_profile(profile, tmp_path / "titled.png", title="IG of the lesion",
+                                                      band_mm=(1.0, 2.0))))[..., :3]
+    orange = (titled[..., 0] > 0.9) & (titled[..., 1] > 0.8) & (titled[..., 2] < 0.85)  # the shaded band
+    assert orange.sum() > 2000 and ((plain[..., 0] > 0.9) & (plain[..., 1] > 0.8) & (plain[..., 2] < 0.85)).sum() < 200
+
+    def frame_and_title(pixels):  # the axes' top edge (a long dark row) and the dark text rows above it
+        dark = (pixels.mean(axis=-1) < 0.5).sum(axis=1)
+        frame = int(np.argmax(dark > 0.6 * pixels.shape[1]))
+        return frame, int((dark[:frame] > 0).sum())
+
+    (frame_plain, text_plain), (frame_titled, text_titled) = frame_and_title(plain), frame_and_title(titled)
+    assert text_plain >= 8  # always a title line
+    assert frame_titled > frame_plain + 8 and text_titled > text_plain + 8  # and the caller's line under it
+
+
 # ------------------------------------------------------------------------------------------------
 # The boundary region and the margin score
 

@@ -17,7 +17,7 @@ from MedXAILib import ImageVolume, PROVENANCE_KEY
 from MedXAILib.cli.main import main
 from MedXAILib.io import read_image, write_image
 
-from conftest import oblique_affine
+from conftest import DEFAULT_SIGINT, oblique_affine
 
 
 def explain_args(cli_files, *extra):
@@ -138,7 +138,7 @@ def test_python_m_progress_json_and_ctrl_c_cancels_without_output(cli_files):
                "--param", "n_steps=1000", "--param", "batch_size=1", "--target-class", "1",
                "--progress-json", "--out", str(out))]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=Path(__file__).resolve().parents[2])
+                               cwd=Path(__file__).resolve().parents[2], **DEFAULT_SIGINT)
     records = []
     for line in process.stdout:
         records.append(json.loads(line))

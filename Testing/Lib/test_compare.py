@@ -13,7 +13,7 @@ from scipy.stats import rankdata
 
 from MedXAILib import Cancelled, ImageVolume, Monitor, Target, explain
 from MedXAILib.cli.main import main
-from MedXAILib.errors import InputError, ParameterError, UnknownNameError
+from MedXAILib.errors import InputError, ParameterError, ProvenanceError, UnknownNameError
 from MedXAILib.evaluation import compare_methods, evaluate
 from MedXAILib.evaluation.compare import rank_methods
 from MedXAILib.io import read_image, write_image
@@ -273,3 +273,75 @@ def test_compare_cli_progress_json_and_ctrl_c_cancels_without_output(files):
     records = interrupt_cli(args, until=lambda record: "Deletion" in record.get("message", ""))
     assert {"progress", "message", "elapsed_s"} <= set(records[-1])
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# What was graded: provenance checked and recorded; cost announced; separation and chance levels
+
+
+def test_evaluate_refuses_a_map_made_for_another_target_or_model(files, capsys):
+    image, model = read_image(files["image"]), load_model(files["model"])
+    attribution = explain(image, model, "saliency", Target(class_index=1, region="mask", mask=_mask(image.shape)))
+    other_class = Target(class_index=2, region="mask", mask=_mask(image.shape))
+    with pytest.raises(ProvenanceError, match=r"class_index 1 \(given: 2\).*--ignore-provenance"):
+        evaluate(image, model, attribution, other_class, ["sparseness"])
+    other_model = load_model(files["model"])
+    other_model.sha256 = "0" * 64  # the same network under another weights hash: another model as far as a file says
+    with pytest.raises(ProvenanceError, match="computed with model"):  # refused before the model runs
+        evaluate(image, other_model, attribution, Target(class_index=1, region="mask", mask=_mask(image.shape)),
+                 ["sparseness"])
+    graded = evaluate(image, model, attribution, other_class, ["sparseness"], check_provenance=False).graded
+    assert graded["provenance_checked"] is False and graded["target"]["class_index"] == 2
+    # no target given: the map's own target, rebuilt from its provenance when it can be (here a mask: the default)
+    own = explain(image, model, "saliency", Target(class_index=2, region="predicted"))
+    record = evaluate(image, model, own, None, ["sparseness"]).graded
+    assert record["target"]["class_index"] == 2 and record["target"]["region"] == "predicted"
+    assert record["method"] == "saliency" and record["model"]["sha256"] == model.sha256
+    assert record["image"]["shape"] == list(image.shape) and record["provenance_checked"] is True
+
+    # the command line: exit 2, one line naming the override; the override works and is said
+    args = ["evaluate", "--image", str(files["image"]), "--model", str(files["model"]), "--attribution",
+            str(files["attribution"]), "--metrics", "sparseness", "--target-class", "2", "--target-mask",
+            str(files["mask"]), "--quiet"]
+    expect_cli_error(args, "--ignore-provenance", capsys)
+    out = files["dir"] / "graded.json"
+    assert main([*args, "--ignore-provenance", "--out", str(out)]) == 0
+    assert "provenance was not checked" in capsys.readouterr().err
+    document = json.loads(out.read_text())
+    assert document["graded"]["provenance_checked"] is False and document["graded"]["target"]["class_index"] == 2
+    assert document["graded"]["attribution"]["target"]["class_index"] == 1  # what the map was made for
+
+
+def test_evaluate_and_compare_announce_their_cost_and_report_progress_off_a_terminal(files, capsys):
+    # capsys: stderr is no terminal, as in a batch job's log
+    code = main(["evaluate", *_common(files)[:-1], "--attribution", str(files["attribution"]), "--mask",
+                 str(files["mask"]), "--metrics", "deletion,pointing_game,max_sensitivity", "--metric-param",
+                 "deletion.n_steps=5", "--metric-param", "max_sensitivity.n_samples=2"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "evaluate: about 8 model passes (6 forward passes for the metrics; 2 explanations; saliency 1 pass each)" \
+        in printed.splitlines()[0]
+    assert any(line.startswith("progress ") for line in printed.splitlines())
+    assert "pointing_game" in printed and "(chance " in printed  # a localisation value beside its chance level
+    code = main(["compare", *_common(files)[:-1], "--methods", "saliency,integrated_gradients", "--param",
+                 "integrated_gradients.n_steps=4", "--metrics", "deletion", "--metric-param", "deletion.n_steps=3",
+                 "--out", str(files["dir"] / "cmp")])
+    printed = capsys.readouterr().out
+    assert code == 0 and printed.startswith("compare: about 13 model passes")
+    assert "integrated_gradients 4 passes each" in printed and "progress " in printed
+
+
+def test_a_metric_that_does_not_separate_the_methods_does_not_rank_them():
+    from MedXAILib.evaluation.compare import SEPARATION_FRACTION, separation
+
+    results = {"a": {"auroc": {"value": 0.98, "higher_is_better": True, "chance": 0.5},
+                     "pointing_game": {"value": 1.0, "higher_is_better": True, "chance": 0.01}},
+               "b": {"auroc": {"value": 0.981, "higher_is_better": True, "chance": 0.5},
+                     "pointing_game": {"value": 0.0, "higher_is_better": True, "chance": 0.01}}}
+    flat = separation(results, ["a", "b"], "auroc")
+    assert not flat["separates"] and flat["chance"] == 0.5 and "AUROC does not separate the methods" in flat["note"]
+    assert flat["spread"] == pytest.approx(0.001) and flat["scale"] == pytest.approx(0.481)
+    assert flat["spread"] < SEPARATION_FRACTION * flat["scale"]
+    assert separation(results, ["a", "b"], "pointing_game")["separates"]
+    assert rank_methods(results, ["b", "a"], ["auroc"]) == [("b", 1.0), ("a", 2.0)]  # without the rule 0.001 decides
+    assert rank_methods(results, ["b", "a"], ["auroc"], ties=["auroc"]) == [("b", 1.5), ("a", 1.5)]

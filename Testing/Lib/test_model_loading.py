@@ -424,7 +424,7 @@ def test_code_in_used_preprocessing_or_inferer_values_needs_trust(tmp_path):
         load_model(folder, device="cpu")
 
 
-@pytest.mark.parametrize("transform", ["RandFlipd", "monai.transforms.CropForegroundd"])
+@pytest.mark.parametrize("transform", ["RandFlipd", "monai.transforms.SpatialPadd"])
 def test_unsupported_bundle_transform_is_named(tmp_path, transform):
     config = _bundle_config(tmp_path)
     config["preprocessing"]["transforms"].insert(4, {"_target_": transform, "keys": "image"})

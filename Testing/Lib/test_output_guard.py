@@ -59,7 +59,7 @@ def _arguments(parser: argparse.ArgumentParser, files: dict[str, Path], tmp: Pat
     argv: list[str] = []
     for action in parser._actions:
         if not action.option_strings and action.dest != "help" and action.nargs != 0:
-            argv.append(str(files["any"]))  # a positional input (a request folder)
+            argv.append(str(files.get(action.dest, files["any"])))  # a positional input (a request folder, a manifest)
         if not action.required or not action.option_strings:
             continue
         flag = action.option_strings[0]
@@ -103,7 +103,8 @@ def test_no_output_option_can_overwrite_any_input(name, output, input_dest, inpu
     other = tmp_path / "inputs" / "other.json"
     other.write_text("{}")
     given = f"label_map={victim}" if input_dest == "param" else str(victim)
-    argv = [name, *_arguments(parser, {"any": other}, tmp_path)]
+    files = {"any": other} if input_flag is not None else {"any": other, input_dest: victim}  # a positional input
+    argv = [name, *_arguments(parser, files, tmp_path)]
     if input_flag is not None:
         argv += [input_flag, given]
     argv += ["--" + output.replace("_", "-"), str(victim)]

@@ -19,6 +19,7 @@ from monai.transforms import Spacing as MonaiSpacing
 from MedXAILib.errors import ModelError
 from MedXAILib.model import Grid, Preprocessing, load_model
 from MedXAILib.model.preprocessing import (
+    CropForeground,
     NormalizeIntensity,
     Orientation,
     ScaleIntensityRange,
@@ -346,3 +347,136 @@ def test_bound_classifier_with_preprocessing():
     torch.testing.assert_close(out.detach(), expected, rtol=0, atol=1e-6)
     out[0, 1].backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# ScaleIntensity, CropForeground and DivisiblePad against MONAI's own transforms (and inverses)
+
+
+def _foreground_volume() -> tuple[np.ndarray, np.ndarray]:
+    """Two channels: a positive block in zeros, and one more positive voxel in channel 1 only."""
+    rng = np.random.default_rng(0)
+    x = np.zeros((2, 13, 15, 11), np.float32)
+    x[:, 3:9, 4:12, 2:7] = rng.normal(size=(2, 6, 8, 5)) + 3
+    x[1, 1, 1, 1] = 0.5
+    affine = np.diag([1.5, 0.7, 2.0, 1.0])
+    affine[:3, 3] = (5.0, -3.0, 10.0)
+    return x, affine
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"minv": -1.0, "maxv": 1.0}, {"minv": None, "maxv": 2.0},
+                                    {"minv": None, "maxv": None, "factor": 0.5},
+                                    {"minv": -1.0, "maxv": 1.0, "channel_wise": True}])
+def test_scale_intensity_matches_monai(kwargs):
+    from monai.transforms import ScaleIntensity as MonaiScaleIntensity
+
+    x, _ = _foreground_volume()
+    ours = Preprocessing.from_config([{"kind": "scale_intensity", **kwargs}]).steps[0].apply(
+        torch.as_tensor(x)[None], None)[0]
+    torch.testing.assert_close(ours, MonaiScaleIntensity(**kwargs)(torch.as_tensor(x)), rtol=0, atol=1e-6)
+    constant = torch.full((1, 1, 4, 4, 4), 3.0, requires_grad=True)  # max == min: x * minv, finite gradients
+    out = Preprocessing.from_config([{"kind": "scale_intensity", **kwargs}]).steps[0].apply(constant, None)
+    expected = MonaiScaleIntensity(**kwargs)(constant.detach()[0])
+    torch.testing.assert_close(out.detach()[0], torch.as_tensor(expected), rtol=0, atol=1e-6)
+    out.sum().backward()
+    assert torch.isfinite(constant.grad).all()
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"margin": 2}, {"margin": [1, 3, 5], "allow_smaller": True},
+                                    {"k_divisible": 4, "mode": "minimum"},
+                                    {"k_divisible": [5, 3, 7], "margin": 4, "mode": "edge"},
+                                    {"margin": 6, "mode": "minimum"},
+                                    {"channel_indices": [0], "margin": 3, "k_divisible": 8, "mode": "reflect"}])
+def test_crop_foreground_matches_monai_and_its_inverse(kwargs):
+    from monai.data import MetaTensor
+    from monai.transforms import CropForeground as MonaiCropForeground
+
+    x, affine = _foreground_volume()
+    pre = Preprocessing([CropForeground(**kwargs)])
+    grids = pre.grids(Grid(affine, x.shape[1:]), reference=x)
+    ours = pre.apply(torch.as_tensor(x)[None], grids)[0]
+    monai = MonaiCropForeground(**kwargs)
+    expected = monai(MetaTensor(torch.as_tensor(x), affine=torch.as_tensor(affine)))
+    assert tuple(ours.shape) == tuple(expected.shape) == (2, *grids[-1].shape)
+    torch.testing.assert_close(ours, expected.as_tensor(), rtol=0, atol=0)
+    np.testing.assert_allclose(grids[-1].affine, expected.affine.numpy(), atol=1e-9)
+    back = pre.invert_output(ours[None], grids)[0]  # outside the box: zeros, as MONAI's inverse
+    torch.testing.assert_close(back, monai.inverse(expected).as_tensor(), rtol=0, atol=0)
+
+
+def test_the_crop_box_is_fixed_by_the_unperturbed_input():
+    x, affine = _foreground_volume()
+    pre = Preprocessing([ScaleIntensityRange(a_min=-1.0, a_max=5.0, b_min=-1.0, b_max=1.0, clip=True),
+                         CropForeground(margin=1)])
+    grid = Grid(affine, x.shape[1:])
+    grids = pre.grids(grid, reference=x)
+    # the foreground (> 0) is found after the window: values above 2 in this volume
+    box = np.argwhere(x.max(0) > 2.0)
+    assert grids[-1].shape == tuple(int(hi - lo + 3) for lo, hi in zip(box.min(0), box.max(0)))
+    # a perturbed input (all positive) keeps the box; its gradient reaches the voxels inside it only
+    perturbed = torch.as_tensor(x + 10.0)[None].requires_grad_(True)
+    out = pre.apply(perturbed, grids)
+    assert tuple(out.shape[2:]) == grids[-1].shape
+    out.sum().backward()
+    inside = torch.zeros(x.shape, dtype=torch.bool)
+    start = np.linalg.solve(affine, grids[-1].affine[:, 3])[:3].round().astype(int)
+    inside[(slice(None), *(slice(s, s + n) for s, n in zip(start, grids[-1].shape)))] = True
+    assert (perturbed.grad[0][~inside] == 0).all()
+    with pytest.raises(ModelError, match="reference=image.array"):
+        pre.grids(grid)
+    with pytest.raises(ModelError, match="no foreground"):
+        pre.grids(grid, reference=np.zeros_like(x) - 1)
+
+
+@pytest.mark.parametrize("kwargs", [{"k": 8}, {"k": [4, 16, 3], "method": "end"}, {"k": 5, "mode": "reflect"}])
+def test_divisible_pad_matches_monai_and_is_cropped_back(kwargs):
+    from monai.data import MetaTensor
+    from monai.transforms import DivisiblePad as MonaiDivisiblePad
+
+    x, affine = _foreground_volume()
+    pre = Preprocessing.from_config([{"kind": "divisible_pad", **kwargs}])
+    grids = pre.grids(Grid(affine, x.shape[1:]))
+    ours = pre.apply(torch.as_tensor(x)[None], grids)[0]
+    expected = MonaiDivisiblePad(**kwargs)(MetaTensor(torch.as_tensor(x), affine=torch.as_tensor(affine)))
+    torch.testing.assert_close(ours, expected.as_tensor(), rtol=0, atol=0)
+    np.testing.assert_allclose(grids[-1].affine, expected.affine.numpy(), atol=1e-9)
+    torch.testing.assert_close(pre.invert_output(ours[None], grids)[0], torch.as_tensor(x), rtol=0, atol=0)
+    with pytest.raises(ModelError, match="padding mode"):
+        Preprocessing.from_config([{"kind": "divisible_pad", "k": 8, "mode": "wrap-around"}])
+
+
+@pytest.mark.parametrize("padding_mode", ["replicate", "reflect"])
+def test_windowed_gradients_through_a_crop_and_border_padding_equal_autograd_through_monai(padding_mode):
+    """The window-by-window backward (BoundModel.gradient) with a foreground crop and an image smaller than the
+    window, padded by copies of its border as MONAI's sliding_window_inference pads it."""
+    from monai.inferers import sliding_window_inference
+    from monai.networks.nets import UNet
+
+    from MedXAILib import Target
+    from MedXAILib.scoring import resolve_target
+
+    x_np, affine = _foreground_volume()
+    torch.manual_seed(0)
+    net = UNet(spatial_dims=3, in_channels=2, out_channels=3, channels=(4, 8), strides=(2,), num_res_units=1)
+    steps = [{"kind": "crop_foreground", "margin": 1}, {"kind": "normalize_intensity"}]
+    adapter = load_model(net, task="segmentation", device="cpu", roi_size=(12, 12, 12), in_channels=2,
+                         preprocessing=Preprocessing.from_config(steps), padding_mode=padding_mode, overlap=0.5)
+    adapter.memory_budget = 1024  # one window per network call
+    bound = adapter.bind(affine, x_np.shape[1:], x_np)
+    assert bound.plan().n_windows > 1 and any(bound.plan().pad)  # several windows, and padding
+    x = torch.as_tensor(x_np)[None]
+
+    def monai_forward(v):
+        z = adapter.preprocessing.apply(v, bound.grids)
+        y = sliding_window_inference(z, (12, 12, 12), 4, net, overlap=0.5, padding_mode=padding_mode)
+        return adapter.preprocessing.invert_output(torch.as_tensor(y), bound.grids)
+
+    with torch.no_grad():
+        output = bound(x)
+        torch.testing.assert_close(output, monai_forward(x), rtol=0, atol=1e-5)
+    scorer = resolve_target(Target(class_index=1, region="predicted", score="probability"), output, "segmentation")
+    found = bound.gradient(x, scorer)
+    leaf = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(scorer(monai_forward(leaf)).sum(), leaf)
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(found.grad, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))

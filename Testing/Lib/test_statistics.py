@@ -21,6 +21,8 @@ from MedXAILib.errors import InputError, ParameterError, UnknownNameError
 from MedXAILib.io import write_image
 from MedXAILib.analysis.statistics import (STATISTIC_COLUMNS, STATISTIC_UNITS, compare_statistics, relevance_volume_curves,
                                   structure_statistics, write_table_csv, write_table_json)
+from MedXAILib.evaluation.localisation import pointing_game_score, relevance_mass_accuracy_score
+from MedXAILib.volume import spacing_of
 
 from conftest import oblique_affine
 
@@ -50,7 +52,8 @@ def test_indicator_map_of_a_cube_gives_the_textbook_numbers():
     c, bg, other = row(table, "cube"), row(table, "background"), row(table, "other")
     assert c["voxels"] == 180 and c["volume_mm3"] == pytest.approx(180 * 0.8 * 1.1 * 2.0)
     assert c["share_abs"] == 1.0 and c["density_ratio"] == pytest.approx(N / 180)
-    assert c["rank_accuracy"] == 1.0 and c["pointing_hit"] is True
+    assert c["abs_rank_accuracy"] == 1.0 and c["peak_distance_mm"] == 0.0
+    assert c["share_positive"] == 1.0 and c["volume_share"] == pytest.approx(180 / N)
     n_top = round(0.02 * N)  # 77 voxels, all of them tied at 1 inside the cube
     assert c["top_dice"] == pytest.approx(2 * n_top / (n_top + 180))
     assert c["top_iou"] == pytest.approx(n_top / 180)
@@ -60,11 +63,11 @@ def test_indicator_map_of_a_cube_gives_the_textbook_numbers():
     assert c["centre_distance_mm"] == pytest.approx(0, abs=1e-9)
     centre = affine[:3, :3] @ np.argwhere(cube).mean(0) + affine[:3, 3]
     assert [c["centre_ras_x"], c["centre_ras_y"], c["centre_ras_z"]] == pytest.approx(list(centre))
-    assert other["share_abs"] == 0 and other["pointing_hit"] is False and other["top_dice"] == 0
+    assert other["share_abs"] == 0 and other["peak_distance_mm"] > 0 and other["top_dice"] == 0
     assert math.isnan(other["centre_distance_mm"])
     # background: K = its voxel count; the 180 ones come first, then its own zeros (ties shared in proportion)
     k = N - 244
-    assert bg["rank_accuracy"] == pytest.approx((k - 180) * (k / (N - 180)) / k)
+    assert bg["abs_rank_accuracy"] == pytest.approx((k - 180) * (k / (N - 180)) / k)
     assert sum(table["share_abs"]) == pytest.approx(1.0)
 
 
@@ -89,18 +92,20 @@ def test_statistics_agree_with_brute_force_on_a_random_map():
         assert r["share_abs"] == pytest.approx(np.abs(values).sum() / np.abs(a).sum())
         assert r["density_ratio"] == pytest.approx(r["share_abs"] * N / s.sum())
         k = int(s.sum())
-        assert r["rank_accuracy"] == pytest.approx(s.ravel()[order[:k]].mean())
+        assert r["abs_rank_accuracy"] == pytest.approx(s.ravel()[order[:k]].mean())
         overlap = (top & s.ravel()).sum()
         assert r["top_dice"] == pytest.approx(2 * overlap / (n_top + k))
         assert r["top_iou"] == pytest.approx(overlap / (n_top + k - overlap))
-        assert r["pointing_hit"] == bool(s.ravel()[order[0]])
+        # the positive-evidence columns are the registry metrics' definitions (one definition per name)
+        assert r["share_positive"] == pytest.approx(relevance_mass_accuracy_score(a, s)["value"])
+        assert r["peak_distance_mm"] == pytest.approx(pointing_game_score(a, s, spacing_of(affine))["distance_mm"])
         weights = np.abs(values)
         ijk = np.argwhere(s)
         centre = affine[:3, :3] @ (weights @ ijk / weights.sum()) + affine[:3, 3]
         centroid = affine[:3, :3] @ ijk.mean(0) + affine[:3, 3]
         assert [r["centre_ras_x"], r["centre_ras_y"], r["centre_ras_z"]] == pytest.approx(list(centre))
         assert r["centre_distance_mm"] == pytest.approx(np.linalg.norm(centre - centroid))
-    assert row(table, "two")["density_ratio"] > 2 and row(table, "two")["pointing_hit"]
+    assert row(table, "two")["density_ratio"] > 2 and row(table, "two")["peak_distance_mm"] == 0
 
 
 def test_boundary_interior_ratio_of_a_shell_map():
@@ -126,16 +131,17 @@ def test_absent_structures_ties_and_an_empty_map():
     labels = cube_labels()
     table = structure_statistics(np.zeros(SHAPE), labels, ["bg", "one", "two", "absent"], np.eye(4))
     absent = row(table, "absent")
-    assert absent["voxels"] == 0 and math.isnan(absent["mean"]) and math.isnan(absent["rank_accuracy"])
+    assert absent["voxels"] == 0 and math.isnan(absent["mean"]) and math.isnan(absent["abs_rank_accuracy"])
     assert all(math.isnan(v) for v in table["share_abs"])  # no relevance at all
-    assert not any(table["pointing_hit"])
+    assert all(math.isnan(v) for v in table["peak_distance_mm"] + table["share_positive"])
     # every voxel tied: top-K draws are chance level
-    assert row(table, "one")["rank_accuracy"] == pytest.approx(180 / N)
+    assert row(table, "one")["abs_rank_accuracy"] == pytest.approx(180 / N)
     a = np.zeros(SHAPE)
     a[labels == 1] = -5.0  # strongest |relevance| is negative evidence
-    a[0, 0, 0] = 5.0  # tied maximum in the background: both point
+    a[0, 0, 0] = 5.0  # the positive maximum lies in the background, |a| ties it in "one"
     table = structure_statistics(a, labels, ["bg", "one", "two"], np.eye(4))
-    assert table["pointing_hit"] == [True, True, False]
+    assert table["peak_distance_mm"][0] == 0 and table["peak_distance_mm"][1] > 0  # positive evidence only
+    assert row(table, "one")["share_positive"] == 0 and row(table, "bg")["share_positive"] == 1
     assert row(table, "one")["negative_mass"] == -900 and row(table, "one")["share_abs"] == pytest.approx(900 / 905)
 
 
@@ -165,9 +171,9 @@ def test_compare_statistics_lays_maps_side_by_side():
     rng = np.random.default_rng(0)
     maps = {"IG": rng.normal(size=SHAPE), "Saliency": (labels == 1).astype(float)}
     names = ["bg", "one", "two"]
-    table = compare_statistics(maps, labels, names, oblique_affine(), columns=("share_abs", "pointing_hit"))
-    assert list(table) == ["structure", "label", "share_abs · IG", "share_abs · Saliency", "pointing_hit · IG",
-                           "pointing_hit · Saliency"]
+    table = compare_statistics(maps, labels, names, oblique_affine(), columns=("share_abs", "peak_distance_mm"))
+    assert list(table) == ["structure", "label", "share_abs · IG", "share_abs · Saliency", "peak_distance_mm · IG",
+                           "peak_distance_mm · Saliency"]
     for key, value in maps.items():
         single = structure_statistics(value, labels, names, oblique_affine())
         assert table[f"share_abs · {key}"] == single["share_abs"]
@@ -208,7 +214,7 @@ def test_units_cover_every_column():
 def test_writers_round_trip_atomically(tmp_path):
     labels = cube_labels()
     table = compare_statistics({"a": (labels == 1).astype(float)}, labels, ["bg", "one", "two"], np.eye(4),
-                               columns=("share_abs", "centre_distance_mm", "pointing_hit"))
+                               columns=("share_abs", "centre_distance_mm", "peak_distance_mm"))
     table["centre_distance_mm · a"][2] = math.nan
     csv_path = write_table_csv(table, tmp_path / "t.csv")
     with open(csv_path, newline="", encoding="utf-8") as stream:
@@ -218,7 +224,7 @@ def test_writers_round_trip_atomically(tmp_path):
     json_path = write_table_json(table, tmp_path / "t.json")
     data = json.loads(json_path.read_text(encoding="utf-8"))
     assert data["columns"] == list(table) and data["units"]["centre_distance_mm · a"] == "mm"
-    assert data["rows"][2]["centre_distance_mm · a"] is None and data["rows"][1]["pointing_hit · a"] is True
+    assert data["rows"][2]["centre_distance_mm · a"] is None and data["rows"][1]["peak_distance_mm · a"] == 0
     assert sorted(os.listdir(tmp_path)) == ["t.csv", "t.json"]  # no temporary files left
     custom = json.loads(write_table_json(table, tmp_path / "u.json", units={"label": "id", "nope": "x"}).read_text())
     assert custom["units"] == {"label": "id"}
@@ -256,8 +262,8 @@ def test_stats_cli_writes_table_json_and_curves(files, capsys):
     with open(d / "t.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
     liver = rows[1]
-    assert liver["structure"] == "liver" and liver["share_abs"] == "1.0" and liver["rank_accuracy"] == "1.0"
-    assert float(liver["density_ratio"]) == pytest.approx(N / 180) and liver["pointing_hit"] == "True"
+    assert liver["structure"] == "liver" and liver["share_abs"] == "1.0" and liver["abs_rank_accuracy"] == "1.0"
+    assert float(liver["density_ratio"]) == pytest.approx(N / 180) and float(liver["peak_distance_mm"]) == 0
     data = json.loads((d / "t.json").read_text())
     assert data["units"]["volume_mm3"] == "mm3" and data["rows"][1]["voxels"] == 180
     curves = json.loads((d / "c.json").read_text())

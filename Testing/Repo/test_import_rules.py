@@ -2,7 +2,8 @@
 
 | layer                      | must never import                                                   |
 |----------------------------|---------------------------------------------------------------------|
-| MedXAILib (anywhere)       | slicer, vtk, qt, ctk, MedXAI* (the Slicer module's packages)        |
+| MedXAILib (anywhere)       | slicer, vtk, qt, ctk, MedXAI* (the Slicer module's packages and the |
+|                            | web viewer), trame, wslink, aiohttp                                 |
 | MedXAILib light core       | at module level: anything but stdlib, numpy and other light modules |
 |                            | (so never torch, monai, captum, SimpleITK, scipy)                   |
 | MedXAI/MedXAIBridge/**     | qt, ctk, torch (anywhere); slicer.app / slicer.modules /            |
@@ -10,6 +11,11 @@
 | MedXAI/MedXAI.py,          | at module level: torch, monai, captum, or a MedXAILib module        |
 | MedXAI/MedXAIRuntime/**    | outside the light core (Slicer loads these at start-up, before the  |
 |                            | heavy dependencies are installed)                                   |
+| MedXAIViewer/** (web)      | qt, ctk, torch, monai, captum, MedXAIRuntime, the MedXAI module;    |
+|                            | slicer.app / slicer.modules / slicer.mrmlScene (ADR 0003)           |
+| MedXAIViewer/command.py    | at module level: anything but stdlib and MedXAILib (``medxai``      |
+|                            | loads it through its entry point, with or without the viewer extra) |
+| MedXAIViewer/folder.py     | slicer, vtk, trame, wslink, aiohttp (it reads headers only)         |
 
 "Module level" means executed on import: everything outside function bodies, except imports
 guarded by ``if TYPE_CHECKING:``. The light core is :data:`LIGHT_MODULES`; a module that should be
@@ -39,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LIB_NAME = "MedXAILib"
 LIB_DIR = ROOT / LIB_NAME
 MODULE_DIR = ROOT / "MedXAI"
+VIEWER_DIR = ROOT / "MedXAIViewer"
 
 # MedXAILib modules that must import with stdlib + numpy only (relative to MedXAILib; "__init__"
 # is the package itself, "pkg" is pkg/__init__.py, "pkg.*" is every module of the sub-package).
@@ -83,6 +90,11 @@ SLICER_PACKAGE_PREFIXES = ("vtk", "qSlicer", "qMRML")  # vtkITK, vtkSegmentation
 QT_PACKAGES = frozenset({"qt", "ctk", "PythonQt"})
 QT_PACKAGE_PREFIXES = ("qSlicer", "qMRML")  # PythonQt-wrapped Slicer widget libraries
 BRIDGE_FORBIDDEN_SLICER_ATTRIBUTES = frozenset({"app", "modules", "mrmlScene"})
+# The web viewer's server stack: only MedXAIViewer may import it.
+WEB_PACKAGES = frozenset({"wslink", "aiohttp"})
+WEB_PACKAGE_PREFIXES = ("trame",)
+# The Slicer application's own packages, which the web viewer (running without Slicer) must not import.
+SLICER_APP_PACKAGES = frozenset({"MedXAIRuntime", "MedXAI"})
 
 STDLIB = frozenset(sys.stdlib_module_names) | {"__future__"}
 
@@ -262,7 +274,13 @@ def check_library_source(source: str, relpath: str) -> list[str]:
         elif _is_module_package(ref.top):
             problems.append(
                 f"{relpath}:{ref.lineno}: `{ref.describe()}`: MedXAILib must not import the Slicer module "
-                "(dependencies point from MedXAI to MedXAILib, never back)"
+                "or the web viewer (dependencies point from MedXAI and MedXAIViewer to MedXAILib, never back; "
+                "the viewer's command is found through the medxai.commands entry point)"
+            )
+        elif _matches(ref.top, WEB_PACKAGES, WEB_PACKAGE_PREFIXES):
+            problems.append(
+                f"{relpath}:{ref.lineno}: `{ref.describe()}`: MedXAILib must not import the web viewer's "
+                "server stack (trame, wslink, aiohttp belong in MedXAIViewer)"
             )
     return problems
 
@@ -387,6 +405,49 @@ def check_app_load_source(
     return problems
 
 
+def check_viewer_source(source: str, relpath: str) -> list[str]:
+    """MedXAIViewer runs without Slicer: no Qt, no Slicer application or module code, no model maths."""
+    tree = ast.parse(source, relpath)
+    problems = []
+    for ref in collect_imports(tree):
+        where = f"{relpath}:{ref.lineno}: `{ref.describe()}`"
+        if _matches(ref.top, QT_PACKAGES, QT_PACKAGE_PREFIXES):
+            problems.append(f"{where}: the web viewer runs without Qt (trame draws the page)")
+        elif ref.top in APP_LOAD_FORBIDDEN:
+            problems.append(f"{where}: the web viewer shows results; it never runs a model (no {ref.top})")
+        elif ref.top in SLICER_APP_PACKAGES:
+            problems.append(f"{where}: the web viewer runs without the Slicer application; it reuses "
+                            "MedXAIBridge only")
+    aliases = _slicer_aliases(tree)
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                and node.attr in BRIDGE_FORBIDDEN_SLICER_ATTRIBUTES):
+            problems.append(f"{relpath}:{node.lineno}: slicer.{node.attr}: there is no Slicer application or "
+                            "global scene in the web viewer (use its own scene)")
+    return problems
+
+
+def check_viewer_command_source(source: str, relpath: str) -> list[str]:
+    """The ``medxai view`` module loads with the standard library and MedXAILib only (heavy imports in run)."""
+    problems = []
+    for ref in collect_imports(ast.parse(source, relpath)):
+        if ref.module_level and ref.level == 0 and ref.top not in STDLIB and ref.top != LIB_NAME:
+            problems.append(f"{relpath}:{ref.lineno}: `{ref.describe()}`: `medxai` loads this module for every "
+                            "command, with or without the viewer extra; import it inside run()")
+    return problems
+
+
+def check_viewer_pure_source(source: str, relpath: str) -> list[str]:
+    """The folder reader needs neither slicer-core nor trame (it reads file headers only)."""
+    problems = []
+    for ref in collect_imports(ast.parse(source, relpath)):
+        if _matches(ref.top, SLICER_PACKAGES, SLICER_PACKAGE_PREFIXES) or _matches(
+                ref.top, WEB_PACKAGES, WEB_PACKAGE_PREFIXES) or ref.top == "MedXAIBridge":
+            problems.append(f"{relpath}:{ref.lineno}: `{ref.describe()}`: the folder reader must work without "
+                            "slicer-core and trame")
+    return problems
+
+
 # ------------------------------------------------------------------------------------------------
 # The repository
 
@@ -456,6 +517,23 @@ def test_bridge_is_qt_free_torch_free_and_scene_free():
 def test_module_and_runtime_load_without_torch():
     files = [MODULE_DIR / "MedXAI.py", *_python_files(MODULE_DIR / "MedXAIRuntime")]
     problems = _run([path for path in files if path.is_file()], check_app_load_source)
+    assert not problems, _report(problems)
+
+
+def test_viewer_never_imports_qt_torch_or_the_slicer_application():
+    problems = _run(_python_files(VIEWER_DIR), check_viewer_source)
+    assert not problems, _report(problems)
+
+
+def test_viewer_command_loads_with_stdlib_and_medxailib_only():
+    assert (VIEWER_DIR / "command.py").is_file()
+    problems = _run([VIEWER_DIR / "command.py"], check_viewer_command_source)
+    assert not problems, _report(problems)
+
+
+def test_viewer_folder_reader_needs_no_slicer_core_or_trame():
+    assert (VIEWER_DIR / "folder.py").is_file()
+    problems = _run([VIEWER_DIR / "folder.py"], check_viewer_pure_source)
     assert not problems, _report(problems)
 
 
@@ -656,6 +734,71 @@ def test_app_checker_accepts_qt_slicer_light_core_and_lazy_heavy_imports():
     assert check_app_load_source(source, "MedXAI/MedXAIRuntime/runners.py", LIGHT, EXISTING) == []
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import MedXAIViewer\n",
+        "def f():\n    from MedXAIViewer.app import ViewerApp\n",
+        "import trame\n",
+        "from trame_slicer.core import SlicerApp\n",
+        "def f():\n    import wslink\n",
+        "from aiohttp import web\n",
+    ],
+)
+def test_library_checker_reports_the_web_viewer_and_its_stack(source):
+    assert check_library_source(source, "MedXAILib/cli/main.py")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import qt\n",
+        "def f():\n    import torch\n",
+        "from monai.networks import nets\n",
+        "import MedXAIRuntime.jobs\n",
+        "from MedXAI import MedXAILogic\n",
+        "import slicer\nslicer.mrmlScene.Clear()\n",
+        "import slicer\ndef f():\n    return slicer.app\n",
+    ],
+)
+def test_viewer_checker_reports_qt_models_and_the_slicer_application(source):
+    assert check_viewer_source(source, "MedXAIViewer/app.py")
+
+
+def test_viewer_checker_accepts_slicer_core_trame_and_the_bridge():
+    source = _src(
+        """
+        import slicer
+        from trame.app import get_server
+        from trame_slicer.core import SlicerApp
+        from MedXAIBridge import display
+        from MedXAILib.io import read_image
+
+        def f(scene):
+            return slicer.vtkMRMLScalarVolumeNode, scene
+        """
+    )
+    assert check_viewer_source(source, "MedXAIViewer/app.py") == []
+
+
+@pytest.mark.parametrize(
+    "source", ["import slicer\n", "from trame.app import get_server\n", "import numpy\n", "import SimpleITK\n"])
+def test_viewer_command_checker_reports_heavy_imports_at_load(source):
+    assert check_viewer_command_source(source, "MedXAIViewer/command.py")
+
+
+def test_viewer_command_checker_accepts_stdlib_medxailib_and_lazy_imports():
+    source = "import argparse\nfrom MedXAILib.cli import common\ndef run(args):\n    from .app import ViewerApp\n"
+    assert check_viewer_command_source(source, "MedXAIViewer/command.py") == []
+
+
+@pytest.mark.parametrize(
+    "source", ["import slicer\n", "def f():\n    import vtk\n", "import trame_slicer\n", "import MedXAIBridge\n"])
+def test_viewer_pure_checker_reports_slicer_and_trame(source):
+    assert check_viewer_pure_source(source, "MedXAIViewer/folder.py")
+    assert check_viewer_pure_source("import csv\nimport SimpleITK as sitk\n", "MedXAIViewer/folder.py") == []
+
+
 def test_blocking_importer_blocks_heavy_packages():
     result = import_with_heavy_packages_blocked(["json", "sqlite3"], blocked=["sqlite3"])
     assert result.returncode != 0 and "blocked by test_import_rules: sqlite3" in result.stderr
@@ -664,3 +807,44 @@ def test_blocking_importer_blocks_heavy_packages():
     # An attempt that the importing code catches (optional-dependency pattern) is still reported.
     result = import_with_heavy_packages_blocked(["decimal"], blocked=["_decimal"])
     assert result.returncode == 0 and json.loads(result.stdout) == ["_decimal"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Ray: MedXAILib/cohort only, and only when a cohort runs (DESIGN.md, section 7)
+
+COHORT_DIR = LIB_DIR / "cohort"
+
+
+def check_ray_source(source: str, relpath: str) -> list[str]:
+    """Ray is imported only inside MedXAILib/cohort, and there only inside functions (when the command runs)."""
+    problems = []
+    for ref in collect_imports(ast.parse(source, relpath)):
+        if ref.top != "ray":
+            continue
+        if not relpath.startswith(f"{LIB_NAME}/cohort/"):
+            problems.append(f"{relpath}:{ref.lineno}: `{ref.describe()}`: only MedXAILib/cohort may import Ray")
+        elif ref.module_level:
+            problems.append(f"{relpath}:{ref.lineno}: `{ref.describe()}`: Ray loads only when a cohort runs; "
+                            "import it inside the function that needs it")
+    return problems
+
+
+def test_ray_is_imported_only_by_the_cohort_package_and_lazily():
+    assert COHORT_DIR.is_dir()
+    files = [*_python_files(LIB_DIR), *_python_files(MODULE_DIR), *_python_files(VIEWER_DIR)]
+    problems = _run(files, check_ray_source)
+    assert not problems, _report(problems)
+
+
+@pytest.mark.parametrize("source, relpath", [
+    ("import ray\n", "MedXAILib/cohort/executors.py"),
+    ("from ray.util import ActorPool\n", "MedXAILib/cohort/driver.py"),
+    ("def f():\n    import ray\n", "MedXAILib/engine.py"),
+    ("def f():\n    import ray\n", "MedXAI/MedXAIRuntime/jobs.py"),
+])
+def test_ray_checker_reports_ray_outside_the_cohort_or_at_import(source, relpath):
+    assert check_ray_source(source, relpath)
+
+
+def test_ray_checker_accepts_a_lazy_import_in_the_cohort():
+    assert not check_ray_source("def f():\n    import ray\n    return ray\n", "MedXAILib/cohort/executors.py")

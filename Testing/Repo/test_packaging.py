@@ -5,22 +5,21 @@ silently leaves the rest out (DESIGN.md, section 6). These tests compare the lis
 on disk, check the top-level extension metadata, and check that every ``self.ui.<name>`` used by
 the module widget exists in MedXAI/Resources/UI/MedXAI.ui.
 
-The CMake is read with a tiny evaluator: comments, quoted and bracket arguments, ``set`` /
-``list(APPEND)`` and ``${VAR}`` references, which is all these files use. Self-tests at the end
-feed the checks broken inputs to prove they can fail.
+The CMake is read with the tiny evaluator of cmake_lists.py (comments, quoted and bracket arguments,
+``set`` / ``list(APPEND)``, ``foreach`` and ``${VAR}`` references, which is all these files use).
+Self-tests at the end feed the checks broken inputs to prove they can fail.
 """
 
 from __future__ import annotations
 
 import ast
-import re
 import textwrap
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
 import pytest
+from cmake_lists import PythonTarget, evaluate, install_files, parse_cmake, python_targets
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = ROOT / "MedXAI"
@@ -29,173 +28,6 @@ UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedXAI.ui"
 
 # Folders with their own CMakeLists.txt (tests run by ctest), never shipped as module files.
 NOT_SHIPPED_DIRS = frozenset({"Testing", "__pycache__"})
-
-BUILD_MACROS = ("slicermacrobuildscriptedmodule", "ctkmacrocompilepythonscript")
-MACRO_KEYWORDS = frozenset(
-    {
-        # slicerMacroBuildScriptedModule
-        "NAME", "SCRIPTS", "RESOURCES", "WITH_GENERIC_TESTS", "WITH_SUBDIR", "VERBOSE",
-        # ctkMacroCompilePythonScript
-        "TARGET_NAME", "SOURCE_DIR", "DESTINATION_DIR", "INSTALL_DIR", "NO_INSTALL_SUBDIR", "GLOBAL_TARGET",
-    }
-)
-
-
-# ------------------------------------------------------------------------------------------------
-# A tiny CMake reader
-
-
-@dataclass
-class Command:
-    name: str  # lower case, as CMake command names are case-insensitive
-    args: list[str]
-    line: int
-
-
-_VAR_REF = re.compile(r"\$\{([A-Za-z0-9_.+-]+)\}")
-
-
-def _expand(text: str, variables: dict[str, str]) -> str:
-    for _ in range(10):  # nested references such as ${${NAME}_SCRIPTS}
-        expanded = _VAR_REF.sub(lambda m: variables.get(m.group(1), ""), text)
-        if expanded == text:
-            break
-        text = expanded
-    return text
-
-
-def parse_cmake(text: str) -> list[Command]:
-    """Commands of a CMake file, arguments still unexpanded (quoted ones marked by a leading \\0)."""
-    commands: list[Command] = []
-    i, n, line = 0, len(text), 1
-    while i < n:
-        c = text[i]
-        if c == "\n":
-            line += 1
-            i += 1
-        elif c.isspace():
-            i += 1
-        elif c == "#":
-            bracket = re.match(r"#\[(=*)\[", text[i:])
-            if bracket:
-                closing = f"]{bracket.group(1)}]"
-                end = text.find(closing, i)
-                end = n if end < 0 else end + len(closing)
-            else:
-                end = text.find("\n", i)
-                end = n if end < 0 else end
-            line += text.count("\n", i, end)
-            i = end
-        else:
-            match = re.match(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(", text[i:])
-            if not match:
-                raise ValueError(f"line {line}: cannot parse CMake near {text[i:i + 40]!r}")
-            start_line = line
-            line += text.count("\n", i, i + match.end())
-            i += match.end()
-            args, depth, current = [], 0, None
-            while True:
-                if i >= n:
-                    raise ValueError(f"line {start_line}: unterminated command {match.group(1)}")
-                c = text[i]
-                if c == '"':
-                    end = i + 1
-                    while end < n and text[end] != '"':
-                        end += 2 if text[end] == "\\" else 1
-                    args.append("\0" + text[i + 1 : end])
-                    line += text.count("\n", i, end)
-                    i = end + 1
-                elif c == "#":
-                    end = text.find("\n", i)
-                    i = n if end < 0 else end
-                elif c == "(":
-                    depth += 1
-                    current = (current or "") + c
-                    i += 1
-                elif c == ")" and depth == 0:
-                    if current is not None:
-                        args.append(current)
-                    i += 1
-                    break
-                elif c == ")":
-                    depth -= 1
-                    current = (current or "") + c
-                    i += 1
-                elif c.isspace():
-                    if current is not None:
-                        args.append(current)
-                        current = None
-                    line += c == "\n"
-                    i += 1
-                else:
-                    current = (current or "") + c
-                    i += 1
-            commands.append(Command(match.group(1).lower(), args, start_line))
-    return commands
-
-
-def evaluate(commands: Iterable[Command], variables: Optional[dict[str, str]] = None) -> tuple[list[Command], dict[str, str]]:
-    """Expand variables (set, list(APPEND), string(TOUPPER/TOLOWER)); return expanded commands."""
-    variables = dict(variables or {})
-    expanded_commands = []
-    for command in commands:
-        args: list[str] = []
-        for arg in command.args:
-            if arg.startswith("\0"):
-                args.append(_expand(arg[1:], variables))  # quoted: one argument, may hold ';'
-            else:
-                args += [item for item in _expand(arg, variables).split(";") if item != ""]
-        if command.name == "set" and args:
-            values = [a for a in args[1:] if a not in {"PARENT_SCOPE"}]
-            variables[args[0]] = ";".join(values)
-        elif command.name == "list" and len(args) >= 2 and args[0].upper() == "APPEND":
-            old = [v for v in variables.get(args[1], "").split(";") if v]
-            variables[args[1]] = ";".join(old + args[2:])
-        elif command.name == "string" and len(args) == 3 and args[0] in {"TOUPPER", "TOLOWER"}:
-            variables[args[2]] = args[1].upper() if args[0] == "TOUPPER" else args[1].lower()
-        expanded_commands.append(Command(command.name, args, command.line))
-    return expanded_commands, variables
-
-
-@dataclass
-class PythonTarget:
-    """The files one build macro ships, as written in its SCRIPTS and RESOURCES."""
-
-    macro: str
-    line: int
-    options: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def scripts(self) -> list[str]:
-        # ctkMacroCompilePythonScript appends ".py" to script names without it
-        return [s if s.endswith(".py") else f"{s}.py" for s in self.options.get("SCRIPTS", [])]
-
-    @property
-    def resources(self) -> list[str]:
-        return list(self.options.get("RESOURCES", []))
-
-    def flag(self, name: str) -> bool:
-        return name in self.options
-
-
-def python_targets(text: str) -> list[PythonTarget]:
-    """The slicerMacroBuildScriptedModule / ctkMacroCompilePythonScript calls of a CMake file."""
-    commands, _ = evaluate(parse_cmake(text), {"CMAKE_CURRENT_SOURCE_DIR": "${CMAKE_CURRENT_SOURCE_DIR}"})
-    targets = []
-    for command in commands:
-        if command.name in BUILD_MACROS:
-            target = PythonTarget(command.name, command.line)
-            key = None
-            for arg in command.args:
-                for item in arg.split(";"):
-                    if item in MACRO_KEYWORDS:
-                        key = item
-                        target.options.setdefault(key, [])
-                    elif key is not None and item:
-                        target.options[key].append(item)
-            targets.append(target)
-    return targets
-
 
 # ------------------------------------------------------------------------------------------------
 # Comparing lists with the disk
@@ -315,6 +147,28 @@ def test_library_cmake_lists_every_library_file():
     assert "__init__.py" in target.scripts
     problems = list_problems(target, LIB_DIR, shipped_files_on_disk(LIB_DIR), "MedXAILib/CMakeLists.txt")
     assert not problems, _problems(problems)
+
+
+def test_every_shipped_demo_model_is_installed_beside_the_library():
+    """Resources/Models goes to <qt-scripted-modules>/Resources/Models, where MedXAILib looks for its
+    default models (the folder beside the MedXAILib package) and the module's demo selects them."""
+    from cmake_lists import QTSCRIPTEDMODULES_DIR
+
+    models = ROOT / "Resources" / "Models"
+    installed = {path: source for path, source in install_files(MODULE_DIR / "CMakeLists.txt").items()
+                 if path.startswith(f"{QTSCRIPTEDMODULES_DIR}/Resources/Models/")}
+    assert {Path(path).name for path in installed} == {f.name for f in models.iterdir() if f.is_file()}
+    assert all(source == (models / Path(path).name).resolve() for path, source in installed.items())
+    library = install_files(LIB_DIR / "CMakeLists.txt")
+    assert f"{QTSCRIPTEDMODULES_DIR}/MedXAILib/__init__.py" in library  # the folder beside Resources/Models
+
+
+def test_cmake_reader_runs_foreach_and_install_files(tmp_path):
+    (tmp_path / "CMakeLists.txt").write_text(
+        "set(ITEMS a.txt b.txt)\nset(FILES)\nforeach(item ${ITEMS})\n  list(APPEND FILES ${CMAKE_CURRENT_SOURCE_DIR}/d/${item})\n"
+        "endforeach()\ninstall(FILES ${FILES} DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Data COMPONENT x)\n")
+    files = install_files(tmp_path / "CMakeLists.txt", "qsm")
+    assert files == {"qsm/Data/a.txt": (tmp_path / "d" / "a.txt").resolve(), "qsm/Data/b.txt": (tmp_path / "d" / "b.txt").resolve()}
 
 
 def test_top_level_cmake_is_a_pytorch_dependent_extension():

@@ -123,6 +123,8 @@ def load_slicer_python(source: Path):
 
     slicer.app = App()
     slicer.mrmlScene = slicer.vtkMRMLScene()
+    # the node class Slicer's Colors module registers in every scene (colour legends)
+    slicer.mrmlScene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
     base = source / "Base" / "Python" / "slicer"
     _load("slicer.i18n", base / "i18n.py")
     _load("slicer.parameterNodeWrapper", base / "parameterNodeWrapper" / "__init__.py", package=True)
@@ -282,9 +284,11 @@ def main(source: Path, out: Path) -> None:
     p.statisticsAttribution, p.statisticsSegmentation, p.statisticsTopPercent = boundaryResult, segmentation, 10.0
     table, attributionNode = statisticsPanel.computeStatistics(p)
     statisticsPanel.showStatistics(p, table, attributionNode)
-    p.evaluateAttribution, p.evaluateMetrics = boundaryResult, "sparseness,deletion"
+    # the Explain section's own result: graded for the target it was computed for (MedXAILib refuses a map
+    # whose provenance names another target, such as the boundary band's)
+    p.evaluateAttribution, p.evaluateMetrics = result, "sparseness,deletion"
     evaluation = jobs.runInProcess(evaluatePanel.buildEvaluateRequest(logic, p))
-    evaluatePanel.showScores(p, evaluation, boundaryResult)
+    evaluatePanel.showScores(p, evaluation, result)
     p.modelPath = str(spec)  # the classifier
     p.counterfactualGoal = counterfactualPanel.CounterfactualGoal.classProbability
     p.counterfactualClass, p.counterfactualTargetProbability = 1, 0.0
@@ -332,8 +336,30 @@ def main(source: Path, out: Path) -> None:
                            q.counterfactualVolume.GetName() if q.counterfactualVolume else None],
     }
     results["expectedOutputVolume"] = boundaryResult.GetName()
+    results["sampleData"] = sample_data(source, slicer, module)
     results["segmentStatistics"] = segment_statistics(source, slicer)
     out.write_text(json.dumps(results, indent=1))
+
+
+def sample_data(source: Path, slicer, module) -> dict:
+    """MedXAI's entries, registered with Slicer's own SampleData module (from the source checkout).
+
+    ``registerSampleData`` runs twice (start-up, then e.g. a reload or the self-test): the entries must
+    be registered once. The thumbnails must exist and the MNI template must carry its checksum.
+    """
+    if not hasattr(slicer, "modules"):
+        slicer.modules = types.SimpleNamespace()
+    sys.path.insert(0, str(source / "Modules" / "Scripted" / "SampleData"))
+    import SampleData
+
+    module.registerSampleData()
+    module.registerSampleData()
+    sources = SampleData.SampleDataLogic.sampleDataSourcesByCategory("MedXAI")
+    return {"names": [s.sampleName for s in sources],
+            "thumbnails": [Path(s.thumbnailFileName).is_file() for s in sources],
+            "downloaders": [repr(s.customDownloader) if s.customDownloader else None for s in sources],
+            "uris": [list(s.uris) for s in sources], "checksums": [list(s.checksums) for s in sources],
+            "nodeNames": [list(s.nodeNames) for s in sources]}
 
 
 def segment_statistics(source: Path, slicer) -> dict:

@@ -14,7 +14,6 @@ from MedXAIRuntime.dependencies import (
     constraintsText,
     installationPlan,
     missingRequirements,
-    pipInstallArguments,
     readRequirements,
     requirementName,
     torchStatus,
@@ -71,56 +70,54 @@ def test_constraints_pin_installed_packages_only():
     assert lines == ["torch==2.13.0+cu126", "numpy==2.2.1", "SimpleITK==2.5.0"]
 
 
-def test_pip_arguments_for_slicer_5_10(tmp_path):
-    path = tmp_path / "constraints.txt"
-    assert pipInstallArguments(["monai>=1.4,<1.7", "scipy>=1.10"], path) == [
-        "monai>=1.4,<1.7", "scipy>=1.10", "-c", str(path)]
-
-
 def test_installation_plan_in_this_environment_needs_nothing():
-    # the test environment has torch, MONAI, SciPy and scikit-image (pyproject.toml)
+    # the test environment has torch, MONAI, SciPy, scikit-image and PyYAML (pyproject.toml)
     assert installationPlan() == ("ok", [])
     assert dependencies.dependenciesReady()
+    assert dependencies.prepareInstallation(lambda message, details: pytest.fail("nothing to ask")) is None
 
 
-def test_ensure_asks_once_and_declining_installs_nothing(monkeypatch):
-    monkeypatch.setattr(dependencies, "_ready", False)
-    monkeypatch.setattr(dependencies, "installationPlan", lambda: ("missing", ["monai>=1.4,<1.7"]))
+def _versions(installed: dict):
+    return lambda name: installed.get(name)
+
+
+REQUIREMENTS = ["monai>=1.4,<1.7", "scipy>=1.10"]
+
+
+def test_prepare_asks_once_and_a_decline_plans_nothing():
     asked = []
 
     def decline(message, details):
-        asked.append(details)
+        asked.append((message, details))
         return False
 
-    monkeypatch.setattr(dependencies, "_installTorch", lambda: pytest.fail("installed torch after a decline"))
-    monkeypatch.setattr(dependencies, "_pipInstall", lambda missing: pytest.fail("ran pip after a decline"))
     with pytest.raises(dependencies.DependencyError, match="cannot compute"):
-        dependencies.ensureDependencies(decline)
-    assert len(asked) == 1 and "PyTorch extension" in asked[0] and "monai" in asked[0]
+        dependencies.prepareInstallation(decline, requirements=REQUIREMENTS, versionOf=_versions({"scipy": "1.13.1"}))
+    [(message, details)] = asked
+    assert "in the background" in message and "Cancel" in message
+    assert "light-the-torch" in details and "monai>=1.4,<1.7 (pip)" in details and "scipy" not in details
 
 
-def test_ensure_installs_torch_first_then_pip_and_checks_again(monkeypatch):
-    monkeypatch.setattr(dependencies, "_ready", False)
-    plans = [("missing", ["scipy>=1.10"]), ("ok", [])]
-    monkeypatch.setattr(dependencies, "installationPlan", lambda: plans.pop(0))
-    calls = []
-    monkeypatch.setattr(dependencies, "_installTorch", lambda: calls.append("torch"))
-    monkeypatch.setattr(dependencies, "_pipInstall", lambda missing: calls.append(("pip", list(missing))))
-    dependencies.ensureDependencies(lambda message, details: True)
-    assert calls == ["torch", ("pip", ["scipy>=1.10"])] and dependencies._ready
+def test_prepare_plans_torch_first_then_the_missing_pip_packages():
+    plan = dependencies.prepareInstallation(lambda message, details: True, requirements=REQUIREMENTS,
+                                            versionOf=_versions({"scipy": "1.9.0"}))
+    assert plan.torch and plan.torchRequirement == f">={dependencies.MINIMUM_TORCH}"
+    assert plan.requirements == REQUIREMENTS  # scipy 1.9 is outside its range: upgraded under the pins
+    plan = dependencies.prepareInstallation(lambda message, details: True, requirements=REQUIREMENTS,
+                                            versionOf=_versions({"torch": "2.13.0+cu126", "scipy": "1.13.1"}))
+    assert not plan.torch and plan.requirements == ["monai>=1.4,<1.7"]
 
 
-def test_ensure_reports_what_is_still_missing(monkeypatch):
-    monkeypatch.setattr(dependencies, "_ready", False)
-    plans = [("ok", ["monai>=1.4,<1.7"]), ("ok", ["monai>=1.4,<1.7"])]
-    monkeypatch.setattr(dependencies, "installationPlan", lambda: plans.pop(0))
-    monkeypatch.setattr(dependencies, "_pipInstall", lambda missing: None)  # e.g. testing mode: pip_ensure skipped
-    with pytest.raises(dependencies.DependencyError, match="still missing.*monai"):
-        dependencies.ensureDependencies(lambda message, details: True)
-
-
-def test_old_torch_is_not_replaced(monkeypatch):
-    monkeypatch.setattr(dependencies, "_ready", False)
-    monkeypatch.setattr(dependencies, "installationPlan", lambda: ("old", []))
+def test_testing_mode_and_an_old_torch_install_nothing():
+    with pytest.raises(dependencies.DependencyError, match="testing mode.*torch, monai"):
+        dependencies.prepareInstallation(lambda m, d: pytest.fail("must not ask"), testing=True,
+                                         requirements=REQUIREMENTS, versionOf=_versions({"scipy": "1.13.1"}))
     with pytest.raises(dependencies.DependencyError, match="PyTorch Utils"):
-        dependencies.ensureDependencies(lambda message, details: pytest.fail("must not offer to replace torch"))
+        dependencies.prepareInstallation(lambda m, d: pytest.fail("must not offer to replace torch"),
+                                         requirements=REQUIREMENTS, versionOf=_versions({"torch": "2.1.2+cu121"}))
+
+
+def test_finish_reports_what_is_still_missing():
+    with pytest.raises(dependencies.DependencyError, match="still missing.*torch, monai"):
+        dependencies.finishInstallation(REQUIREMENTS, _versions({"scipy": "1.13.1"}))
+    dependencies.finishInstallation(REQUIREMENTS, _versions({"torch": "2.13.0", "scipy": "1.13.1", "monai": "1.6.1"}))

@@ -113,7 +113,20 @@ def test_segment_statistics_reports_relevance_for_attributions_only(results):
     inside, total = 2.0 * 144, 2.0 * 144 + 0.1 * (3200 - 144)
     assert tumour["share_abs"] == pytest.approx(inside / total)
     assert tumour["density_ratio"] == pytest.approx(inside / total / (144 / 3200))
-    assert (tumour["rank_accuracy"], tumour["pointing_hit"], vessel["rank_accuracy"], vessel["pointing_hit"]) == (
-        1.0, 1, 0.0, 0)
+    assert (tumour["abs_rank_accuracy"], tumour["peak_distance_mm"], vessel["abs_rank_accuracy"]) == (1.0, 0.0, 0.0)
+    assert vessel["peak_distance_mm"] > 0
     assert "Relevance share" in r["attribution"]["columns"] and "Mean" in r["attribution"]["columns"]
     assert r["image"]["rows"]["tumour"] == {} and "Relevance share" not in r["image"]["columns"]
+
+
+def test_sample_data_lists_each_demo_model_and_the_mni_template_once(results):
+    r = results["sampleData"]
+    assert r["names"] == ["MedXAI: Liver lesion classifier, PET/CT (phantom)", "MedXAI: Liver lesion classifier, CT (phantom)",
+                          "MedXAI: Phantom segmenter, CT (organs and lesions)", "MNI152 T1 (ICBM 2009a)"]
+    assert all(r["thumbnails"])
+    assert r["downloaders"][:3] == ["MedXAI demo lesionClassifierPetCt", "MedXAI demo lesionClassifierCt",
+                                    "MedXAI demo phantomSegmenter"] and r["downloaders"][3] is None
+    assert r["uris"][:3] == [[], [], []] and r["uris"][3][0].startswith("https://raw.githubusercontent.com/nilearn/")
+    assert r["checksums"][3] == ["SHA256:421a10e872fd6cadae7f61d358dffbcc1795a497d61ee76c5dda2503e1a1e9e6"]
+    assert r["nodeNames"][3] == ["MNI152_T1"]
+

@@ -147,6 +147,11 @@ def test_score_and_comparison_tables():
     assert curves["insertion"] == {"fraction": [0, 0.5, 1], "integrated_gradients": [0.0, 0.5, 1.0]}
     with pytest.raises(InputError):
         evaluatePanel.comparisonRows({"table": {}})
+    assert evaluatePanel.scoreRows({"auroc": {"value": 0.98, "higher_is_better": True, "chance": 0.5}}) == [
+        ("auroc", "0.98 (higher is better; chance 0.5)")]
+    data["separation"] = {"deletion": {"separates": False}, "insertion": {"separates": True}}
+    assert [row[0] for row in evaluatePanel.comparisonRows(data)[1][:2]] == ["deletion (does not separate)",
+                                                                           "insertion"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -197,6 +202,14 @@ def test_metrics_rows_of_a_classifier_and_a_segmenter():
                  "after": {"task": "segmentation", "volumes_ml": [912.5, 0.0]}, "metrics": {"locality": 0.97}}
     rows = counterfactualPanel.metricsRows(segmenter)
     assert rows == [("Volume of class 1 (ml)", "12.5", "0"), ("Change inside the region", "", "97 %")]
+    petct = {"metrics": {"proximity": {"max_abs": 120.0}, "minimality": {"changed_ml": 18.5, "minimal": False,
+                                                                         "changed_share_of_structure": 5.8},
+                         "per_channel": [{"channel": "CT", "max_abs": 115.3}, {"channel": "PET", "max_abs": 5.95}]}}
+    rows = counterfactualPanel.metricsRows(petct)
+    assert ("Volume changed above noise (ml)", "", "18.5") in rows and ("Changed volume / structure volume", "", "5.8") in rows
+    assert ("Max |change| in CT (its units)", "", "115.3") in rows and ("Max |change| in PET (its units)", "", "5.95") in rows
+    assert not any(row[0] == "Max |change|" for row in rows)  # no number that adds HU and SUV
+    assert ("Minimal change", "", "no: spread over too much of the image") in rows
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,7 +235,7 @@ def test_comparison_layout_has_three_linked_views_in_their_own_group():
 
 
 def test_relevance_measures_of_a_map_inside_the_segment():
-    # All relevance in the segment: share 1, density = N / |S|, rank accuracy 1, pointing hit.
+    # All relevance in the segment: share 1, density = N / |S|, rank accuracy 1, the maximum inside.
     affine = np.diag([2.0, 1.0, 1.5, 1.0])
     mask = np.zeros((10, 8, 6), bool)
     mask[2:6, 2:5, 1:4] = True
@@ -230,7 +243,8 @@ def test_relevance_measures_of_a_map_inside_the_segment():
     values = relevanceMeasures.relevanceMeasures(attribution, mask, affine, "tumour")
     assert values["share_abs"] == pytest.approx(1.0)
     assert values["density_ratio"] == pytest.approx(mask.size / mask.sum())
-    assert values["rank_accuracy"] == pytest.approx(1.0) and values["pointing_hit"] == 1
+    assert values["abs_rank_accuracy"] == pytest.approx(1.0) and values["peak_distance_mm"] == 0.0
+    assert values["share_positive"] == pytest.approx(1.0)
     assert values["sum"] == pytest.approx(attribution.sum()) and values["negative_mass"] == 0.0
     assert set(values) == set(relevanceMeasures.PLUGIN_KEYS)
 
@@ -241,13 +255,14 @@ def test_relevance_measures_agree_with_numpy_on_a_random_signed_map():
     mask = np.zeros(attribution.shape, bool)
     mask[1:5, 2:6, 1:4] = True
     values = relevanceMeasures.relevanceMeasures(attribution, mask, np.eye(4), "s",
-                                                 keys=["share_abs", "rank_accuracy", "pointing_hit", "mean"])
+                                                 keys=["share_abs", "abs_rank_accuracy", "peak_distance_mm", "mean"])
     magnitude = np.abs(attribution)
     assert values["share_abs"] == pytest.approx(magnitude[mask].sum() / magnitude.sum())
     k = int(mask.sum())
     top = np.argsort(magnitude, axis=None)[-k:]  # continuous values: no ties
-    assert values["rank_accuracy"] == pytest.approx(mask.ravel()[top].mean())
-    assert values["pointing_hit"] == int(mask.ravel()[np.argmax(magnitude)])
+    assert values["abs_rank_accuracy"] == pytest.approx(mask.ravel()[top].mean())
+    peak = np.array(np.unravel_index(np.argmax(attribution), attribution.shape))  # the positive maximum
+    assert values["peak_distance_mm"] == pytest.approx(np.sqrt(((np.argwhere(mask) - peak) ** 2).sum(1)).min())
     assert values["mean"] == pytest.approx(attribution[mask].mean())
     with pytest.raises(InputError, match="unknown"):
         relevanceMeasures.relevanceMeasures(attribution, mask, np.eye(4), keys=["volume"])

@@ -176,7 +176,7 @@ def test_statistics_table_equals_the_library_and_compares_results_on_the_same_gr
     names = [statisticsPanel.BACKGROUND_NAME, "tumour", "vessel"]
     reference = structure_statistics(setup.attribution, setup.labels, names, setup.affine, 0.05, 2.0)
     assert table["structure"] == names and attribution is setup.resultNode
-    for column in ("share_abs", "density_ratio", "rank_accuracy", "volume_mm3"):
+    for column in ("share_abs", "density_ratio", "abs_rank_accuracy", "volume_mm3"):
         np.testing.assert_allclose(table[column], reference[column], rtol=1e-6)
     assert table["share_abs"][1] > table["share_abs"][2]  # relevance was put into the tumour
     node = statisticsPanel.showStatistics(p, table, attribution)

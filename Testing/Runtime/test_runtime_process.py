@@ -81,12 +81,18 @@ def test_exit_codes_are_the_library_protocol():
 
 def test_child_environment_makes_the_library_importable(tmp_path):
     env = process.childEnvironment({"PYTHONPATH": "/elsewhere", "PATH": os.environ.get("PATH", "")})
-    assert env["PYTHONPATH"].split(os.pathsep) == [str(process.libraryRoot()), "/elsewhere"]
+    # the library's folder, then the runtime's (the same folder in Slicer: qt-scripted-modules), then the rest
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(process.libraryRoot()), str(process.runtimeRoot()), "/elsewhere"]
     assert env["PYTHONUNBUFFERED"] == "1"
-    result = subprocess.run([sys.executable, "-c", "import MedXAILib, sys; print(MedXAILib.__file__)"],
-                            cwd=tmp_path, env=process.childEnvironment(), capture_output=True, text=True)
+    code = "import MedXAILib, MedXAIRuntime; print(MedXAILib.__file__); print(MedXAIRuntime.__file__)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=process.childEnvironment(),
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert Path(result.stdout.strip()).resolve().parent == process.libraryRoot() / "MedXAILib"
+    library, runtime = result.stdout.split()
+    assert Path(library).resolve().parent == process.libraryRoot() / "MedXAILib"
+    assert Path(runtime).resolve().parent == process.runtimeRoot() / "MedXAIRuntime"
+    same = process.childEnvironment({}, root=process.runtimeRoot())["PYTHONPATH"]
+    assert same == str(process.runtimeRoot())  # one folder listed once (the installed layout)
 
 
 def test_python_executable_outside_slicer_is_this_interpreter():
@@ -200,3 +206,45 @@ def test_kill_process_tree_of_an_ended_process_is_harmless():
     _drain(background)
     killProcessTree(background.popen, timeout=0.5)
     assert background.popen.returncode == 0
+
+
+@posix_only
+def test_terminate_returns_at_once_and_the_tree_of_a_stubborn_child_ends_on_a_thread():
+    """What Cancel does: the main thread only sends SIGTERM; killing a child that ignores it (here
+    after 1 s), reaping and the cleanup happen on the reaper thread."""
+    background, child = _start_launcher("stubborn")
+    ended = []
+    started = time.perf_counter()
+    thread = background.terminate(timeout=1.0, onEnded=lambda: ended.append(time.perf_counter()))
+    mainThreadMs = 1000 * (time.perf_counter() - started)
+    assert mainThreadMs < 200, f"terminate kept the caller for {mainThreadMs:.0f} ms"
+    assert isProcessAlive(child) and not ended  # the stubborn child is still there: nothing waited for it
+    thread.join(15)
+    assert not thread.is_alive() and ended and ended[0] - started >= 1.0
+    assert not isProcessAlive(child) and background.popen.returncode is not None
+
+
+@posix_only
+def test_command_runner_cancel_does_not_wait_for_the_kill(tmp_path):
+    from MedXAIRuntime.runners import CommandRunner
+
+    pending, finished = [], []
+    runner = CommandRunner(pollIntervalMs=10, scheduler=lambda ms, callback: pending.append(callback))
+    stubborn = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(60)"
+    lines = []
+    runner.start([sys.executable, "-c", stubborn], lambda code, message: finished.append(code), lines.append)
+    pid = runner._process.pid
+    deadline = time.monotonic() + 30
+    while not lines:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+        pending.pop(0)()
+    started = time.perf_counter()
+    runner.cancel()
+    mainThreadMs = 1000 * (time.perf_counter() - started)
+    assert mainThreadMs < 200, f"Cancel kept the main thread for {mainThreadMs:.0f} ms"
+    assert finished == [process.EXIT_CANCELLED] and not runner.running
+    deadline = time.monotonic() + 15
+    while isProcessAlive(pid) and time.monotonic() < deadline:  # SIGKILL after 3 s, on the reaper thread
+        time.sleep(0.05)
+    assert not isProcessAlive(pid)

@@ -5,6 +5,8 @@ Run from the repository root (not a pytest test)::
     .venv/bin/python Testing/benchmarks/bench_explain.py [--quick] [--device auto|cpu|cuda]
         [--repeats N] [--methods a,b] [--impls medxai,captum,...] [--cases classifier,segmenter]
         [--models DIR] [--warmup-limit S] [--json OUT.json]
+    .venv/bin/python Testing/benchmarks/bench_explain.py --targets [--target-repeats 5]
+        [--cases classifier,segmenter,densenet121,unet] [--json OUT.json]
 
 Peers (install with ``pip install -e .[test,bench]``): Captum, MONAI ``monai.visualize``, M3d-CAM
 (``medcam``) and pytorch-grad-cam (``grad-cam``). A peer that is missing or fails prints a row with
@@ -52,10 +54,9 @@ Columns: ``seconds`` is the fastest of the timed runs after one warm-up run (the
 disturbed by other work on a shared machine; the JSON output also has the median and every run);
 ``forward`` and ``forward+backward`` get at least 5 timed runs. A row whose warm-up already took
 longer than ``--warmup-limit`` seconds is timed by that single run (``runs`` shows ``1*``).
-``x f+b`` is seconds divided by the case's forward+backward seconds. ``explain()`` also runs
-one no-grad forward to resolve the target (integrated gradients and DeepLIFT one or two more for
-their completeness checks), so medxai rows sit about ``forward / forward+backward`` above the bare
-method. ``peak MB`` is the peak memory above the resting state (imports, model and input in memory)
+``x f+b`` is seconds divided by the case's forward+backward seconds. ``explain()`` runs no pass
+of its own: the method's passes resolve the target and give the provenance's output (ADR 0004), so
+a medxai row is the method plus the provenance (prediction summary, finiteness checks). ``peak MB`` is the peak memory above the resting state (imports, model and input in memory)
 during the warm-up and timed runs: on CPU the growth of the process's peak resident set (Linux
 VmHWM, reset through /proc/self/clear_refs), on CUDA ``torch.cuda.max_memory_allocated``. Each row
 runs in its own child process (forked from a forkserver that imported torch once), so peaks never
@@ -76,6 +77,15 @@ which drops all but one contribution where pooling windows overlap.
 CPU timing on a shared machine: the script sets ``OMP_WAIT_POLICY=PASSIVE`` (unless already set) before
 starting the measuring processes, because spinning OpenMP threads inflated times 3-10x while other
 processes used the cores; ``--threads`` sets torch's thread count; the header prints the load average.
+
+``--targets`` measures the speed targets of issue 22 instead: for each case (the two demo models and
+MONAI's DenseNet121 and UNet at 96^3, seeded random weights) and each target row, MedXAI's whole
+``explain()`` call and its references (one forward+backward pass; the peers' CAMs on the same layer;
+Captum at equal steps, samples and batch; MONAI's and Captum's occlusion at several batchings) run in
+one child process: one warm-up each, then ``--target-repeats`` rounds in which each runs once, in a
+rotating order, so a change of the machine's load hits them alike. Each peer gets its own copy of the
+network (hooks a peer object keeps on its network slow no one else). The table prints the median
+times, each ratio beside its target, whether it is met, and the maps' agreement.
 
 pytorch-grad-cam imports ``torchvision`` at package level (only its image and box utilities use
 it). torchvision cannot be installed beside this CPU torch without replacing torch, so when it is
@@ -122,11 +132,27 @@ from MedXAILib.scoring import resolve_target  # noqa: E402
 # ------------------------------------------------------------------------------------------------
 # Cases and per-method settings
 
-CASES = {  # name -> task, demo model, class explained
+CASES = {  # name -> task, demo model (or a MONAI network with seeded weights), class explained
     "classifier": SimpleNamespace(task="classification", demo="lesion_classifier_ct", class_index=1),
     "segmenter": SimpleNamespace(task="segmentation", demo="phantom_segmenter", class_index=7),
+    # MONAI's DenseNet121 and the UNet of MONAI's spleen tutorial at 96^3 (issue 22), seeded random weights
+    "densenet121": SimpleNamespace(task="classification", demo=None, class_index=1, network="DenseNet121",
+                                   args=dict(spatial_dims=3, in_channels=1, out_channels=2)),
+    "unet": SimpleNamespace(task="segmentation", demo=None, class_index=2, network="UNet",
+                            args=dict(spatial_dims=3, in_channels=1, out_channels=3, channels=(16, 32, 64, 128, 256),
+                                      strides=(2, 2, 2, 2), num_res_units=2, norm="batch")),
 }
+DEMO_CASES = ("classifier", "segmenter")
 GRIDS = {False: ((96, 96, 64), (2.0, 2.0, 3.0)), True: ((48, 48, 32), (4.0, 4.0, 6.0))}  # by --quick
+#: The MONAI networks' grid (96^3 of 2 mm; --quick: 48^3 of 4 mm) and the intensity step applied to the HU
+#: array for them (the demo segmenter's: [-200, 300] HU to [0, 1], not clipped).
+CUBE_GRIDS = {False: ((96, 96, 96), (2.0, 2.0, 2.0)), True: ((48, 48, 48), (4.0, 4.0, 4.0))}
+CUBE_INTENSITY = [{"kind": "scale_intensity_range", "a_min": -200.0, "a_max": 300.0, "b_min": 0.0, "b_max": 1.0,
+                   "clip": False}]
+
+
+def case_grid(case_name: str, quick: bool) -> tuple:
+    return (GRIDS if CASES[case_name].demo else CUBE_GRIDS)[quick]
 
 #: method -> (default-size settings, --quick settings); everything else is the registry default.
 #: Sized so that the slow rows stay affordable on 2 CPU cores; the table header prints them.
@@ -153,6 +179,8 @@ def intensity_steps(case_name: str, model_dir: Path) -> tuple[list[dict], str]:
     from MedXAILib.model.preprocessing import Preprocessing
     from MedXAILib.demo.training.demo_models import DEMO_MODELS
 
+    if CASES[case_name].demo is None:
+        return list(CUBE_INTENSITY), "bench_explain.CUBE_INTENSITY"
     demo = DEMO_MODELS[CASES[case_name].demo]
     spec = model_dir / f"{demo.name}.json"
     if spec.is_file():
@@ -169,7 +197,7 @@ def make_case_data(case_name: str, quick: bool, model_dir: Path) -> dict:
     from MedXAILib.model.preprocessing import Grid, Preprocessing
     from MedXAILib.demo.samples import Lesion, ct_phantom
 
-    shape, spacing = GRIDS[quick]
+    shape, spacing = case_grid(case_name, quick)
     volume, labels, info = ct_phantom(1, shape, spacing,
                                       lesions=[Lesion(organ="liver", radius_mm=10.0, contrast_hu=-50.0)])
     config, source = intensity_steps(case_name, model_dir)
@@ -192,7 +220,11 @@ def build_network(case_name: str, model_dir: Path):
 
     from MedXAILib.demo.training.demo_models import DEMO_MODELS
 
-    demo = DEMO_MODELS[CASES[case_name].demo]
+    case = CASES[case_name]
+    if case.demo is None:
+        torch.manual_seed(0)
+        return getattr(nets, case.network)(**case.args), f"MONAI {case.network}, seeded random weights (seed 0)"
+    demo = DEMO_MODELS[case.demo]
     spec = model_dir / f"{demo.name}.json"
     if spec.is_file():
         network = load_model(spec, device="cpu").network
@@ -766,6 +798,198 @@ def measure(case_name: str, data: dict, row: str, impl: str, repeats: int, devic
 
 
 # ------------------------------------------------------------------------------------------------
+# Speed targets (issue 22): whole calls as the user pays them, side by side, interleaved
+
+#: Settings of the target rows, equal for MedXAI and the peer (steps, samples, batch, window, stride).
+TARGET_SETTINGS = {
+    "demo": {"integrated_gradients": {"n_steps": 16, "batch_size": 8},
+             "smoothgrad": {"n_samples": 8, "batch_size": 8},
+             "gradient_shap": {"n_samples": 8, "batch_size": 8},  # Captum's GradientShap: one batch of all
+             "occlusion": {"window": "32", "stride": "32", "batch_size": 8}},
+    "cube": {"integrated_gradients": {"n_steps": 8, "batch_size": 4},
+             "smoothgrad": {"n_samples": 4, "batch_size": 4},
+             "gradient_shap": {"n_samples": 4, "batch_size": 4},
+             "occlusion": {"window": "48", "stride": "48", "batch_size": 4}},
+}
+#: Peer batchings tried for exhaustive occlusion ("at their best batching"): MONAI's n_batch, Captum's
+#: perturbations_per_eval.
+OCCLUSION_BATCHINGS = {"demo": {"monai": (8, 16, 32), "captum": (1, 8, 16)},
+                       "cube": {"monai": (4, 8), "captum": (1, 4)}}
+
+
+def target_groups(case_name: str) -> list[dict]:
+    """The target rows of a case: MedXAI's whole explain() call against its reference implementations."""
+    kind = "demo" if CASES[case_name].demo else "cube"
+    settings = TARGET_SETTINGS[kind]
+    cams = ["captum", "monai", "medcam", "grad-cam"]
+    fb = "<= 1.05x one forward+backward"
+    groups = [dict(row=m, method=m, params={}, refs=["forward+backward"], limit=1.05, target=fb)
+              for m in ("saliency", "input_x_gradient", "guided_backprop")]
+    groups += [dict(row="grad_cam", method="grad_cam", params={}, refs=cams, limit=1.0,
+                    target="<= the fastest peer's CAM, same layer"),
+               dict(row="grad_cam, a model's first call", method="grad_cam", params={}, refs=cams, limit=1.0,
+                    first=True, target="<= the fastest peer's CAM, same layer")]
+    groups += [dict(row=m, method=m, params=settings[m], refs=["captum"], limit=1.0,
+                    target="<= 1.0x Captum, equal " + ("steps" if m == "integrated_gradients" else "samples")
+                    + " and batch") for m in ("integrated_gradients", "smoothgrad", "gradient_shap")]
+    batchings = OCCLUSION_BATCHINGS[kind]
+    for peer in ("monai", "captum"):
+        groups.append(dict(row=f"occlusion vs {'MONAI' if peer == 'monai' else 'Captum'} (best batching)",
+                           method="occlusion", params=settings["occlusion"], limit=1 / 1.5,
+                           refs=[f"{peer}:{b}" for b in batchings[peer]], target=">= 1.5x faster, same map"))
+    return groups
+
+
+def peer_view(s: SimpleNamespace) -> SimpleNamespace:
+    """`s` with a network of the peer's own (a deep copy): hooks a peer keeps on its network (MONAI's and
+    pytorch-grad-cam's CAM objects, M3d-CAM's injection) never slow down the other implementations."""
+    import copy
+
+    from MedXAILib.model.windows import network_call
+
+    network = copy.deepcopy(s.network)
+    score = s.scorer
+    f = lambda z: score(network_call(network, z))  # noqa: E731  (the bound model without preprocessing)
+    modules = dict(network.named_modules())
+    return SimpleNamespace(**{**vars(s), "network": network, "f": f, "module": ScoreModule(network, f).eval(),
+                              "layer_module": modules[s.layer]})
+
+
+def _occlusion_peer(s: SimpleNamespace, peer: str, batch: int, settings: dict):
+    from MedXAILib.methods.catalog.perturbation import OcclusionParams
+
+    p = make_params(OcclusionParams, {**settings, "batch_size": batch})
+    return (_monai_occlusion if peer == "monai" else _captum_occlusion)(s, p)
+
+
+def measure_targets(case_name: str, data: dict, group: dict, repeats: int, device: str, model_dir: str,
+                    quick: bool, threads: int) -> dict:
+    """One target row in a fresh child process: every implementation warmed up once, then `repeats` rounds
+    in which each runs once (the order rotating), so a change of load hits them alike; medians."""
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(threads)
+    s = setup(case_name, data, device, Path(model_dir))
+    method = group["method"]
+    params = make_params(METHODS.get(method).params, group["params"])
+    sync = torch.cuda.synchronize if s.adapter.device.type == "cuda" else (lambda: None)
+
+    def ours():
+        if group.get("first"):  # a model's first CAM: the automatic layer is not known yet
+            for key in [k for k in s.adapter._probe_cache if k[0] == "cam_layer"]:
+                del s.adapter._probe_cache[key]
+        return explain(s.image, s.adapter, method, s.target, params)
+
+    runs = {"medxai": ours}
+    for ref in group["refs"]:
+        if ref == "forward+backward":
+            runs[ref] = make_run(s, "forward+backward", "torch", quick)
+        elif ref.startswith(("monai:", "captum:")):
+            peer, batch = ref.split(":")
+            runs[ref] = _occlusion_peer(peer_view(s), peer, int(batch), group["params"])
+        else:
+            runs[ref] = REFERENCES[(method, ref)].make(peer_view(s), params)
+    out: dict = {"times": {}, "maps": {}, "errors": {}}
+    maps = {}
+    for name, run in list(runs.items()):  # warm-up, and the maps to compare
+        try:
+            result = run()
+            sync()
+            maps[name] = _as_map(result.array if name == "medxai" else result, s.x.shape[1:]) \
+                if name != "forward+backward" else None
+        except Exception as exc:  # a failing peer is reported, not fatal
+            out["errors"][name] = _short_error(exc)
+            del runs[name]
+    names = list(runs)
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            sync()
+            start = time.perf_counter()
+            runs[name]()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    out["times"] = times
+    ours_map = maps.get("medxai")
+    for name, peer_map in maps.items():
+        if name == "medxai" or peer_map is None or ours_map is None:
+            continue
+        ref = REFERENCES.get((method, name))
+        minmax = bool(ref and ref.minmax)
+        if np.isfinite(peer_map).all():
+            out["maps"][name] = {**compare(ours_map, peer_map, minmax), "minmax": minmax}
+    out["layer"] = s.layer
+    out["diagnostics"] = diagnostics_note(explain(s.image, s.adapter, method, s.target, params)
+                                          .provenance.get("diagnostics", {}))
+    return out
+
+
+def run_targets(args, cases: list[str], ctx) -> list[dict]:
+    """The target table: each row's ratio beside its target, and whether it is met."""
+    rows = []
+    for case_name in cases:
+        data = make_case_data(case_name, args.quick, args.models)
+        load = "/".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+        print(f"  targets, {case_name}: load average {load} (1/5/15 min)", file=sys.stderr, flush=True)
+        for group in target_groups(case_name):
+            print(f"  measuring target {case_name}: {group['row']} ...", file=sys.stderr, flush=True)
+            try:
+                with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                    res = pool.submit(measure_targets, case_name, data, group, args.target_repeats, args.device,
+                                      str(args.models), args.quick, args.threads).result()
+            except Exception as exc:
+                rows.append(dict(case=case_name, row=group["row"], target=group["target"], met=None,
+                                 note="FAILED " + _short_error(exc)))
+                continue
+            medians = {k: statistics.median(v) for k, v in res["times"].items() if v}
+            peers = {k: v for k, v in medians.items() if k != "medxai"}
+            entry = dict(case=case_name, row=group["row"], target=group["target"], times=res["times"],
+                         maps=res["maps"], errors=res["errors"], layer=res["layer"])
+            if "medxai" not in medians or not peers:
+                entry.update(met=None, note="; ".join(f"{k}: {v}" for k, v in res["errors"].items()))
+                rows.append(entry)
+                continue
+            best = min(peers, key=peers.get)
+            ratio = medians["medxai"] / peers[best]
+            notes = [f"{k} {v:.3f} s" for k, v in sorted(peers.items(), key=lambda kv: kv[1]) if k != best]
+            notes += [f"{k}: rel diff {m['rel_diff']:.1e}{' [0,1]' if m['minmax'] else ''}, corr {m['corr']:.4f}"
+                      for k, m in res["maps"].items()]
+            notes += [f"{k} failed: {e}" for k, e in res["errors"].items()]
+            if res.get("diagnostics"):
+                notes.append(res["diagnostics"])
+            entry.update(ours_s=medians["medxai"], reference=best, reference_s=peers[best], ratio=ratio,
+                         met=ratio <= group["limit"] + 1e-12, note="; ".join(notes))
+            if group["limit"] < 1:
+                entry["speedup"] = 1 / ratio
+            rows.append(entry)
+        load = "/".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+        print(f"  targets, {case_name} done: load average {load}", file=sys.stderr, flush=True)
+    print_targets(rows, args.target_repeats)
+    return rows
+
+
+def print_targets(rows: list[dict], repeats: int) -> None:
+    print(f"Targets (issue 22): whole calls, median of {repeats} interleaved runs after a warm-up; "
+          "ratio = MedXAI / the fastest reference")
+    head = ["case", "row", "ours s", "reference", "ref s", "ratio", "target", "met"]
+    cells = []
+    for r in rows:
+        ratio = r.get("ratio")
+        shown = "-" if ratio is None else (f"{ratio:.2f} ({r['speedup']:.2f}x faster)" if "speedup" in r
+                                           else f"{ratio:.2f}")
+        cells.append([r["case"], r["row"], "-" if r.get("ours_s") is None else f"{r['ours_s']:.3f}",
+                      r.get("reference", "-"), "-" if r.get("reference_s") is None else f"{r['reference_s']:.3f}",
+                      shown, r["target"], {True: "yes", False: "NO", None: "?"}[r.get("met")]])
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)] if cells else [len(h) for h in head]
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r, c in zip(rows, cells):
+        print("  ".join(v.ljust(w) for v, w in zip(c, widths)) + (f"  | {r['note']}" if r.get("note") else ""))
+    met = sum(1 for r in rows if r.get("met"))
+    print(f"met: {met} of {len(rows)}", flush=True)
+    print()
+
+
+# ------------------------------------------------------------------------------------------------
 # Table
 
 
@@ -841,19 +1065,23 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", help="comma-separated method names (default: every registered method)")
     ap.add_argument("--impls",
                     help="comma-separated implementations: medxai, captum, monai, medcam, grad-cam")
-    ap.add_argument("--cases", help="comma-separated cases: classifier, segmenter (default both)")
+    ap.add_argument("--cases", help="comma-separated cases: classifier, segmenter (the shipped demo models, the "
+                    "default), densenet121, unet (MONAI networks at 96^3; --targets runs all four by default)")
     ap.add_argument("--models", type=Path, default=ROOT / "Resources" / "Models",
                     help="folder with the demo model specs (default Resources/Models)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
                     help="torch CPU threads in every measurement (default: torch's default here)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--targets", action="store_true",
+                    help="only the speed targets of issue 22 (ratios beside targets, interleaved runs)")
+    ap.add_argument("--target-repeats", type=int, default=5, help="interleaved timed rounds per target row")
     args = ap.parse_args(argv)
     # Spinning OpenMP threads inflate CPU timings 3-10x when other processes share the cores;
     # sleeping ones cost nothing measurable when the machine is idle. Children inherit this.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     only = [METHODS.get(n.strip()).name for n in args.methods.split(",")] if args.methods else []
     impls = [n.strip() for n in args.impls.split(",")] if args.impls else []
-    cases = [n.strip() for n in args.cases.split(",")] if args.cases else list(CASES)
+    cases = [n.strip() for n in args.cases.split(",")] if args.cases else list(DEMO_CASES)
     args.repeats = args.repeats or 3
     device = resolve_device(args.device)
     info = header(device, args)
@@ -876,11 +1104,21 @@ def main(argv=None) -> int:
         # import the heavy libraries once in the server ("__main__" itself is not preloaded on 3.11)
         ctx.set_forkserver_preload(["torch", "scipy.ndimage", "monai.networks.nets", "monai.visualize",
                                     "captum.attr", "MedXAILib.engine", "MedXAILib.methods.layers"])
+    if args.targets:
+        cases = [n.strip() for n in args.cases.split(",")] if args.cases else list(CASES)
+        rows = run_targets(args, cases, ctx)
+        if hasattr(os, "getloadavg"):
+            print("load average at the end (1/5/15 min): " + "/".join(f"{v:.2f}" for v in os.getloadavg()))
+        print(f"total wall time {time.perf_counter() - started:.0f} s")
+        if args.json:
+            args.json.write_text(json.dumps(dict(header=info, targets=rows), indent=2, default=str))
+            print(f"results written to {args.json}")
+        return 0
     results = []
     for case_name in cases:
         case = CASES[case_name]
         data = make_case_data(case_name, args.quick, args.models)
-        shape, spacing = GRIDS[args.quick]
+        shape, spacing = case_grid(case_name, args.quick)
         rows, maps, meta = [], {}, {}
         for row, impl in rows_for(case.task, only, impls):
             print(f"  measuring {case_name}: {row} / {impl} ...", file=sys.stderr, flush=True)

@@ -4,15 +4,14 @@ Run from the repository root::
 
     OMP_NUM_THREADS=1 .venv/bin/python Testing/benchmarks/bench_scale.py [--device cpu|cuda]
         [--size 64,64,48] [--repeats 2] [--full-ct] [--only-full-ct] [--full-ct-shape 512,512,300]
-        [--memory-budget auto|4GB] [--json OUT.json]
+        [--memory-budget auto|4GB] [--full-ct-kinds saliency,grad_cam,...] [--json OUT.json]
 
 Rows (every time is the fastest of ``--repeats`` runs after one warm-up; one table at the end):
 
-1. ``grad_cam`` vs the forward+backward pass (gradient of the target w.r.t. the input) of the same
-   model and input. Target: <= 1.2x. ``method`` times the method on a prepared context, once the
-   model's automatic CAM layer is known (the first CAM on a model traces one forward to choose it,
-   shown as ``first run``; what ``explain`` adds on top is one no-grad forward to resolve the
-   target, shown as ``explain``).
+1. ``grad_cam``, the whole ``explain()`` call, vs the forward+backward pass (gradient of the target
+   w.r.t. the input) of the same model and input. Target: <= 1.2x, also for a model's first call
+   (which chooses the automatic layer in the CAM's own pass); the note gives the method alone on a
+   prepared context too.
 2. ``integrated_gradients`` (32 steps, batch 8, zeros baseline) vs Captum ``IntegratedGradients``
    at 32 steps and ``internal_batch_size=8``, same model, target and baseline. Target: <= 1.0x.
 3. exhaustive ``occlusion`` vs MONAI ``OcclusionSensitivity`` and Captum ``Occlusion`` at the same
@@ -26,12 +25,17 @@ Rows (every time is the fastest of ``--repeats`` runs after one warm-up; one tab
    48^3, overlap 0.25, window = stride = ``--windowed-window`` 24) vs MONAI ``OcclusionSensitivity``
    and Captum ``Occlusion`` around MONAI's ``sliding_window_inference`` (one run each): the same map,
    while ours recomputes per box only the windows that meet the box and the target region.
-6. ``--full-ct``: a 512 x 512 x 300 CT-like volume, MONAI UNet, ROI 96^3, overlap 0.25: the windowed
-   saliency of one structure (a mask target, the whole ``explain`` call) vs sliding-window inference
-   alone (the faster of MONAI's ``sliding_window_inference`` and ours, both under inference mode),
-   each in its own subprocess, which reports its peak resident set over its whole life
-   (``ru_maxrss``: phantom, model and call) and during the call alone (``VmHWM`` after a reset).
-   ``--memory-budget`` sets the budget (default ``auto``). Targets: RSS <= 6 GB (CPU), time <= 4x.
+6. ``--full-ct``: a 512 x 512 x 300 CT-like volume, MONAI UNet, ROI 96^3, overlap 0.25, the latency of a
+   first look from a loaded model: the windowed saliency and Grad-CAM of one structure (the lesion as a
+   mask target, the whole ``explain`` call, a model's first: its window probe and automatic CAM layer
+   included), saliency of the structure the model predicts (its region needs the whole output first),
+   and saliency and Grad-CAM through the Slicer module's in-process runner on a slicer-core scene (the
+   Bridge's conversions and the result node included), each against sliding-window inference alone
+   (the faster of MONAI's ``sliding_window_inference`` and ours, both under inference mode). Each runs
+   in its own subprocess, which counts the network's calls (passes over the windows) and reports its
+   peak resident set over its whole life (``ru_maxrss``: phantom, model and call) and during the call
+   alone (``VmHWM`` after a reset). ``--memory-budget`` sets the budget (default ``auto``);
+   ``--full-ct-kinds`` picks the measurements. Targets: RSS <= 6 GB (CPU), time <= 4x.
 
 The model is a MONAI UNet (instance norm, channels 8-16-32-64) with seeded random weights on a
 synthetic CT-like phantom (body ellipsoid, organs, a small lesion; nothing downloaded); the target is
@@ -184,17 +188,18 @@ def bench_small(args) -> list[dict]:
     shape = tuple(int(v) for v in args.size.split(","))
     s = setup(shape, args.device)
     rows = []
-    (cam, _), (fb, _) = timed_pair(method_only(s, "grad_cam", {}), forward_backward(s), args.repeats)
-    cam_explain, _ = timed(lambda: explain(s.image, s.adapter, "grad_cam", s.target), args.repeats)
+    (cam, _), (fb, _) = timed_pair(lambda: explain(s.image, s.adapter, "grad_cam", s.target), forward_backward(s),
+                                   args.repeats)
+    cam_method, _ = timed(method_only(s, "grad_cam", {}), args.repeats)
 
-    def first_run():  # a model's first CAM also traces the network once to choose the layer
+    def first_run():  # a model's first CAM chooses the layer in its own pass (methods.cam.traced_layer_maps)
         for key in [k for k in s.adapter._probe_cache if k[0] == "cam_layer"]:
             del s.adapter._probe_cache[key]
-        return method_only(s, "grad_cam", {})()
+        return explain(s.image, s.adapter, "grad_cam", s.target)
     first, _ = timed(first_run, args.repeats)
-    rows.append(row("grad_cam (method) / forward+backward", cam, fb, "<= 1.2x", cam <= 1.2 * fb,
-                    f"first run on a model {first:.3f} s = {first / fb:.2f}x; "
-                    f"explain() total {cam_explain:.3f} s = {cam_explain / fb:.2f}x"))
+    rows.append(row("grad_cam explain() / forward+backward", cam, fb, "<= 1.2x", cam <= 1.2 * fb and first <= 1.2 * fb,
+                    f"a model's first call {first:.3f} s = {first / fb:.2f}x; the method alone on a prepared "
+                    f"context {cam_method:.3f} s = {cam_method / fb:.2f}x"))
 
     from captum.attr import IntegratedGradients
     ig_params = {"n_steps": 32, "batch_size": 8, "baseline": "zeros"}
@@ -353,16 +358,50 @@ def vm_hwm() -> int:
     return 0
 
 
+class CallCounter:
+    """Counts the network's forward calls (a forward pre-hook) while attached."""
+
+    def __init__(self, network: torch.nn.Module):
+        self.calls = 0
+        self._handle = network.register_forward_pre_hook(self._count)
+
+    def _count(self, module, args) -> None:
+        self.calls += 1
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+FULL_CT_KINDS = ("inference", "saliency", "grad_cam", "saliency-predicted", "slicer-saliency", "slicer-grad_cam")
+FULL_CT_CLASSES = ["background", "organ", "lesion"]
+
+
 def full_ct_child(kind: str, shape, device: str, budget: str) -> None:
-    """One measurement in a fresh process: ``inference`` (ours and MONAI's) or ``saliency``."""
+    """One measurement in a fresh process, from a loaded model to the map.
+
+    ``inference``: sliding-window inference (ours and MONAI's); ``saliency`` / ``grad_cam``: the map of the
+    lesion (a mask target: one structure) through :func:`MedXAILib.explain`, a model's first call (its
+    window probe and, for Grad-CAM, its automatic layer included); ``saliency-predicted``: saliency of the
+    structure the model predicts (class 2), whose region needs the whole output first; ``slicer-<method>``:
+    the same through the Slicer module's in-process runner on an MRML scene (slicer-core), the Bridge's
+    conversions included: volume node and segment -> ImageVolume and mask -> RunRequest ->
+    InProcessRunner -> result node with its display.
+    """
     array, lesion = phantom(shape)
     image = ImageVolume(array, np.diag([1.0, 1.0, 1.5, 1.0]))
-    adapter = load_model(unet((16, 32, 64, 128)), task="segmentation", in_channels=1, device=device,
-                         roi_size=(96, 96, 96))
+    network = unet((16, 32, 64, 128))
+    result: dict = {"kind": kind}
+    if kind.startswith("slicer-"):
+        del image
+        result.update(full_ct_slicer(kind.split("-", 1)[1], array, lesion, network, device))
+        result.update(peak_rss=peak_rss(), peak_rss_call=vm_hwm())
+        print(json.dumps(result))
+        return
+    adapter = load_model(network, task="segmentation", in_channels=1, device=device, roi_size=(96, 96, 96))
     adapter.overlap = 0.25
     target = Target(class_index=2, region="mask", mask=lesion)
     bound = adapter.bind(image.affine, image.shape)
-    result = {"windows": bound.plan().n_windows}
+    result["windows"] = bound.plan().n_windows
     reset_peak_rss()
     if kind == "inference":
         from monai.inferers import sliding_window_inference
@@ -382,36 +421,122 @@ def full_ct_child(kind: str, shape, device: str, budget: str) -> None:
         result["seconds"] = min(result["monai_seconds"], result["ours_seconds"])
         result["per_call"] = bound.windows_per_call()
     else:
+        method = kind.split("-")[0]
+        if kind.endswith("-predicted"):
+            target = Target(class_index=2, region="predicted")
+        counter = CallCounter(adapter.network)
         start = time.perf_counter()
-        attribution = explain(image, adapter, "saliency", target, memory_budget=budget)
+        attribution = explain(image, adapter, method, target, memory_budget=budget)
         sync()
         result["seconds"] = time.perf_counter() - start
+        counter.remove()
+        result["calls"] = counter.calls
         result["per_call"] = attribution.provenance["memory"]["windows_per_call"]
         result["budget_bytes"] = attribution.provenance["memory"]["budget_bytes"]
+        result["target_pass"] = attribution.provenance["diagnostics"].get("target_pass")
+        result["region_voxels"] = attribution.provenance["target"]["region_voxels"]
     result.update(peak_rss=peak_rss(), peak_rss_call=vm_hwm(),
                   peak_gpu=torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0)
     print(json.dumps(result))
 
 
+def full_ct_slicer(method: str, array: np.ndarray, lesion: np.ndarray, network, device: str) -> dict:
+    """The module's Apply without its widget: MedXAILogic.buildRequest, the in-process runner and
+    showResult's node and display (MedXAI.py), on a slicer-core scene. Times each part."""
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "MedXAI"))  # where Slicer finds MedXAIBridge and MedXAIRuntime
+    import slicer
+
+    from MedXAIBridge import display, results, segments, volumes
+    from MedXAIRuntime import jobs, runners
+    from MedXAILib.model import save_spec_model
+    from MedXAILib.runs.kinds import load_model_cached
+
+    scene = slicer.vtkMRMLScene()
+    colors = slicer.vtkMRMLColorLogic()
+    colors.SetMRMLScene(scene)  # Slicer's default colour nodes, which the display uses
+    scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
+    slicer.mrmlScene = scene
+    volume = volumes.volumeNodeFromImageVolume(scene, ImageVolume(array, np.diag([1.0, 1.0, 1.5, 1.0])), "CT")
+    del array
+    segmentation = segments.segmentationNodeFromLabelMap(scene, lesion.astype(np.uint8), volume, ["lesion"],
+                                                         "Segmentation")
+    segment_id = segmentation.GetSegmentation().GetNthSegmentID(0)
+    folder = Path(tempfile.mkdtemp(prefix="medxai-bench-"))
+    args = dict(spatial_dims=3, in_channels=1, out_channels=3, channels=[16, 32, 64, 128], strides=[2, 2, 2],
+                num_res_units=1, norm="instance")
+    spec = save_spec_model(network, "UNet", args, folder / "unet.json", task="segmentation", in_channels=1,
+                           class_names=FULL_CT_CLASSES, roi_size=[96, 96, 96], overlap=0.25)
+    model = load_model_cached(str(spec), device)  # "from a loaded model": the runner finds it cached
+    reset_peak_rss()
+    counter = CallCounter(model.network)
+    times = {}
+    start = time.perf_counter()
+    image = volumes.imageVolumeFromNodes([volume])
+    mask = segments.maskFromSegment(segmentation, segment_id, volume)
+    target = Target(class_index=2, region="mask", mask=mask)
+    request = jobs.explainRequest(image, str(spec), method, {}, target, device, 0, False)
+    times["bridge_in"] = time.perf_counter() - start
+    outcome = []
+    runner = runners.InProcessRunner(processEvents=lambda: None)
+    mark = time.perf_counter()
+    runner.start(request, lambda fraction, message, elapsed: None, outcome.append)
+    sync()
+    times["run"] = time.perf_counter() - mark
+    if outcome[0].error is not None:
+        raise outcome[0].error
+    mark = time.perf_counter()
+    node = results.createAttributionNode(outcome[0].attribution, volume)
+    display.applyAttributionDisplay(node)
+    times["bridge_out"] = time.perf_counter() - mark
+    seconds = time.perf_counter() - start
+    counter.remove()
+    provenance = outcome[0].attribution.provenance
+    return {"seconds": seconds, **times, "calls": counter.calls,
+            "windows": provenance["memory"]["windows"], "per_call": provenance["memory"]["windows_per_call"],
+            "budget_bytes": provenance["memory"]["budget_bytes"], "explain_seconds": provenance["seconds"]}
+
+
 def bench_full_ct(args) -> list[dict]:
     results = {}
-    for kind in ("inference", "saliency"):
+    for kind in args.full_ct_kinds.split(","):
         command = [sys.executable, __file__, "--child", kind, "--full-ct-shape", args.full_ct_shape,
                    "--device", args.device, "--memory-budget", args.memory_budget]
+        load = os.getloadavg()[0]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"the {kind} child failed:\n{done.stderr[-3000:]}")
         results[kind] = json.loads(done.stdout.strip().splitlines()[-1])
-    inf, sal = results["inference"], results["saliency"]
-    gb = sal["peak_rss"] / 2**30
-    note = (f"{args.full_ct_shape}, {sal['windows']} windows, {sal['per_call']} per call (budget "
-            f"{sal['budget_bytes'] / 2**30:.2f} GB); inference MONAI {inf['monai_seconds']:.1f} s, ours "
-            f"{inf['ours_seconds']:.1f} s; peak RSS saliency {gb:.2f} GB (during the call "
-            f"{sal['peak_rss_call'] / 2**30:.2f} GB), inference {inf['peak_rss'] / 2**30:.2f} GB")
-    if args.device.startswith("cuda"):
-        note += f"; peak GPU {sal['peak_gpu'] / 2**30:.2f} GB"
-    return [row("full CT saliency / sliding-window inference", sal["seconds"], inf["seconds"],
-                "<= 4x, RSS <= 6 GB", sal["seconds"] <= 4 * inf["seconds"] and gb <= 6.0, note)]
+        results[kind]["load"] = (load, os.getloadavg()[0])
+        print(f"# {kind}: {json.dumps(results[kind])}", flush=True)
+    inf = results.get("inference")
+    rows = []
+    for kind, res in results.items():
+        if kind == "inference":
+            continue
+        gb = res["peak_rss"] / 2**30
+        cam = "grad_cam" in kind  # a model's first CAM also traces one window to choose its layer
+        passes = (res["calls"] - 1 - cam) / res["windows"]
+        note = (f"{args.full_ct_shape}, {res['windows']} windows, {res['per_call']} per call (budget "
+                f"{res['budget_bytes'] / 2**30:.2f} GB); {res['calls']} network calls: the window probe, "
+                f"{'the layer choice on one window, ' if cam else ''}{passes:g} pass(es) over the windows; "
+                f"peak RSS {gb:.2f} GB (during the call {res['peak_rss_call'] / 2**30:.2f} GB); load "
+                f"{res['load'][0]:.1f} -> {res['load'][1]:.1f}")
+        if res.get("target_pass"):
+            note += "; a separate pass resolved the predicted region"
+        if kind.startswith("slicer-"):
+            note += (f"; Bridge in {res['bridge_in']:.2f} s, runner {res['run']:.1f} s (explain() itself "
+                     f"{res['explain_seconds']:.1f} s), result node and display {res['bridge_out']:.2f} s")
+        if inf is not None:
+            note += f"; inference MONAI {inf['monai_seconds']:.1f} s, ours {inf['ours_seconds']:.1f} s"
+        if args.device.startswith("cuda"):
+            note += f"; peak GPU {res.get('peak_gpu', 0) / 2**30:.2f} GB"
+        reference = inf["seconds"] if inf is not None else float("nan")
+        ok = res["seconds"] <= 4 * reference and gb <= 6.0 if inf is not None else False
+        rows.append(row(f"full CT {kind} / sliding-window inference", res["seconds"], reference,
+                        "<= 4x, RSS <= 6 GB", ok, note))
+    return rows
 
 
 def main(argv=None) -> int:
@@ -427,6 +552,8 @@ def main(argv=None) -> int:
     parser.add_argument("--full-ct-shape", default="512,512,300")
     parser.add_argument("--memory-budget", default="auto",
                         help="memory budget of the full-CT runs (4GB, 500MB or auto)")
+    parser.add_argument("--full-ct-kinds", default=",".join(FULL_CT_KINDS),
+                        help=f"full-CT measurements, comma-separated: {', '.join(FULL_CT_KINDS)}")
     parser.add_argument("--json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -179,5 +179,6 @@ for _name, _title, _params, _reference, _summary in _ENTRIES:
             reference=_reference,
             summary=_summary,
             implementation=f"MedXAILib.methods.cam:{_name}",
+            units="layer",
         )
     )

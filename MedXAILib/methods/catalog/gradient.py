@@ -137,6 +137,7 @@ METHODS.register(
         "Classification Models and Saliency Maps. ICLR Workshop 2014. arXiv:1312.6034",
         summary="Gradient of the target score with respect to every input voxel.",
         implementation="MedXAILib.methods.gradient:saliency",
+        units="gradient",
     )
 )
 METHODS.register(
@@ -179,6 +180,7 @@ METHODS.register(
         "arXiv:1810.03307",
         summary="Gradient averaged over noisy copies of the input (or its square, or its variance).",
         implementation="MedXAILib.methods.gradient:smoothgrad",
+        units="gradient",
     )
 )
 METHODS.register(
@@ -209,6 +211,7 @@ METHODS.register(
         summary="Gradient in which every rectifier passes back only positive signal, and only where "
         "its input was positive.",
         implementation="MedXAILib.methods.gradient:guided_backprop",
+        units="gradient",
     )
 )
 METHODS.register(
