@@ -318,7 +318,7 @@ def _captum_input_x_gradient(s, p):
     return lambda: InputXGradient(s.f).attribute(s.x)
 
 
-def _captum_integrated_gradients(s, p):
+def _captum_integrated_gradients(s, p, delta: bool = False):
     from captum.attr import IntegratedGradients
 
     from MedXAILib.methods.gradient import make_baseline  # the same baseline tensor as explain()
@@ -326,8 +326,9 @@ def _captum_integrated_gradients(s, p):
 
     def run():
         baseline = make_baseline(ctx_for(s), p.baseline, p.blur_sigma_mm)
-        return ig.attribute(s.x, baselines=baseline, n_steps=p.n_steps, method=p.integration,
-                            internal_batch_size=p.batch_size)
+        out = ig.attribute(s.x, baselines=baseline, n_steps=p.n_steps, method=p.integration,
+                           internal_batch_size=p.batch_size, return_convergence_delta=delta)
+        return out[0] if delta else out  # the map (its convergence delta is computed, not compared)
     return run
 
 
@@ -832,6 +833,11 @@ def target_groups(case_name: str) -> list[dict]:
     groups += [dict(row=m, method=m, params=settings[m], refs=["captum"], limit=1.0,
                     target="<= 1.0x Captum, equal " + ("steps" if m == "integrated_gradients" else "samples")
                     + " and batch") for m in ("integrated_gradients", "smoothgrad", "gradient_shap")]
+    # the same work on both sides: Captum's convergence delta scores the input and the baseline, as
+    # MedXAI's completeness check (and its provenance) does
+    groups.insert(-2, dict(row="integrated_gradients vs Captum with its convergence delta",
+                           method="integrated_gradients", params=settings["integrated_gradients"],
+                           refs=["captum+delta"], limit=1.0, target="<= 1.0x Captum, equal steps and batch"))
     batchings = OCCLUSION_BATCHINGS[kind]
     for peer in ("monai", "captum"):
         groups.append(dict(row=f"occlusion vs {'MONAI' if peer == 'monai' else 'Captum'} (best batching)",
@@ -883,6 +889,8 @@ def measure_targets(case_name: str, data: dict, group: dict, repeats: int, devic
     for ref in group["refs"]:
         if ref == "forward+backward":
             runs[ref] = make_run(s, "forward+backward", "torch", quick)
+        elif ref == "captum+delta":
+            runs[ref] = _captum_integrated_gradients(peer_view(s), params, delta=True)
         elif ref.startswith(("monai:", "captum:")):
             peer, batch = ref.split(":")
             runs[ref] = _occlusion_peer(peer_view(s), peer, int(batch), group["params"])
@@ -913,7 +921,7 @@ def measure_targets(case_name: str, data: dict, group: dict, repeats: int, devic
     for name, peer_map in maps.items():
         if name == "medxai" or peer_map is None or ours_map is None:
             continue
-        ref = REFERENCES.get((method, name))
+        ref = REFERENCES.get((method, name.split(":")[0].split("+")[0]))
         minmax = bool(ref and ref.minmax)
         if np.isfinite(peer_map).all():
             out["maps"][name] = {**compare(ours_map, peer_map, minmax), "minmax": minmax}
@@ -931,6 +939,8 @@ def run_targets(args, cases: list[str], ctx) -> list[dict]:
         load = "/".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
         print(f"  targets, {case_name}: load average {load} (1/5/15 min)", file=sys.stderr, flush=True)
         for group in target_groups(case_name):
+            if args.methods and group["method"] not in args.methods.split(","):
+                continue
             print(f"  measuring target {case_name}: {group['row']} ...", file=sys.stderr, flush=True)
             try:
                 with ProcessPoolExecutor(1, mp_context=ctx) as pool:
