@@ -151,7 +151,7 @@ def _channel_evidence(records: list[dict[str, Any]]) -> list[str]:
                          "also count relevance far from the lesion, of both signs (the checkerboard of the maps "
                          "below), which largely cancels: the lesion region's sums say which channel carried it.")
         else:
-            parts.append(f"{escape(r['method_title'])} cannot say: {escape(channels.get('note', ''))}.")
+            parts.append(f"{escape(r['method_title'])}: {escape(channels.get('note', ''))}.")
     return parts
 
 
