@@ -146,10 +146,10 @@ def traced_layer_maps(ctx: MethodContext, grad: bool = True) -> tuple[ChosenLaye
         hooked pass at the now known layer (the one case of two passes).
     """
     network, adapter = ctx.network, ctx.model.adapter
-    x = to_channels_last(ctx.x.detach())
-    if grad:
-        x = x.requires_grad_(True)
-    with channels_last(network), tracing(network, x.ndim, keep=True) as records:
+    with channels_last(network), tracing(network, ctx.x.ndim, keep=True) as records:
+        x = to_channels_last(ctx.x.detach())  # follows the network's layout
+        if grad:
+            x = x.requires_grad_(True)
         with torch.enable_grad() if grad else torch.no_grad():
             output = ctx.model(x)
     try:

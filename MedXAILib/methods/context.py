@@ -198,8 +198,8 @@ class MethodContext:
         row = self.at_input(batch, input_row)
         if self.windowed:
             return self._windowed_gradient(batch, row)
-        batch = to_channels_last(batch.detach()).requires_grad_(True)
         with channels_last(self.network), torch.enable_grad():  # same values, faster convolutions
+            batch = to_channels_last(batch.detach()).requires_grad_(True)  # follows the network's layout
             output = self.model(batch)
             self.observe(output, row)
             scores = self.scorer(output)

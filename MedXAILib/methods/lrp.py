@@ -246,11 +246,11 @@ def lrp(ctx: MethodContext, params: LRPParams) -> torch.Tensor:
         return wrapped
 
     handles = []
-    x = to_channels_last(ctx.x.detach()).requires_grad_(True)
     try:
         for module, hook, _ in plan:
             handles.append(module.register_forward_hook(counting(hook)))
         with torch.enable_grad(), channels_last(ctx.network):  # same values, faster convolutions
+            x = to_channels_last(ctx.x.detach()).requires_grad_(True)  # follows the network's layout
             score = ctx.score(x, input_row=0)  # the rules leave the forward values as they are
             if not fired[0]:
                 raise ModelError(

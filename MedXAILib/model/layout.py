@@ -28,12 +28,17 @@ def channels_last(network: torch.nn.Module) -> Iterator[None]:
     channels-last GroupNorm kernel (CPU, torch 2.13) loses precision with the group size (measured: 0.17
     absolute error on a 96^3 window of the whole-body CT bundle's SegResNet, where NCDHW agrees with a
     float64 reference to 1e-6). A network whose ``keep_layout`` attribute is true keeps its layout too (a
-    loader that measured channels-last slower: nnU-Net's U-Nets). Re-entrant: an inner use changes nothing.
+    loader that measured channels-last slower: nnU-Net's U-Nets). So do networks of which at least a third
+    of the 3D convolutions are 1 x 1 x 1 (DenseNet's bottlenecks and transitions): PyTorch runs those
+    outside oneDNN for batches under 16 on one thread, where channels-last only adds layout copies to every
+    concatenation (measured on MONAI's DenseNet121 at 96^3, one thread: forward+backward 5 % slower at
+    batches of 1 and 4, and whole explanations 3 to 20 % slower than the peers in NCDHW, docs/methods.md).
+    Re-entrant: an inner use changes nothing.
     """
     weights = [p for p in network.parameters() if p.ndim == 5]
     if isinstance(network, torch.jit.ScriptModule) or not weights \
             or any(isinstance(m, torch.nn.GroupNorm) for m in network.modules()) \
-            or getattr(network, "keep_layout", False):
+            or getattr(network, "keep_layout", False) or _pointwise_heavy(network):
         with _converting(False):
             yield
         return
@@ -46,6 +51,12 @@ def channels_last(network: torch.nn.Module) -> Iterator[None]:
     finally:
         for p, data in zip(weights, saved):
             p.data = data
+
+
+def _pointwise_heavy(network: torch.nn.Module) -> bool:
+    """Whether at least a third of the network's 3D convolutions are 1 x 1 x 1 (see :func:`channels_last`)."""
+    kernels = [tuple(m.kernel_size) for m in network.modules() if isinstance(m, torch.nn.Conv3d)]
+    return bool(kernels) and 3 * sum(k == (1, 1, 1) for k in kernels) >= len(kernels)
 
 
 @contextmanager
