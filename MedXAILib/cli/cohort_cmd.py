@@ -28,8 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("manifest", metavar="MANIFEST",
                         help="CSV (columns image or image_<channel>..., optional case_id, optional reference "
                              "segmentation for evaluation only, any metadata) or a folder of images")
-    parser.add_argument("--model", required=True, help="the segmenter: TorchScript file, exported program "
-                        "(.pt2), MONAI bundle folder or model spec JSON")
+    parser.add_argument("--model", required=True, help="the segmenter: " + common.MODEL_HELP)
     parser.add_argument("--out", required=True, metavar="DIR", help="the cohort folder (created if missing)")
     parser.add_argument("--structures", default="all", metavar="all|NAMES",
                         help="comma-separated class names, or all (every class but the first, default)")
@@ -60,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="progress and events (started, done, failed, retried, with worker processes) as "
                              "JSON lines on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    common.add_model_options(parser)
     common.declare_io(parser, ("manifest", "model"), [common.OutputOption("out", folder=True)])
     parser.set_defaults(handler=run)
 
@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         summary = run_cohort(args.manifest, args.model, args.out, structures=args.structures, method=args.method,
                              params=common.parse_params(args.param), workers=args.workers,
                              ray=args.ray if args.ray is not None else "local", device=args.device, seed=args.seed,
-                             trust_bundle=args.trust_bundle, outputs=args.outputs, monitor=monitor, on_event=on_event,
+                             trust_bundle=args.trust_bundle, model_options=common.model_options(args),
+                             outputs=args.outputs, monitor=monitor, on_event=on_event,
                              qa={"tta": [t.strip() for t in args.tta.split(",") if t.strip()],
                                  "near_mm": args.near_mm, "band_mm": args.band_mm,
                                  "memory_budget": args.memory_budget})

@@ -178,16 +178,25 @@ MODEL_INPUTS = ("image", "model", "target_mask")
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--image`` (repeatable), ``--model``, ``--trust-bundle`` and the model override options."""
+    """``--image`` (repeatable), ``--model``, ``--trust-bundle``, ``--target-structure`` and the model options."""
     parser.add_argument("--image", action="append", required=True, metavar="IMG",
                         help="image file (NIfTI, NRRD, MetaImage) or DICOM series folder; repeat for more "
                              "channels (resampled onto the first)")
-    parser.add_argument("--model", required=True, help="TorchScript file, exported program (.pt2), MONAI bundle "
-                        "folder, model spec JSON, nnU-Net v2 model folder, or totalsegmentator:TASK")
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--trust-bundle", action="store_true", help="allow a bundle's config to run code")
     parser.add_argument("--target-structure", metavar="NAME",
                         help="the structure to explain, by the model's class name (sets the class; for a model made "
                              "of several parts, such as totalsegmentator:total, loads the part that predicts it)")
+    add_model_options(parser)
+
+
+#: What ``--model`` accepts.
+MODEL_HELP = ("TorchScript file, exported program (.pt2), MONAI bundle folder, model spec JSON, nnU-Net v2 model "
+              "folder, or totalsegmentator:TASK")
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The nnU-Net options and the overrides of what a model declares (read by :func:`model_options`)."""
     nnunet = parser.add_argument_group("nnU-Net and TotalSegmentator models")
     nnunet.add_argument("--folds", type=folds, metavar="F,F|all",
                         help="folds to average (fold numbers, or 'all' for fold_all; default: every fold present)")
@@ -282,25 +291,35 @@ def read_input(args: argparse.Namespace) -> Any:
     return read_image(args.image[0]) if len(args.image) == 1 else read_images(args.image)
 
 
-def model_from_args(args: argparse.Namespace) -> Any:
-    """``load_model`` with the command line's overrides and explicit preprocessing."""
-    from ..model import Preprocessing, load_model
-
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The model options of the command line as :func:`~MedXAILib.load_model` keyword arguments that are JSON
+    values (:data:`MedXAILib.runs.request.MODEL_OPTIONS`: a run request or a cohort carries them); options
+    left at their defaults are omitted."""
     steps: list[dict[str, Any]] = []
     if args.orientation:
         steps.append({"kind": "orientation", "axcodes": args.orientation})
     if args.spacing:
-        steps.append({"kind": "spacing", "pixdim": args.spacing})
+        steps.append({"kind": "spacing", "pixdim": list(args.spacing)})
     if args.window:
         steps.append({"kind": "scale_intensity_range", "a_min": args.window[0], "a_max": args.window[1],
                       "b_min": 0.0, "b_max": 1.0, "clip": True})
-    adapter = load_model(args.model, trust_bundle=args.trust_bundle, device=args.device, task=args.task,
-                         roi_size=args.roi_size, preprocessing=Preprocessing.from_config(steps) if steps else None,
-                         folds=args.folds, configuration=args.configuration, checkpoint=args.checkpoint,
-                         mirroring=not args.no_mirroring, structure=args.target_structure,
-                         output_activation=args.output_activation, overlap=args.overlap, blend_mode=args.blend_mode,
-                         padding_mode=args.padding_mode, pad_divisible=args.pad_divisible,
-                         bundle_overrides=bundle_overrides(args.bundle_override))
+    options: dict[str, Any] = {
+        "task": args.task, "roi_size": list(args.roi_size) if args.roi_size else None, "preprocessing": steps or None,
+        "folds": args.folds, "configuration": args.configuration, "checkpoint": args.checkpoint,
+        "mirroring": False if args.no_mirroring else None, "structure": getattr(args, "target_structure", None),
+        "output_activation": args.output_activation, "overlap": args.overlap, "blend_mode": args.blend_mode,
+        "padding_mode": args.padding_mode, "pad_divisible": args.pad_divisible,
+        "bundle_overrides": bundle_overrides(args.bundle_override) or None,
+    }
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def model_from_args(args: argparse.Namespace) -> Any:
+    """``load_model`` with the command line's model options; sets the run options (memory, precision) and
+    resolves ``--target-structure`` to the class."""
+    from ..model import load_model
+
+    adapter = load_model(args.model, trust_bundle=args.trust_bundle, device=args.device, **model_options(args))
     adapter.memory_budget = getattr(args, "memory_budget", None)
     adapter.mixed_precision = bool(getattr(args, "mixed_precision", False))
     if args.target_structure:  # the class by name, in whichever option the command reads it from

@@ -68,6 +68,7 @@ def _stale_staging(cases: Path) -> None:
 def run_cohort(manifest: str | Path, model: str | Path, out: str | Path, *, structures: str = "all",
                method: str = "saliency", params: Optional[dict[str, Any]] = None, workers: int = 2,
                ray: Optional[str] = LOCAL, device: str = "auto", seed: int = 0, trust_bundle: bool = False,
+               model_options: Optional[dict[str, Any]] = None,
                qa: Optional[dict[str, Any]] = None, outputs: Optional[OutputSet] = None,
                monitor: Optional[Monitor] = None, on_event: Optional[Callable[[dict[str, Any]], None]] = None,
                threads: int = 1) -> CohortSummary:
@@ -75,7 +76,7 @@ def run_cohort(manifest: str | Path, model: str | Path, out: str | Path, *, stru
 
     Args:
         manifest: a CSV file or a folder of images (:func:`MedXAILib.cohort.manifest.read_manifest`).
-        model: the segmenter (any format :func:`MedXAILib.load_model` reads).
+        model: the segmenter (any format :func:`MedXAILib.load_model` reads, ``totalsegmentator:TASK`` too).
         out: the cohort folder (created; cases already complete in it are skipped).
         structures: ``"all"`` or a comma-separated list of class names.
         method, params: the attribution method (``saliency`` and ``input_x_gradient`` share one gradient
@@ -86,6 +87,8 @@ def run_cohort(manifest: str | Path, model: str | Path, out: str | Path, *, stru
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: the cohort seed (each case's seed derives from it and the case id).
         trust_bundle: let a MONAI bundle's config run code.
+        model_options: :func:`MedXAILib.load_model` keyword arguments, JSON values (nnU-Net folds,
+            configuration, checkpoint, mirroring; overrides): every worker loads the model with them.
         qa: :class:`MedXAILib.analysis.qa.QAOptions` fields (test-time transforms, distances, budget).
         outputs: the command's output guard holding `out` as a folder output (the table, report and log are
             staged there and committed by the caller); None: one is made here and committed at the end.
@@ -115,14 +118,18 @@ def run_cohort(manifest: str | Path, model: str | Path, out: str | Path, *, stru
     from ..params import make_params
 
     make_params(METHODS.get(qa_options.method).params, qa_options.params)  # bad names fail now
-    model_path = str(Path(model).resolve())
-    adapter = load_model(model_path, trust_bundle=trust_bundle, device="cpu")
+    from ..model.totalsegmentator import is_totalsegmentator
+    from ..runs.request import check_model_options
+
+    model_options = check_model_options(model_options)
+    model_path = str(model) if is_totalsegmentator(model) else str(Path(model).resolve())
+    adapter = load_model(model_path, trust_bundle=trust_bundle, device="cpu", **model_options)
     if adapter.task == "classification":
         raise InputError("a cohort QA run needs a segmentation model; this one is a classifier")
     resolve_structures(structures, adapter.class_names or [])
     options = CohortOptions(model_path=model_path, model_sha256=adapter.sha256 or "", structures=structures,
                             qa=qa_options.to_json(), device=device, seed=seed, trust_bundle=trust_bundle,
-                            threads=threads)
+                            threads=threads, model_options=model_options)
     del adapter
     out = Path(out)
     own_guard = outputs is None
@@ -158,7 +165,7 @@ def run_cohort(manifest: str | Path, model: str | Path, out: str | Path, *, stru
         inputs += [("manifest reference", case.reference)] if case.reference else []
         jobs.append((case.case_id, request, outputs.part(folder, inputs)))
     worker_args = {"model_path": model_path, "device": device, "trust_bundle": trust_bundle, "threads": threads,
-                   "default_score": DEFAULT_SCORE}
+                   "default_score": DEFAULT_SCORE, "model_options": model_options}
     try:
         if jobs:
             if ray == OFF:

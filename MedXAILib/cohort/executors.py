@@ -55,20 +55,20 @@ class CaseWorker:
     """Runs cases with one loaded model (a Ray actor, or used directly in this process).
 
     Args:
-        model_path, device, trust_bundle: the model to load (once).
+        model_path, device, trust_bundle, model_options: the model to load (once).
         threads: torch threads of this worker.
         default_score: passed to :func:`~MedXAILib.cohort.case.process_case`.
     """
 
     def __init__(self, model_path: str, device: str = "auto", trust_bundle: bool = False, threads: int = 1,
-                 default_score: str = "") -> None:
+                 default_score: str = "", model_options: Optional[dict[str, Any]] = None) -> None:
         import torch
 
         from ..runs import load_model_cached
 
         torch.set_num_threads(max(1, int(threads)))
         self.default_score = default_score
-        self.model = load_model_cached(model_path, device, trust_bundle)
+        self.model = load_model_cached(model_path, device, trust_bundle, model_options)
 
     def pid(self) -> int:
         """This worker's process id (the driver reports which process runs which case)."""

@@ -35,7 +35,10 @@ class CohortOptions:
     """What every case of a cohort runs.
 
     Attributes:
-        model_path: the segmenter (any format :func:`MedXAILib.load_model` reads), absolute.
+        model_path: the segmenter (any format :func:`MedXAILib.load_model` reads), absolute, or
+            ``totalsegmentator:TASK``.
+        model_options: :func:`MedXAILib.load_model` keyword arguments (nnU-Net folds, configuration,
+            checkpoint, mirroring; overrides), :data:`MedXAILib.runs.request.MODEL_OPTIONS`.
         model_sha256: the model's checksum (a retrained model makes every case stale).
         structures: ``"all"`` or a comma-separated list of class names.
         qa: :class:`MedXAILib.analysis.qa.QAOptions` as JSON.
@@ -53,6 +56,7 @@ class CohortOptions:
     seed: int = 0
     trust_bundle: bool = False
     threads: int = 1
+    model_options: dict[str, Any] = field(default_factory=dict)
 
 
 def case_seed(seed: int, case_id: str) -> int:
@@ -74,13 +78,14 @@ def case_request(case: CohortCase, options: CohortOptions) -> RunRequest:
         arguments["reference_file"] = case.reference
     return RunRequest(kind=RunKind.qa_case, image=None, image_files=case.image_files, model_path=options.model_path,
                       arguments=arguments, device=options.device, seed=case_seed(options.seed, case.case_id),
-                      trust_bundle=options.trust_bundle)
+                      trust_bundle=options.trust_bundle, model_options=options.model_options)
 
 
 def _same_request(found: RunRequest, planned: RunRequest) -> bool:
     def key(request: RunRequest) -> str:
         return json.dumps({"kind": request.kind.value, "model": request.model_path, "files": list(request.image_files),
-                           "arguments": request.arguments, "seed": request.seed, "trust": request.trust_bundle},
+                           "arguments": request.arguments, "seed": request.seed, "trust": request.trust_bundle,
+                           "model_options": request.model_options},
                           sort_keys=True, default=str)
 
     return key(found) == key(planned)

@@ -49,7 +49,7 @@ def load_model(
     class_names: Optional[Sequence[str]] = None,
     in_channels: Optional[int] = None,
     roi_size: Optional[Sequence[int]] = None,
-    preprocessing: Optional[Preprocessing] = None,
+    preprocessing: Optional[Preprocessing | Sequence[Mapping[str, Any]]] = None,
     output_activation: Optional[str] = None,
     overlap: Optional[float] = None,
     blend_mode: Optional[str] = None,
@@ -71,7 +71,8 @@ def load_model(
         trust_bundle: allow a bundle config to execute code (``$`` expressions, non-MONAI targets).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
         task, class_names, in_channels, roi_size: override what the model declares.
-        preprocessing: replaces the model's own preprocessing when given.
+        preprocessing: replaces the model's own preprocessing when given (a :class:`Preprocessing`, or its
+            steps as in a network spec: ``[{"kind": "spacing", "pixdim": [1, 1, 2]}]``).
         output_activation: ``softmax`` or ``sigmoid`` (multi-label), replacing what the model declares.
         overlap, blend_mode, padding_mode: the sliding window's overlap in [0, 1), blending (``constant``,
             ``gaussian``) and padding of inputs smaller than the ROI (``constant``, ``replicate``, ...).
@@ -113,7 +114,8 @@ def load_model(
     if roi_size is not None:
         adapter.roi_size = tuple(int(v) for v in roi_size)  # type: ignore[assignment]
     if preprocessing is not None:
-        adapter.preprocessing = preprocessing
+        adapter.preprocessing = preprocessing if isinstance(preprocessing, Preprocessing) \
+            else Preprocessing.from_config(preprocessing)
     if output_activation is not None:
         adapter.output_activation = output_activation
     if overlap is not None:

@@ -22,15 +22,16 @@ torch and MONAI are imported by the entry points, when a run starts.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
 from ..errors import InputError
 from ..io.jsondata import json_safe
 from ..monitor import Monitor
-from .request import RunKind, RunRequest, RunResult
+from .request import RunKind, RunRequest, RunResult, check_model_options
 
 __all__ = ["RUN_FUNCTIONS", "RunFunction", "run_request", "load_model_cached", "clear_model_cache"]
 
@@ -39,22 +40,27 @@ RunFunction = Callable[[RunRequest, Any, Monitor], RunResult]
 _model_cache: dict[tuple, Any] = {}
 
 
-def load_model_cached(model_path: str, device: str = "auto", trust_bundle: bool = False) -> Any:
-    """:func:`MedXAILib.model.load_model`, reusing the last model when path, file time, device and trust match.
+def load_model_cached(model_path: str, device: str = "auto", trust_bundle: bool = False,
+                      model_options: Optional[Mapping[str, Any]] = None) -> Any:
+    """:func:`MedXAILib.model.load_model`, reusing the last model when path, file time, device, trust and
+    `model_options` (its keyword arguments, :data:`~MedXAILib.runs.request.MODEL_OPTIONS`) match.
 
     At most one model stays in memory: loading another one drops the previous.
     """
     from ..model import load_model
 
+    options = check_model_options(model_options)
     path = Path(model_path)
     try:
         stamp: Optional[int] = path.stat().st_mtime_ns  # a retrained model file is loaded again
     except OSError:
         stamp = None
-    key = (str(path.resolve()) if path.exists() else str(path), stamp, device, bool(trust_bundle))
+    key = (str(path.resolve()) if path.exists() else str(model_path), stamp, device, bool(trust_bundle),
+           json.dumps(options, sort_keys=True))
     if key not in _model_cache:
         _model_cache.clear()
-        _model_cache[key] = load_model(path, trust_bundle=trust_bundle, device=device)
+        source = path if path.exists() else model_path  # totalsegmentator:TASK is a name, not a path
+        _model_cache[key] = load_model(source, trust_bundle=trust_bundle, device=device, **options)
     return _model_cache[key]
 
 
@@ -201,7 +207,7 @@ def run_request(request: RunRequest, monitor: Optional[Monitor] = None, model: A
     monitor = monitor or Monitor()
     monitor.update(0.0, "Loading the model")
     if model is None:
-        model = load_model_cached(request.model_path, request.device, request.trust_bundle)
+        model = load_model_cached(request.model_path, request.device, request.trust_bundle, request.model_options)
     with monitor.stage(0.02, 1.0):
         result = RUN_FUNCTIONS[request.kind](request, model, monitor)
     monitor.update(1.0, "Done")

@@ -24,7 +24,32 @@ from ..io.jsondata import json_safe
 from ..target import Target
 from ..volume import ImageVolume
 
-__all__ = ["RunKind", "RunRequest", "RunResult", "target_to_json", "target_from_json"]
+__all__ = ["RunKind", "RunRequest", "RunResult", "MODEL_OPTIONS", "check_model_options", "target_to_json",
+           "target_from_json"]
+
+#: The keyword arguments of :func:`MedXAILib.load_model` a request may carry (JSON values): what a user chose
+#: beside the model's path (nnU-Net folds, configuration, checkpoint and mirroring; the structure that picks a
+#: TotalSegmentator part; bundle overrides; the sliding-window and preprocessing overrides). Kept here, not
+#: read off ``load_model``, so that a request is made without importing torch; a test holds the two in step.
+MODEL_OPTIONS = ("task", "class_names", "in_channels", "roi_size", "preprocessing", "output_activation", "overlap",
+                 "blend_mode", "padding_mode", "pad_divisible", "bundle_overrides", "folds", "configuration",
+                 "checkpoint", "mirroring", "structure")
+
+
+def check_model_options(options: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """`options` as a plain dict of JSON values, every name one of :data:`MODEL_OPTIONS`.
+
+    Raises:
+        InputError: an unknown name (the message names the closest one).
+    """
+    checked = {}
+    for name, value in dict(options or {}).items():
+        if name not in MODEL_OPTIONS:
+            close = difflib.get_close_matches(str(name), MODEL_OPTIONS, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; use {', '.join(MODEL_OPTIONS)}"
+            raise InputError(f"unknown model option {name!r}{hint}")
+        checked[name] = json_safe(value)
+    return checked
 
 
 class RunKind(str, enum.Enum):
@@ -75,7 +100,10 @@ class RunRequest:
         kind: what to run (:class:`RunKind`, or its string).
         image: the input, one channel per input volume, on the first volume's grid. None when
             `image_files` names the files instead (a cohort planner leaves reading to the worker).
-        model_path: TorchScript file, exported program, MONAI bundle folder or model spec JSON.
+        model_path: TorchScript file, exported program, MONAI bundle folder, model spec JSON, nnU-Net v2
+            folder or ``totalsegmentator:TASK``.
+        model_options: keyword arguments of :func:`MedXAILib.load_model` (:data:`MODEL_OPTIONS`), JSON
+            values: ``{"folds": [0, 1], "mirroring": False}``.
         arguments: the kind's keyword arguments that are JSON values (see :class:`RunKind`).
         arrays: the kind's arguments that are arrays on the image grid, (I, J, K) or (C, I, J, K):
             ``mask`` (reference structure), ``attribution`` (the map to evaluate), ``region``
@@ -87,7 +115,7 @@ class RunRequest:
         image_files: image files (one per channel, resampled onto the first) read when `image` is None.
 
     Raises:
-        InputError: an unknown kind, no image, or an array that is not on the image grid.
+        InputError: an unknown kind or model option, no image, or an array that is not on the image grid.
     """
 
     kind: RunKind | str
@@ -100,9 +128,11 @@ class RunRequest:
     seed: int = 0
     trust_bundle: bool = False
     image_files: tuple[str, ...] = ()
+    model_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.kind = RunKind.of(self.kind)
+        self.model_options = check_model_options(self.model_options)
         self.model_path = str(self.model_path)
         self.image_files = tuple(str(p) for p in self.image_files)
         self.arguments = dict(self.arguments or {})

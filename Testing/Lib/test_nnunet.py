@@ -273,6 +273,48 @@ def test_folder_layouts_and_options(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_options_travel_with_a_run_request(trained, ct_image, tmp_path):
+    """Folds, checkpoint and mirroring chosen in the Slicer module or on a cohort's command line reach the
+    worker's load_model through the request folder: the run equals explain() on the model loaded with them."""
+    from MedXAILib.runs import read_request, run_request, write_request
+    from MedXAILib.runs.request import RunRequest
+
+    options = {"folds": [1], "checkpoint": "best", "mirroring": False}
+    image = read_image(str(ct_image))
+    target = Target(class_index=1, region="box", box=(1, 10, 10, 6, 30, 30))
+    (tmp_path / "run").mkdir()
+    write_request(RunRequest(kind="explain", image=image, model_path=str(trained / folders.CT), device="cpu",
+                             target=target, arguments={"method": "saliency", "params": {}}, model_options=options),
+                  tmp_path / "run")
+    result = run_request(read_request(tmp_path / "run"))
+    assert result.data["provenance"]["model"]["pipeline"]["folds"] == ["1"]
+    assert result.data["provenance"]["model"]["pipeline"]["mirror_axes"] == []
+    expected = explain(image, load_model(trained / folders.CT, device="cpu", **options), "saliency", target)
+    np.testing.assert_array_equal(result.volumes["attribution"].array, expected.array)
+
+
+@pytest.mark.slow
+def test_a_cohort_runs_an_nnunet_folder_with_its_options(trained, ct_image, tmp_path):
+    """`medxai cohort --folds 1 --no-mirroring`: every case's request and worker load the model that way."""
+    from MedXAILib.cli.main import main
+    from MedXAILib.cohort.plan import case_folder
+    from MedXAILib.runs import read_request, read_result
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(ct_image, images / "a.nii.gz")
+    out = tmp_path / "cohort"
+    code = main(["cohort", str(images), "--model", str(trained / folders.CT), "--out", str(out), "--ray", "off",
+                 "--structures", "liver", "--tta", "identity,shift_k", "--folds", "1", "--no-mirroring", "--quiet"])
+    assert code == 0
+    request = read_request(case_folder(out, "a"))
+    assert request.model_options == {"folds": [1], "mirroring": False}
+    (row,) = read_result(case_folder(out, "a")).data["rows"]
+    assert row["structure"] == "liver" and row["predicted_voxels"] > 0
+    assert "a,done,liver" in (out / "table.csv").read_text().replace('"', "")
+
+
+@pytest.mark.slow
 def test_without_dynamic_network_architectures_the_error_says_how_to_install_it(trained):
     code = ("import sys; sys.modules['dynamic_network_architectures'] = None\n"
             "from MedXAILib.model import load_model\n"

@@ -92,7 +92,7 @@ def files_in(folder: Path) -> set[str]:
 ], ids=["mask", "boundary", "box", "none"])
 def test_request_round_trips_exactly_through_a_folder(tmp_path, image, target):
     request = RunRequest(kind="evaluate", image=image, model_path="/m/model.json", device="cpu", seed=7,
-                         trust_bundle=True, target=target,
+                         trust_bundle=True, target=target, model_options={"folds": (0, "all"), "mirroring": False},
                          arguments={"metrics": ["deletion"], "provenance": {"method": "saliency", "x": (1, 2)}},
                          arrays={"attribution": np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE),
                                  "mask": structure()})
@@ -101,6 +101,7 @@ def test_request_round_trips_exactly_through_a_folder(tmp_path, image, target):
     back = read_request(tmp_path)
     assert back.kind is RunKind.evaluate and back.model_path == "/m/model.json"
     assert (back.device, back.seed, back.trust_bundle) == ("cpu", 7, True)
+    assert back.model_options == {"folds": [0, "all"], "mirroring": False}
     np.testing.assert_array_equal(back.image.array, image.array)
     np.testing.assert_array_equal(back.image.affine, image.affine)  # bit-exact: no image file format in between
     assert back.image.channel_names == ["CT"]
@@ -167,6 +168,8 @@ def test_request_validation(tmp_path, image):
                    target=Target(class_index=1, region="mask", mask=np.ones((3, 3, 3), bool)))
     with pytest.raises(InputError, match="needs the input image"):
         RunRequest(kind="explain", image=None, model_path="m")
+    with pytest.raises(InputError, match="unknown model option 'fold'; did you mean 'folds'"):
+        RunRequest(kind="explain", image=image, model_path="m", model_options={"fold": [0]})
     with pytest.raises(InputError, match="JSON"):
         write_request(RunRequest(kind="explain", image=image, model_path="m", arguments={"params": {"x": object()}}), tmp_path)
     assert files_in(tmp_path) == set()
@@ -297,6 +300,18 @@ def test_cancel_stops_a_run_in_process(models, image):
         run_request(request, monitor)
 
 
+def test_every_model_option_is_a_load_model_argument():
+    """A request's model options are handed to load_model as keywords: each name must be one of its parameters."""
+    import inspect
+
+    from MedXAILib.model import load_model
+    from MedXAILib.runs.request import MODEL_OPTIONS
+
+    parameters = inspect.signature(load_model).parameters
+    assert set(MODEL_OPTIONS) <= set(parameters)
+    assert all(parameters[name].kind is inspect.Parameter.KEYWORD_ONLY for name in MODEL_OPTIONS)
+
+
 def test_the_model_cache_keeps_one_model_and_reloads_a_changed_file(models):
     clear_model_cache()
     first = load_model_cached(str(models["segmenter"]), "cpu")
@@ -304,6 +319,10 @@ def test_the_model_cache_keeps_one_model_and_reloads_a_changed_file(models):
     stat = models["segmenter"].stat()
     os.utime(models["segmenter"], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file was replaced
     assert load_model_cached(str(models["segmenter"]), "cpu") is not first
+    again = load_model_cached(str(models["segmenter"]), "cpu")
+    other = load_model_cached(str(models["segmenter"]), "cpu", model_options={"overlap": 0.5})
+    assert other is not again and other.overlap == 0.5  # other options: another model
+    assert load_model_cached(str(models["segmenter"]), "cpu", model_options={"overlap": 0.5}) is other
 
 
 # ------------------------------------------------------------------------------------------------
