@@ -29,7 +29,7 @@ from slicer.util import VTKObservationMixin
 import MedXAILib
 from MedXAILib.errors import InputError, ModelError
 from MedXAILib.registry import FAMILIES
-from MedXAIRuntime import boundaryPanel, counterfactualPanel, evaluatePanel, layouts, statisticsPanel
+from MedXAIRuntime import boundaryPanel, cohortPanel, counterfactualPanel, evaluatePanel, layouts, statisticsPanel
 from MedXAIRuntime import demo as demos
 from MedXAIRuntime import dependencies, devices, forms, installer, jobs, modelPaths, process, runners, targets, views
 from MedXAIRuntime.counterfactualPanel import CounterfactualGoal
@@ -151,12 +151,15 @@ class DemoSampleLoader:
 class MedXAIParameterNode:
     """Every choice of the module, saved with the scene so that a loaded scene restores the module.
 
-    Model: modelPath (file or bundle folder), trustBundle, demoModel (name of the loaded demo),
-        device ("auto", "cpu", "cuda:N"), runMode.
+    Model: modelPath (file, MONAI bundle or nnU-Net v2 folder, or totalsegmentator:TASK), trustBundle, demoModel
+        (name of the loaded demo), device ("auto", "cpu", "cuda:N"), runMode; for nnU-Net and TotalSegmentator
+        models: nnunetFolds ("": every fold present; "0,1"; "all"), nnunetConfiguration (where a results folder
+        holds several), nnunetCheckpoint ("final", "best"), nnunetMirroring (test-time mirroring).
     Input: inputVolume and the optional channels inputVolume2..4 (one per model input channel).
     Explain: method (registry name), methodParameters (JSON: {method: {parameter: value}}),
-        targetKind, targetClass (-1: the predicted class), targetScore, targetReduction,
-        segmentation + segmentId, targetRoi, targetFiducial, seed.
+        targetKind, targetClass (-1: the predicted class), targetStructure (the class by the model's name for it,
+        where the files name the classes; picks the part of a TotalSegmentator task), targetScore,
+        targetReduction, segmentation + segmentId, targetRoi, targetFiducial, seed.
     Display: colormap, opacity, symmetricWindow, thresholdPercentile, topPercent (outline),
         foregroundInAllViews, show3D.
     Results: outputVolume (the result shown).
@@ -173,6 +176,7 @@ class MedXAIParameterNode:
         {generator: {parameter: value}}), counterfactualSegmentation + counterfactualSegmentId (region),
         counterfactualCustomBounds, counterfactualBoundsMin, counterfactualBoundsMax,
         counterfactualOrientation (of the comparison views), counterfactualVolume (the result shown).
+    Cohort QA: cohortFolder (a ``medxai cohort`` output folder), cohortTable (its table node).
     """
 
     modelPath: str = ""
@@ -180,6 +184,10 @@ class MedXAIParameterNode:
     demoModel: str = demos.DEFAULT_DEMO
     device: str = "auto"
     runMode: RunMode = RunMode.auto
+    nnunetFolds: str = ""
+    nnunetConfiguration: str = ""
+    nnunetCheckpoint: Annotated[str, Choice(list(modelPaths.CHECKPOINTS))] = "final"
+    nnunetMirroring: bool = True
 
     inputVolume: vtkMRMLScalarVolumeNode
     inputVolume2: vtkMRMLScalarVolumeNode
@@ -190,6 +198,7 @@ class MedXAIParameterNode:
     methodParameters: str = "{}"
     targetKind: TargetKind = TargetKind.classScore
     targetClass: Annotated[int, WithinRange(-1, 10000)] = -1
+    targetStructure: str = ""
     targetScore: Annotated[str, Choice(list(targets.SCORES))] = "logit"
     targetReduction: Annotated[str, Choice(list(targets.REDUCTIONS))] = "sum"
     segmentation: vtkMRMLSegmentationNode
@@ -252,6 +261,9 @@ class MedXAIParameterNode:
     counterfactualOrientation: Annotated[str, Choice(list(layouts.ORIENTATIONS))] = "Axial"
     counterfactualVolume: vtkMRMLScalarVolumeNode
 
+    cohortFolder: str = ""
+    cohortTable: vtkMRMLTableNode
+
 
 #
 # MedXAIWidget
@@ -294,6 +306,8 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._lastMessage = ""
         self._elapsedTimer = None
         self._sections = []
+        self._modelInfoKey = None
+        self._modelInfo = modelPaths.ModelInfo()
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -334,6 +348,9 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadDemoButton.connect("clicked(bool)", self.onLoadDemoButton)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.methodComboBox.connect("currentIndexChanged(int)", self.onMethodChanged)
+        self.ui.nnunetConfigurationComboBox.connect("currentIndexChanged(int)", self.onNnunetConfigurationChanged)
+        self.ui.targetStructureComboBox.connect("currentIndexChanged(int)", self.onTargetStructureChanged)
+        self.ui.targetClassSpinBox.connect("valueChanged(int)", self.onTargetClassChanged)
         self.ui.targetSegmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentChanged)
         self.ui.targetSegmentSelector.connect("currentSegmentChanged(QString)", self.onSegmentChanged)
         self.ui.resultVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onResultChanged)
@@ -343,9 +360,10 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.applyDisplayButton.connect("clicked(bool)", self.onApplyDisplayButton)
 
-        # Boundary, Statistics, Evaluate and Counterfactual sections: their glue lives in MedXAIRuntime
+        # Boundary, Statistics, Evaluate, Counterfactual and Cohort QA sections: their glue lives in MedXAIRuntime
         self._sections = [boundaryPanel.BoundarySection(self), statisticsPanel.StatisticsSection(self),
-                          evaluatePanel.EvaluateSection(self), counterfactualPanel.CounterfactualSection(self)]
+                          evaluatePanel.EvaluateSection(self), counterfactualPanel.CounterfactualSection(self),
+                          cohortPanel.CohortSection(self)]
         registerSegmentStatisticsPlugin()  # in case the module was loaded after start-up
 
         # Make sure parameter node is initialized (needed for module reload)
@@ -498,6 +516,7 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             shownPath = self.logic.modelPath(p)
             if self.ui.modelPathLineEdit.currentPath != shownPath:
                 self.ui.modelPathLineEdit.currentPath = shownPath
+            self._updateModelOptions(p)
             self._selectData(self.ui.demoModelComboBox, p.demoModel)
             self._selectData(self.ui.deviceComboBox, p.device, addMissing=True)
             self._selectData(self.ui.methodComboBox, p.method, addMissing=True)
@@ -551,15 +570,89 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.methodDescriptionLabel.text = _("{summary}<br><i>Models:</i> {tasks}. <i>Reference:</i> {reference}").format(
             summary=info.summary, tasks=", ".join(info.tasks), reference=info.reference)
 
+    def _currentModelInfo(self, p):
+        """:class:`MedXAIRuntime.modelPaths.ModelInfo` of the chosen model, read again when the path or the
+        configuration changes (the GUI updates often; the files are read once per choice)."""
+        key = (self.logic.modelPath(p), p.nnunetConfiguration)
+        if key != self._modelInfoKey:
+            self._modelInfoKey = key
+            self._modelInfo = self.logic.modelInfo(p)
+        return self._modelInfo
+
+    def _updateModelOptions(self, p) -> None:
+        """The nnU-Net options for an nnU-Net or TotalSegmentator model, and the structures its files name."""
+        info = self._currentModelInfo(p)
+        ui = self.ui
+        ui.nnunetOptionsGroupBox.visible = info.isNnunet
+        kind = info.kind
+        for widget in (ui.nnunetFoldsLabel, ui.nnunetFoldsLineEdit, ui.nnunetCheckpointLabel, ui.nnunetCheckpointComboBox):
+            widget.visible = kind in (modelPaths.NNUNET_FOLDER, modelPaths.TOTALSEGMENTATOR)  # a fold's file fixes both
+        for widget in (ui.nnunetMirroringLabel, ui.nnunetMirroringCheckBox):
+            widget.visible = kind in (modelPaths.NNUNET_FOLDER, modelPaths.NNUNET_CHECKPOINT)  # TotalSegmentator never mirrors
+        for widget in (ui.nnunetConfigurationLabel, ui.nnunetConfigurationComboBox):
+            widget.visible = len(info.configurations) > 1
+        combo = ui.nnunetConfigurationComboBox
+        if [combo.itemData(i) for i in range(combo.count)] != list(info.configurations):
+            wasBlocked = combo.blockSignals(True)
+            combo.clear()
+            for name in info.configurations:
+                combo.addItem(name, name)
+            combo.blockSignals(wasBlocked)
+        self._selectData(combo, p.nnunetConfiguration)
+        present = ", ".join(info.folds)
+        ui.nnunetFoldsLineEdit.placeholderText = _("every fold present ({folds})").format(folds=present) if present \
+            else _("every fold present")
+        notes = [info.note] if info.note else []
+        if info.isNnunet and not dependencies.nnunetReady():
+            notes.append(_("The package that builds nnU-Net networks (dynamic-network-architectures) is installed "
+                           "on the first Apply."))
+        ui.nnunetNoteLabel.text = "\n".join(notes)
+        ui.nnunetNoteLabel.visible = bool(notes)
+
+        combo = ui.targetStructureComboBox
+        items = [("", _("(by number)"))] + [(name, f"{name} ({index})") for name, index in info.structures]
+        if [combo.itemData(i) or "" for i in range(combo.count)] != [name for name, _title in items]:
+            wasBlocked = combo.blockSignals(True)
+            combo.clear()
+            for name, title in items:
+                combo.addItem(title, name)
+            combo.blockSignals(wasBlocked)
+        combo.visible = bool(info.structures)
+        self._selectData(combo, p.targetStructure if info.classIndex(p.targetStructure) is not None else "")
+
     def onModelPathChanged(self, path) -> None:
         if self._parameterNode and not self._updatingGUI:
             self.logic.setModelPath(self._parameterNode, str(path))
 
     def onModelFolderButton(self) -> None:
         start = self.logic.modelPath(self._parameterNode) if self._parameterNode else ""
-        folder = qt.QFileDialog.getExistingDirectory(self.parent, _("Choose a MONAI bundle folder"), start)
+        folder = qt.QFileDialog.getExistingDirectory(
+            self.parent, _("Choose a model folder (MONAI bundle, nnU-Net v2 model or results folder)"), start)
         if folder and self._parameterNode:
             self.logic.setModelPath(self._parameterNode, folder)
+
+    def onNnunetConfigurationChanged(self, index) -> None:
+        if self._parameterNode and not self._updatingGUI:
+            self._parameterNode.nnunetConfiguration = self.ui.nnunetConfigurationComboBox.itemData(index) or ""
+
+    def onTargetStructureChanged(self, index) -> None:
+        p = self._parameterNode
+        if p is None or self._updatingGUI:
+            return
+        name = self.ui.targetStructureComboBox.itemData(index) or ""
+        with slicer.util.NodeModify(p):
+            p.targetStructure = name
+            classIndex = self._currentModelInfo(p).classIndex(name) if name else None
+            if classIndex is not None:
+                p.targetClass = classIndex
+
+    def onTargetClassChanged(self, value) -> None:
+        """A class number that is not the named structure's clears the name (the number is then what counts)."""
+        p = self._parameterNode
+        if p is None or self._updatingGUI or not p.targetStructure:
+            return
+        if self._currentModelInfo(p).classIndex(p.targetStructure) != value:
+            p.targetStructure = ""
 
     def onDemoModelChanged(self, index) -> None:
         if self._parameterNode and not self._updatingGUI:
@@ -635,7 +728,7 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         elif not p.inputVolume:
             reason = _("Select an input volume")
         elif not p.modelPath:
-            reason = _("Select a model file or bundle folder, or load the demo")
+            reason = _("Select a model file or folder (MONAI bundle, nnU-Net), or load the demo")
         self.ui.applyButton.enabled = not reason
         self.ui.applyButton.toolTip = reason or _("Compute the attribution volume")
         self.ui.loadDemoButton.enabled = not busy and bool(p and p.demoModel)
@@ -649,14 +742,15 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _confirmInstall(self, message, details) -> bool:
         return slicer.util.confirmOkCancelDisplay(message, _("MedXAI: install Python packages"), detailedText=details)
 
-    def _withDependencies(self, then) -> None:
+    def _withDependencies(self, then, nnunet=False) -> None:
         """Call `then()` once torch, MONAI and the rest are installed: at once when they are, else after
-        installing them in a background process (progress bar, Cancel; Slicer stays usable)."""
-        if dependencies.dependenciesReady():
+        installing them in a background process (progress bar, Cancel; Slicer stays usable). `nnunet`: the
+        model is an nnU-Net folder, whose networks need dynamic-network-architectures too."""
+        if dependencies.dependenciesReady(nnunet):
             then()
             return
         try:
-            plan = dependencies.prepareInstallation(self._confirmInstall, slicer.app.testingEnabled())
+            plan = dependencies.prepareInstallation(self._confirmInstall, slicer.app.testingEnabled(), nnunet=nnunet)
         except Exception as error:
             self._showError(_("MedXAI cannot run until its Python packages are installed."), error)
             return
@@ -667,13 +761,13 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             self._setRunning(True)
             self._runner.startJob(installer.InstallJob(plan), self._onProgress,
-                                  lambda outcome: self._onInstallFinished(outcome, then))
+                                  lambda outcome: self._onInstallFinished(outcome, then, nnunet))
         except Exception as error:
             self._runner = None
             self._setRunning(False)
             self._showError(_("The installation of MedXAI's Python packages could not start."), error)
 
-    def _onInstallFinished(self, outcome, then) -> None:
+    def _onInstallFinished(self, outcome, then, nnunet=False) -> None:
         self._runner = None
         self._setRunning(False)
         if outcome.cancelled:
@@ -682,7 +776,7 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             if outcome.error is not None:
                 raise outcome.error
-            dependencies.finishInstallation()
+            dependencies.finishInstallation(nnunet=nnunet)
         except Exception as error:
             # the message says why (pip's reason) and what to do; the details hold pip's last lines
             self.ui.statusLabel.text = _("The installation failed.")
@@ -721,7 +815,8 @@ class MedXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """
         if self._busy():
             return
-        self._withDependencies(lambda: self._startAnalysis(request, onResult, what))
+        self._withDependencies(lambda: self._startAnalysis(request, onResult, what),
+                               modelPaths.isNnunetModel(request.model_path))
 
     def _startAnalysis(self, request, onResult, what: str) -> None:
         p = self._parameterNode
@@ -931,16 +1026,19 @@ class MedXAILogic(ScriptedLoadableModuleLogic):
         if p.inputVolume is None:
             raise InputError(_("Select the input volume."))
         if not p.modelPath:
-            raise ModelError(_("Select a model file or MONAI bundle folder, or load the demo."))
+            raise ModelError(_("Select a model file or folder (MONAI bundle, nnU-Net), or load the demo."))
         modelPath = self.modelPath(p)
+        options = self.modelOptions(p)
         info = MedXAILib.METHODS.get(p.method)
         image = volumes.imageVolumeFromNodes(self.inputVolumeNodes(p))
         if target is not None:
             params = forms.valuesForMethod(info.params, forms.decodeMethodParameters(p.methodParameters).get(info.name))
-            return jobs.explainRequest(image, modelPath, info.name, params, target, p.device, p.seed, p.trustBundle)
+            return jobs.explainRequest(image, modelPath, info.name, params, target, p.device, p.seed, p.trustBundle,
+                                       options)
         kind = p.targetKind
         target = targets.targetFromSettings(
-            kind, image.affine, image.shape, classIndex=p.targetClass, score=p.targetScore, reduction=p.targetReduction,
+            kind, image.affine, image.shape, classIndex=self.targetClassIndex(p), score=p.targetScore,
+            reduction=p.targetReduction,
             mask=segments.maskFromSegment(p.segmentation, p.segmentId, p.inputVolume)
             if kind is TargetKind.segment and p.segmentation else None,
             roiCornersRas=targets.roiCornersFromNode(p.targetRoi) if kind is TargetKind.roi and p.targetRoi else None,
@@ -949,7 +1047,27 @@ class MedXAILogic(ScriptedLoadableModuleLogic):
             worldToImage=targets.worldToVolumeMatrix(p.inputVolume),
         )
         params = forms.valuesForMethod(info.params, forms.decodeMethodParameters(p.methodParameters).get(info.name))
-        return jobs.explainRequest(image, modelPath, info.name, params, target, p.device, p.seed, p.trustBundle)
+        return jobs.explainRequest(image, modelPath, info.name, params, target, p.device, p.seed, p.trustBundle,
+                                   options)
+
+    def modelInfo(self, p):
+        """What the model's files say (nnU-Net or TotalSegmentator, configurations, folds, class names); no torch."""
+        return modelPaths.describeModel(self.modelPath(p), p.nnunetConfiguration)
+
+    def modelOptions(self, p) -> dict:
+        """The request's ``model_options``: the nnU-Net choices that apply to the model, and the structure that
+        picks a TotalSegmentator task's part (``MedXAIRuntime.modelPaths.modelOptions``)."""
+        return modelPaths.modelOptions(self.modelInfo(p), p.nnunetFolds, p.nnunetConfiguration, p.nnunetCheckpoint,
+                                       p.nnunetMirroring, p.targetStructure)
+
+    def targetClassIndex(self, p) -> int:
+        """The class to explain: the named structure's output channel where the model's files name it, else
+        the class number."""
+        if p.targetStructure:
+            named = self.modelInfo(p).classIndex(p.targetStructure)
+            if named is not None:
+                return named
+        return p.targetClass
 
     @staticmethod
     def _sceneDirectory(p) -> str:
@@ -962,8 +1080,16 @@ class MedXAILogic(ScriptedLoadableModuleLogic):
         return modelPaths.resolveModelPath(p.modelPath, self._sceneDirectory(p)) if p is not None else ""
 
     def setModelPath(self, p, path: str) -> None:
-        """Store `path` relative to the scene's folder where possible, so a moved scene keeps its model."""
-        p.modelPath = modelPaths.storedModelPath(str(path).strip(), self._sceneDirectory(p))
+        """Store `path` relative to the scene's folder where possible, so a moved scene keeps its model.
+
+        For an nnU-Net results folder holding several configurations, one is chosen (3d_fullres where there
+        is one) unless the stored choice is one of them.
+        """
+        with slicer.util.NodeModify(p):
+            p.modelPath = modelPaths.storedModelPath(str(path).strip(), self._sceneDirectory(p))
+            configurations = modelPaths.describeModel(self.modelPath(p)).configurations
+            if configurations and p.nnunetConfiguration not in configurations:
+                p.nnunetConfiguration = "3d_fullres" if "3d_fullres" in configurations else configurations[0]
 
     def showResult(self, attribution, p, inputVolume=None):
         """A new result node for `attribution` on the grid of `inputVolume` (default: the selected input)."""
@@ -1030,6 +1156,10 @@ class MedXAITest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_AnalysisPanels()
         self.setUp()
+        self.test_NnunetModelOptions()
+        self.setUp()
+        self.test_CohortTable()
+        self.setUp()
         self.test_DemoAndSampleData()
 
     def test_MedXAILibImports(self):
@@ -1059,7 +1189,11 @@ class MedXAITest(ScriptedLoadableModuleTest):
         p.boundaryScore = "logit"
         p.evaluateMode = EvaluateMode.compare
         p.counterfactualGoal = CounterfactualGoal.structureVolume
+        p.nnunetFolds, p.nnunetCheckpoint, p.nnunetMirroring = "0,1", "best", False
+        p.targetStructure = "liver"
         again = MedXAILogic().getParameterNode()
+        self.assertEqual((again.nnunetFolds, again.nnunetCheckpoint, again.nnunetMirroring, again.targetStructure),
+                         ("0,1", "best", False, "liver"))
         self.assertEqual(again.boundaryScore, "logit")
         self.assertIs(again.evaluateMode, EvaluateMode.compare)
         self.assertIs(again.counterfactualGoal, CounterfactualGoal.structureVolume)
@@ -1194,6 +1328,69 @@ class MedXAITest(ScriptedLoadableModuleTest):
         self.assertEqual(layouts.setComparisonLayers(slicer.mrmlScene, volumeNode, resultNode, resultNode), 3)
         layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
         self.delayDisplay("Analysis panels test passed")
+
+    def test_NnunetModelOptions(self):
+        """An nnU-Net results folder is recognised without torch: its configuration is chosen, the section shows
+        the nnU-Net options and the structures of dataset.json, and the choices become the request's model options."""
+        import json
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            dataset = Path(folder) / "Dataset001_Liver"
+            for configuration in ("2d", "3d_fullres"):
+                model = dataset / f"nnUNetTrainer__nnUNetPlans__{configuration}"
+                for fold in (0, 1):
+                    (model / f"fold_{fold}").mkdir(parents=True)
+                    (model / f"fold_{fold}" / "checkpoint_final.pth").write_bytes(b"")
+                (model / "dataset.json").write_text(json.dumps(
+                    {"labels": {"background": 0, "liver": 1, "tumour": 2}, "channel_names": {"0": "CT"}}))
+                (model / "plans.json").write_text("{}")
+            widget = slicer.util.getModuleWidget("MedXAI")
+            logic = MedXAILogic()
+            p = logic.getParameterNode()
+            logic.setModelPath(p, str(dataset))
+            self.assertEqual(p.nnunetConfiguration, "3d_fullres")
+            info = logic.modelInfo(p)
+            self.assertEqual((info.kind, info.configurations, info.folds),
+                             (modelPaths.NNUNET_FOLDER, ("2d", "3d_fullres"), ("0", "1")))
+            p.nnunetFolds, p.nnunetCheckpoint, p.nnunetMirroring, p.targetStructure = "1", "best", False, "tumour"
+            self.assertEqual(logic.modelOptions(p), {"folds": [1], "checkpoint": "best", "configuration": "3d_fullres",
+                                                     "mirroring": False})
+            self.assertEqual(logic.targetClassIndex(p), 2)
+            if widget is not None:  # the widget shows the options of the model chosen in its parameter node
+                widget.setParameterNode(p)
+                self.assertFalse(widget.ui.nnunetOptionsGroupBox.isHidden())
+                self.assertEqual(widget.ui.nnunetConfigurationComboBox.count, 2)
+                self.assertEqual(widget.ui.targetStructureComboBox.count, 4)  # (by number), background, liver, tumour
+                p.modelPath = ""
+                self.assertTrue(widget.ui.nnunetOptionsGroupBox.isHidden())
+        self.delayDisplay("nnU-Net options test passed")
+
+    def test_CohortTable(self):
+        """A cohort folder's table opens as a table node (reopening replaces it); a failed case says why in one line."""
+        import tempfile
+
+        from MedXAIBridge.cohortNodes import cohortTableNodes
+        from MedXAIRuntime import cohortTable
+
+        header = "case_id,status,structure,label,risk,entropy,tta_dice,error,scene,site"
+        lines = [header, "c1,done,liver,1,0.25,0.25,0.9,,cases/c1/scene.mrb,A",
+                 "c2,done,liver,1,0.75,0.75,0.4,,cases/c2/scene.mrb,B", "c3,failed,,-1,nan,nan,nan,unreadable image,,A"]
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "table.csv").write_text("\n".join(lines) + "\n")
+            node = cohortTable.openCohortFolder(folder)
+            self.assertEqual(node.GetTable().GetNumberOfRows(), 3)
+            again = cohortTable.openCohortFolder(folder)
+            self.assertEqual(cohortTableNodes(slicer.mrmlScene, folder), [again])
+            text = cohortPanel.tableSummaryText(again)
+            self.assertIn("3 cases, 1 failed (c3)", text)
+            self.assertIn("QA score: entropy", text)
+            with self.assertRaisesRegex(InputError, "failed \\(unreadable image\\)"):
+                cohortTable.loadRow(again, 2)
+            with self.assertRaisesRegex(InputError, "no cohort table"):
+                cohortTable.openCohortFolder(Path(folder) / "missing")
+        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+        self.delayDisplay("Cohort table test passed")
 
     def test_DemoAndSampleData(self):
         """The demo's phantom loads with its shipped models selected; Sample Data lists MedXAI's entries."""

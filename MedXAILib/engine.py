@@ -77,10 +77,19 @@ def explain(
         MedXAIError subclasses with an actionable message for any bad input.
     """
     started = time.perf_counter()
+    info, params, image, adapter, borrowed = _prepare(method, params, image, model, device, memory_budget,
+                                                      mixed_precision)
+    with borrowed:
+        return _explain(image, adapter, info, target, params, monitor or Monitor(), seed, started)
+
+
+def _prepare(method: str, params: Any, image: ImageVolume | str | Path, model: Any, device: Optional[str],
+             memory_budget: Optional[str | int], mixed_precision: Optional[bool]) -> tuple:
+    """What :func:`explain` and :func:`explain_structures` check and load first: the method's info and
+    parameters, the (finite) image, the adapter and the context that lends it to this call."""
     info = METHODS.get(method)
     if not (params is not None and isinstance(params, info.params)):
         params = make_params(info.params, params)
-    monitor = monitor or Monitor()
     if not isinstance(image, ImageVolume):
         from .io import read_image
 
@@ -92,8 +101,8 @@ def explain(
     else:
         adapter = model if isinstance(model, ModelAdapter) else load_model(model, device=device or "auto")
     budget = parse_budget(memory_budget) if memory_budget is not None else None
-    with adapter.borrowed(resolve_device(device) if device is not None else None, budget, mixed_precision):
-        return _explain(image, adapter, info, target, params, monitor, seed, started)
+    borrowed = adapter.borrowed(resolve_device(device) if device is not None else None, budget, mixed_precision)
+    return info, params, image, adapter, borrowed
 
 
 def _explain(image: ImageVolume, adapter: ModelAdapter, info: Any, target: Optional[Target], params: Any,
@@ -346,22 +355,10 @@ def explain_structures(
     targets = list(targets)
     if not targets:
         raise TargetError("explain_structures needs at least one target")
-    info = METHODS.get(method)
-    if not (params is not None and isinstance(params, info.params)):
-        params = make_params(info.params, params)
     monitor = monitor or Monitor()
-    if not isinstance(image, ImageVolume):
-        from .io import read_image
-
-        image = read_image(image)
-    image.check_finite()
-    if isinstance(model, torch.nn.Module):
-        adapter = load_model(model, borrow=True)
-        device = device or "auto"
-    else:
-        adapter = model if isinstance(model, ModelAdapter) else load_model(model, device=device or "auto")
-    budget = parse_budget(memory_budget) if memory_budget is not None else None
-    with adapter.borrowed(resolve_device(device) if device is not None else None, budget, mixed_precision):
+    info, params, image, adapter, borrowed = _prepare(method, params, image, model, device, memory_budget,
+                                                      mixed_precision)
+    with borrowed:
         adapter.check_input(image.n_channels)
         for target in targets:
             if target.region in ("mask", "box", "voxel"):

@@ -2,29 +2,51 @@
 
 Slicer-application glue over :mod:`MedXAIBridge.cohortNodes`:
 
-- :func:`openCohortFolder`: the table node, shown in the layout's table view;
+- :func:`openCohortFolder`: the table node (replacing an earlier one of the same folder), shown in the
+  layout's table view;
 - :func:`loadRow`: the row's case scene imported into the application's scene (the previous case's nodes
   removed, the table kept);
 - :func:`followSelection`: selecting a row of a ``qMRMLTableView`` loads its case.
 
-From the Python console: ``from MedXAIRuntime import cohortTable; cohortTable.openCohortFolder("/path/OUT")``.
+The module's Cohort QA section (:mod:`MedXAIRuntime.cohortPanel`) calls these; from the Python console:
+``from MedXAIRuntime import cohortTable; cohortTable.openCohortFolder("/path/OUT")``.
 Nothing here imports torch or MONAI (the table is read from CSV).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any, Callable, Optional
+
+from MedXAILib.errors import MedXAIError
 
 __all__ = ["openCohortFolder", "loadRow", "followSelection"]
 
+#: The selection handler connected last: (selection model, handler), disconnected before another is connected,
+#: so reopening a folder never loads a case twice (or from a removed table).
+_following: list = []
 
-def openCohortFolder(folder: str | Path):
-    """Open `folder`'s cohort table as a table node and show it in the table view; returns the node."""
+
+def openCohortFolder(folder: str | Path, onLoaded: Optional[Callable[[str, list], None]] = None,
+                     onError: Optional[Callable[[str], None]] = None):
+    """Open `folder`'s cohort table as a table node and show it in the table view; returns the node.
+
+    An earlier table node of the same folder is removed (the table is read again: a re-run may have
+    changed it). `onLoaded(caseId, nodes)` and `onError(message)` are called when a selected row's case
+    loads or cannot (see :func:`followSelection`).
+
+    Raises:
+        InputError: the folder holds no cohort table (``MedXAIBridge.cohortNodes.cohortTableNode``).
+    """
     import slicer
 
-    from MedXAIBridge.cohortNodes import cohortTableNode
+    from MedXAIBridge.cohortNodes import cohortTableNode, cohortTableNodes
 
+    earlier = cohortTableNodes(slicer.mrmlScene, folder)
     node = cohortTableNode(slicer.mrmlScene, folder)
+    for old in earlier:
+        slicer.mrmlScene.RemoveNode(old)
     layoutManager = slicer.app.layoutManager()
     if layoutManager is not None:
         layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
@@ -33,7 +55,7 @@ def openCohortFolder(folder: str | Path):
         slicer.app.applicationLogic().PropagateTableSelection()
         tableWidget = layoutManager.tableWidget(0)
         if tableWidget is not None:
-            followSelection(tableWidget.tableView(), node)
+            followSelection(tableWidget.tableView(), node, onLoaded, onError)
     return node
 
 
@@ -46,18 +68,45 @@ def loadRow(tableNode, row: int) -> list:
     return loadCaseScene(slicer.mrmlScene, tableNode, row)
 
 
-def followSelection(tableView, tableNode) -> None:
-    """Load a row's case whenever a cell of that row is selected in `tableView` (a ``qMRMLTableView``)."""
+def _stopFollowing() -> None:
+    while _following:
+        model, handler = _following.pop()
+        try:
+            model.selectionChanged.disconnect(handler)
+        except Exception:  # noqa: BLE001 - the view (and its model) may be gone
+            pass
+
+
+def followSelection(tableView, tableNode, onLoaded: Optional[Callable[[str, list], None]] = None,
+                    onError: Optional[Callable[[str], None]] = None) -> None:
+    """Load a row's case whenever a cell of that row is selected in `tableView` (a ``qMRMLTableView``).
+
+    Replaces the handler an earlier call connected. A case that cannot load (a failed case, a missing
+    scene) is reported as one line: ``onError(message)``, else in the status bar.
+    """
     import slicer
 
-    def selected(*_args) -> None:
+    def selected(*_args: Any) -> None:
         rows = tableView.selectedIndexes()
-        if not rows:
+        if not rows or tableNode.GetScene() is None:
             return
         row = rows[0].row() - (1 if tableNode.GetUseFirstColumnAsRowHeader() else 0)
         try:
-            loadRow(tableNode, row)
-        except Exception as error:  # noqa: BLE001 - a failed case: say why in the status bar
-            slicer.util.showStatusMessage(f"MedXAI cohort: {error}", 5000)
+            nodes = loadRow(tableNode, row)
+        except Exception as error:  # noqa: BLE001 - a failed case: say why in one line
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            if not isinstance(error, MedXAIError):  # not the case's own reason: keep the trace in the log
+                logging.exception("MedXAI cohort: the case could not be loaded")
+            if onError is not None:
+                onError(message)
+            else:
+                slicer.util.showStatusMessage(f"MedXAI cohort: {message}", 5000)
+            return
+        if onLoaded is not None:
+            case = tableNode.GetTable().GetColumnByName("case_id").GetValue(row)
+            onLoaded(case, nodes)
 
-    tableView.selectionModel().selectionChanged.connect(selected)
+    _stopFollowing()
+    model = tableView.selectionModel()
+    model.selectionChanged.connect(selected)
+    _following.append((model, selected))

@@ -6,6 +6,9 @@
   with pip, always under a constraints file that pins the installed torch, torchvision, numpy and
   SimpleITK, so pip can never replace them (a replaced torch or numpy breaks Slicer or the PyTorch
   extension).
+- nnU-Net v2 models (and ``totalsegmentator:TASK``) also need ``dynamic-network-architectures``
+  (:data:`NNUNET_REQUIREMENTS`), installed only when such a model is applied, with ``--no-deps`` in a pip
+  step of its own (its declared requirements would bring another torch; see the constant).
 - Both run in a child process (:mod:`MedXAIRuntime.installer`) with progress and Cancel: the PyTorch
   extension's ``installTorch`` and ``slicer.util.pip_install`` would block Slicer's main thread.
 
@@ -26,6 +29,8 @@ __all__ = [
     "DependencyError",
     "MINIMUM_TORCH",
     "PINNED_PACKAGES",
+    "NNUNET_REQUIREMENTS",
+    "optionalRequirements",
     "requirementsPath",
     "readRequirements",
     "requirementName",
@@ -38,12 +43,25 @@ __all__ = [
     "prepareInstallation",
     "finishInstallation",
     "dependenciesReady",
+    "nnunetReady",
 ]
 
 MINIMUM_TORCH = "2.4"  # MONAI 1.6 needs torch >= 2.4 (pyproject.toml)
 PINNED_PACKAGES = ("torch", "torchvision", "numpy", "SimpleITK")  # never to be replaced by pip
 
+#: What nnU-Net v2 model folders need besides requirements.txt, installed with ``pip install --no-deps`` in a step
+#: of its own (same constraints), and only when such a model is applied. MedXAILib.model.nnunet builds the networks
+#: with dynamic_network_architectures (the package nnU-Net uses). Its metadata requires timm, which requires
+#: torchvision, and pip would bring another (multi-GB CUDA) torch with it over the PyTorch extension's; and einops.
+#: The U-Net classes nnU-Net plans name (dynamic_network_architectures.architectures.unet and everything it imports)
+#: import only torch and numpy, which Slicer and the PyTorch extension provide: nothing else is needed at import time
+#: (only the Primus/EVA architectures import timm and einops; Testing/Runtime/test_runtime_dependencies.py imports
+#: the U-Nets with timm, einops and torchvision blocked). The range is MedXAILib.model.nnunet.INSTALL_HINT's
+#: (0.4.4 is what nnunetv2 2.8 requires, and what is tested); no timm, no torchvision, ever.
+NNUNET_REQUIREMENTS = ("dynamic-network-architectures>=0.4.4,<0.5",)
+
 _ready = False
+_nnunetReady = False
 
 
 class DependencyError(RuntimeError):
@@ -130,6 +148,11 @@ def torchStatus(versionOf: Callable[[str], Optional[str]] = installedVersion, mi
     return "ok" if _satisfied(f"torch>={minimum}", version.split("+")[0]) else "old"
 
 
+def optionalRequirements(nnunet: bool = False) -> list[str]:
+    """The requirements installed with ``--no-deps`` for what the run needs (:data:`NNUNET_REQUIREMENTS`)."""
+    return list(NNUNET_REQUIREMENTS) if nnunet else []
+
+
 def installationPlan(
     requirements: Optional[Sequence[str]] = None, versionOf: Callable[[str], Optional[str]] = installedVersion
 ) -> tuple[str, list[str]]:
@@ -142,22 +165,32 @@ def installationPlan(
 # Before and after an installation (the installation itself: MedXAIRuntime.installer, in a child process)
 
 
-def dependenciesReady() -> bool:
-    """True once everything is installed (checked from package metadata; remembered once true)."""
+def dependenciesReady(nnunet: bool = False) -> bool:
+    """True once everything is installed (checked from package metadata; remembered once true); `nnunet`:
+    the nnU-Net network package too."""
     global _ready
     if not _ready:
         status, missing = installationPlan()
         _ready = status == "ok" and not missing
-    return _ready
+    return _ready and (not nnunet or nnunetReady())
 
 
-def confirmationText(status: str, missing: Sequence[str]) -> tuple[str, str]:
+def nnunetReady(versionOf: Callable[[str], Optional[str]] = installedVersion) -> bool:
+    """True once :data:`NNUNET_REQUIREMENTS` are installed (metadata; remembered once true)."""
+    global _nnunetReady
+    if not _nnunetReady:
+        _nnunetReady = not missingRequirements(NNUNET_REQUIREMENTS, versionOf)
+    return _nnunetReady
+
+
+def confirmationText(status: str, missing: Sequence[str], noDeps: Sequence[str] = ()) -> tuple[str, str]:
     """The question asked before installing, and its details (one line per package)."""
     items = []
     if status == "missing":
         items.append(f"PyTorch >= {MINIMUM_TORCH}, installed as the PyTorch extension does (light-the-torch picks "
                      "the build for your NVIDIA driver)")
     items += [f"{req} (pip)" for req in missing]
+    items += [f"{req} (pip, without its declared requirements: builds nnU-Net networks)" for req in noDeps]
     message = (
         "MedXAI needs Python packages that are not installed yet. Installing them needs a network connection "
         "and can take several minutes; it runs in the background (Slicer stays usable, Cancel stops it). "
@@ -171,6 +204,7 @@ def prepareInstallation(
     testing: bool = False,
     requirements: Optional[Sequence[str]] = None,
     versionOf: Callable[[str], Optional[str]] = installedVersion,
+    nnunet: bool = False,
 ):
     """Decide what to install, asking the user once.
 
@@ -180,6 +214,7 @@ def prepareInstallation(
             skips installing then).
         requirements, versionOf: what is required and how versions are read (defaults: the module's
             ``requirements.txt`` and the installed metadata).
+        nnunet: the model is an nnU-Net folder: :data:`NNUNET_REQUIREMENTS` too (``--no-deps``).
 
     Returns:
         None when everything is installed, else the :class:`~MedXAIRuntime.installer.InstallPlan`
@@ -191,6 +226,7 @@ def prepareInstallation(
     """
     global _ready
     status, missing = installationPlan(requirements, versionOf)
+    noDeps = missingRequirements(optionalRequirements(nnunet), versionOf)
     if status == "old":
         raise DependencyError(
             f"PyTorch {versionOf('torch')} is too old for MedXAI (it needs {MINIMUM_TORCH} or newer). "
@@ -198,19 +234,20 @@ def prepareInstallation(
         )
     if status == "ok" and not missing:
         _ready = True
-        return None
-    still = (["torch"] if status != "ok" else []) + list(missing)
+        if not noDeps:
+            return None
+    still = (["torch"] if status != "ok" else []) + list(missing) + list(noDeps)
     if testing:
         raise DependencyError(f"Slicer runs in testing mode, where nothing is installed; missing: {', '.join(still)}")
-    if not confirm(*confirmationText(status, missing)):
+    if not confirm(*confirmationText(status, missing, noDeps)):
         raise DependencyError("MedXAI cannot compute explanations until its Python packages are installed.")
     from .installer import InstallPlan
 
-    return InstallPlan.forMissing(status, missing)
+    return InstallPlan.forMissing(status, missing, noDeps)
 
 
 def finishInstallation(requirements: Optional[Sequence[str]] = None,
-                       versionOf: Callable[[str], Optional[str]] = installedVersion) -> None:
+                       versionOf: Callable[[str], Optional[str]] = installedVersion, nnunet: bool = False) -> None:
     """After the installer succeeded: check again in this process (it reads what the child installed).
 
     Raises:
@@ -219,6 +256,7 @@ def finishInstallation(requirements: Optional[Sequence[str]] = None,
     global _ready
     importlib.invalidate_caches()  # the child changed site-packages behind this interpreter's back
     status, missing = installationPlan(requirements, versionOf)
+    missing = list(missing) + missingRequirements(optionalRequirements(nnunet), versionOf)
     if status != "ok" or missing:
         still = (["torch"] if status != "ok" else []) + list(missing)
         raise DependencyError(f"these packages are still missing after the installation: {', '.join(still)}. "

@@ -15,7 +15,10 @@ does, with JSON-lines progress (:mod:`MedXAILib.runs.protocol`):
 2. a constraints file pinning the installed torch, torchvision, numpy and SimpleITK
    (:func:`MedXAIRuntime.dependencies.constraintsText`), so pip can never replace them;
 3. ``python -m pip install <missing> -c constraints.txt`` (``Resources/requirements.txt``);
-4. a check that everything is now installed, written to ``result.json``.
+4. for an nnU-Net model, ``python -m pip install --no-deps <missing> -c constraints.txt``
+   (:data:`MedXAIRuntime.dependencies.NNUNET_REQUIREMENTS`: dynamic-network-architectures without the
+   timm -> torchvision -> torch its metadata declares);
+5. a check that everything is now installed, written to ``result.json``.
 
 A failure exits with code 2 and one line ``medxai: error: <why>. <what to do>``; pip's own last lines
 are in the job's log (the dialog's details). Cancel stops the tree like any run; a package pip was
@@ -65,6 +68,8 @@ class InstallPlan:
         torch: install torch (and torchvision) the PyTorch extension's way.
         torchRequirement: the version range for torch, e.g. ``">=2.4"``.
         requirements: pip requirement strings (the missing lines of ``requirements.txt``).
+        noDepsRequirements: requirements installed afterwards in a pip step of their own with ``--no-deps``
+            (the missing :data:`~MedXAIRuntime.dependencies.NNUNET_REQUIREMENTS`).
         pinned: distributions the constraints file pins to their installed version.
         pipOptions: extra pip options (e.g. ``["--index-url", URL]``), appended to every pip call.
     """
@@ -72,13 +77,15 @@ class InstallPlan:
     torch: bool = False
     torchRequirement: str = f">={dependencies.MINIMUM_TORCH}"
     requirements: list[str] = field(default_factory=list)
+    noDepsRequirements: list[str] = field(default_factory=list)
     pinned: list[str] = field(default_factory=lambda: list(dependencies.PINNED_PACKAGES))
     pipOptions: list[str] = field(default_factory=list)
 
     @classmethod
-    def forMissing(cls, torchStatus: str, missing: Sequence[str]) -> "InstallPlan":
-        """The plan for :func:`MedXAIRuntime.dependencies.installationPlan`'s answer."""
-        return cls(torch=torchStatus == "missing", requirements=list(missing))
+    def forMissing(cls, torchStatus: str, missing: Sequence[str], noDeps: Sequence[str] = ()) -> "InstallPlan":
+        """The plan for :func:`MedXAIRuntime.dependencies.installationPlan`'s answer (and the missing
+        ``--no-deps`` requirements)."""
+        return cls(torch=torchStatus == "missing", requirements=list(missing), noDepsRequirements=list(noDeps))
 
     def write(self, folder: Path) -> Path:
         path = Path(folder) / PLAN_FILE
@@ -96,9 +103,11 @@ def installCommand(python: str, folder: Path) -> list[str]:
     return [str(python), "-m", "MedXAIRuntime.installer", str(folder)]
 
 
-def pipArguments(requirements: Sequence[str], constraints: Optional[Path], options: Sequence[str] = ()) -> list[str]:
-    """``pip install`` arguments: no version check (it needs the network), the constraints, the options."""
-    args = ["install", "--disable-pip-version-check", *requirements]
+def pipArguments(requirements: Sequence[str], constraints: Optional[Path], options: Sequence[str] = (),
+                 noDeps: bool = False) -> list[str]:
+    """``pip install`` arguments: no version check (it needs the network), ``--no-deps`` where asked, the
+    constraints, the options."""
+    args = ["install", "--disable-pip-version-check", *(["--no-deps"] if noDeps else []), *requirements]
     if constraints is not None:
         args += ["-c", str(constraints)]
     return args + list(options)
@@ -189,17 +198,25 @@ def install(plan: InstallPlan, folder: Path, progress: Callable[[float, str], No
     constraints = Path(folder) / CONSTRAINTS_FILE
     constraints.write_text(dependencies.constraintsText({name: _installed(name) for name in plan.pinned}),
                            encoding="utf-8")
+    start = 0.6 if plan.torch else 0.0
+    middle = 0.85 if plan.noDepsRequirements else 0.95
     if plan.requirements:
         _run(pip + pipArguments(plan.requirements, constraints, plan.pipOptions), ", ".join(
-            dependencies.requirementName(r) for r in plan.requirements), progress, (0.6 if plan.torch else 0.0, 0.95))
+            dependencies.requirementName(r) for r in plan.requirements), progress, (start, middle))
+    if plan.noDepsRequirements:  # after the others: nothing installed later can pull in what --no-deps left out
+        _run(pip + pipArguments(plan.noDepsRequirements, constraints, plan.pipOptions, noDeps=True), ", ".join(
+            dependencies.requirementName(r) for r in plan.noDepsRequirements), progress,
+             (middle if plan.requirements else start, 0.95))
     importlib.invalidate_caches()
     status, missing = dependencies.installationPlan(plan.requirements)
+    missing = list(missing) + dependencies.missingRequirements(plan.noDepsRequirements)
     still = (["torch"] if plan.torch and status != "ok" else []) + list(missing)
     if still:
         raise InstallError(f"installing finished but these packages are still missing: {', '.join(still)} "
                            "(see the details below; restart Slicer and click Apply again)")
     progress(1.0, "Installed")
-    names = (["torch", "torchvision"] if plan.torch else []) + [dependencies.requirementName(r) for r in plan.requirements]
+    names = (["torch", "torchvision"] if plan.torch else []) + [dependencies.requirementName(r) for r in
+                                                                 [*plan.requirements, *plan.noDepsRequirements]]
     return {name: _installed(name) for name in names}
 
 

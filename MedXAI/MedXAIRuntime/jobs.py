@@ -73,24 +73,30 @@ def explainRequest(
     device: str = "auto",
     seed: int = 0,
     trustBundle: bool = False,
+    modelOptions: Optional[Mapping[str, Any]] = None,
 ) -> "RunRequest":
     """The :class:`~MedXAILib.runs.RunRequest` of an explanation.
 
     Args:
         image: the input, one channel per input volume, on the first volume's grid.
-        modelPath: TorchScript file, exported program, MONAI bundle folder or model spec JSON.
+        modelPath: TorchScript file, exported program, MONAI bundle folder, model spec JSON, nnU-Net v2 folder
+            or ``totalsegmentator:TASK``.
         method: a registered method name.
         params: the method's parameters (names and values as in its parameter dataclass).
         target: what to explain; a ``mask`` or ``boundary`` target carries its mask.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         seed: seeds every random draw.
         trustBundle: let a MONAI bundle's config run code.
+        modelOptions: ``MedXAILib.load_model`` keywords with JSON values (the nnU-Net folds, configuration,
+            checkpoint and mirroring, a TotalSegmentator task's structure: :func:`MedXAIRuntime.modelPaths.modelOptions`);
+            None or empty: the loader's defaults.
     """
     from MedXAILib.runs import RunRequest
 
     return RunRequest(kind="explain", image=image, model_path=modelPath,
                       arguments={"method": method, "params": dict(params or {})}, target=target,
-                      device=device, seed=int(seed), trust_bundle=bool(trustBundle))
+                      device=device, seed=int(seed), trust_bundle=bool(trustBundle),
+                      model_options=dict(modelOptions or {}))
 
 
 def analysisRequest(

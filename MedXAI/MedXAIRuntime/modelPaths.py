@@ -11,16 +11,30 @@ place or machine. So the parameter node keeps (:func:`storedModelPath`):
 
 :func:`resolveModelPath` turns every form back into an absolute path against the scene's current
 folder, so a scene folder copied with its models works wherever it lands. Only the module uses the
-stored form; MedXAILib always receives the resolved path. Plain Python (pathlib), no Slicer.
+stored form; MedXAILib always receives the resolved path. ``totalsegmentator:TASK`` is kept as it is.
+
+:func:`describeModel` tells, from the files alone, whether a model is an nnU-Net v2 folder (a trained-model
+folder, a results folder ``DatasetXXX_Name/`` holding ``Trainer__Plans__Configuration/`` folders, or one
+fold's checkpoint) or a TotalSegmentator task, with its configurations, folds and class names, so the
+module can offer the nnU-Net options and name the target structure before torch is installed;
+:func:`modelOptions` turns those choices into a run request's ``model_options``. The file checks are
+MedXAILib's own (:mod:`MedXAILib.model.folders`, which imports without torch).
+Plain Python, no Slicer, no torch.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
-__all__ = ["SHIPPED_PREFIX", "shippedModelsFolder", "storedModelPath", "resolveModelPath"]
+from MedXAILib.errors import ModelError
+from MedXAILib.model import folders
+
+__all__ = ["SHIPPED_PREFIX", "shippedModelsFolder", "storedModelPath", "resolveModelPath", "CHECKPOINTS",
+           "NNUNET_FOLDER", "NNUNET_CHECKPOINT", "TOTALSEGMENTATOR", "ModelInfo", "describeModel", "isNnunetModel",
+           "parseFolds", "modelOptions"]
 
 #: Prefix of a model path inside this extension's ``Resources/Models``.
 SHIPPED_PREFIX = "medxai-models:"
@@ -85,11 +99,170 @@ def resolveModelPath(stored: str, sceneDirectory: Optional[str] = None, shippedF
     then reports the missing file with the path the user sees).
     """
     text = str(stored or "").strip()
-    if not text:
-        return ""
+    if not text or folders.is_totalsegmentator(text):  # totalsegmentator:TASK names a task, not a file
+        return text
     if text.startswith(SHIPPED_PREFIX):
         return str((shippedFolder or shippedModelsFolder()) / Path(*PurePosixPath(text[len(SHIPPED_PREFIX):]).parts))
     if Path(text).is_absolute():
         return text
     folder = _usableFolder(sceneDirectory)
     return str(folder / Path(*PurePosixPath(text).parts)) if folder is not None else text
+
+
+# ------------------------------------------------------------------------------------------------
+# nnU-Net v2 folders and TotalSegmentator tasks, recognised without torch (MedXAILib.model.folders)
+
+#: ``nnunetCheckpoint`` choices and their files.
+CHECKPOINTS = folders.CHECKPOINTS
+#: :attr:`ModelInfo.kind` values: an nnU-Net model or results folder, one fold's checkpoint file, a TotalSegmentator task.
+NNUNET_FOLDER, NNUNET_CHECKPOINT, TOTALSEGMENTATOR = "nnunetFolder", "nnunetCheckpoint", "totalSegmentator"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the module shows about a model before loading it.
+
+    Attributes:
+        kind: ``""`` (a model MedXAILib loads without nnU-Net options), :data:`NNUNET_FOLDER`,
+            :data:`NNUNET_CHECKPOINT` or :data:`TOTALSEGMENTATOR`.
+        configurations: the configurations of a results folder ``DatasetXXX_Name/`` holding several
+            ``Trainer__Plans__Configuration`` folders (one must be chosen); empty otherwise.
+        folds: the folds with a checkpoint in the (chosen) model folder, e.g. ``("0", "1", "all")``.
+        structures: ``(class name, output channel)`` from ``dataset.json``; for a TotalSegmentator task made
+            of several models, each name with its channel in the model that predicts it.
+        note: why something is missing (TotalSegmentator's weights not found ...), or "".
+    """
+
+    kind: str = ""
+    configurations: tuple[str, ...] = ()
+    folds: tuple[str, ...] = ()
+    structures: tuple[tuple[str, int], ...] = ()
+    note: str = ""
+
+    @property
+    def isNnunet(self) -> bool:
+        return bool(self.kind)
+
+    def classIndex(self, structure: str) -> Optional[int]:
+        """The output channel of `structure` (exact name first, then case-insensitive), or None."""
+        for name, index in self.structures:
+            if name == structure:
+                return index
+        lowered = str(structure).lower()
+        return next((index for name, index in self.structures if name.lower() == lowered), None)
+
+
+def _classNames(model: Path) -> list[str]:
+    """The class names of a trained model's ``dataset.json``; [] where it cannot be read (the loader says why)."""
+    try:
+        return folders.label_layout(folders.read_dataset_json(model))[0]
+    except (ModelError, TypeError, ValueError, IndexError):
+        return []
+
+
+def _chosenModel(folder: Path, configuration: str = "") -> Optional[Path]:
+    """The model folder at `folder` (a results folder: the one of `configuration`, or the only one)."""
+    try:
+        return folders.model_folder(folder, configuration or None)
+    except ModelError:
+        return None
+
+
+def _nnunetInfo(folder: Path, configuration: str) -> ModelInfo:
+    configurations: tuple[str, ...] = ()
+    if not folders.is_model_folder(folder):
+        configurations = tuple(dict.fromkeys(folders.configuration_of(m) for m in folders.trained_models(folder)))
+    model = _chosenModel(folder, configuration) or _chosenModel(folder, "3d_fullres") \
+        or next(iter(folders.trained_models(folder)), None)
+    if model is None:
+        return ModelInfo(NNUNET_FOLDER, configurations)
+    return ModelInfo(NNUNET_FOLDER, configurations if len(configurations) > 1 else (),
+                     tuple(folders.present_folds(model)), tuple((name, i) for i, name in enumerate(_classNames(model))))
+
+
+def _totalSegmentatorInfo(text: str) -> ModelInfo:
+    try:
+        parts = folders.task_folders(text.strip())
+    except ModelError as error:
+        return ModelInfo(TOTALSEGMENTATOR, note=str(error))
+    structures: dict[str, int] = {}
+    found: tuple[str, ...] = ()
+    missing = []
+    for dataset, folder in parts:
+        model = _chosenModel(folder, "3d_fullres") or _chosenModel(folder) if folder is not None else None
+        if model is None:
+            missing.append(f"Dataset{dataset:03d}")
+            continue
+        found = found or tuple(folders.present_folds(model))
+        for index, name in enumerate(_classNames(model)):
+            structures.setdefault(name, index)  # the first model that predicts a name loads for it
+    note = f"TotalSegmentator's {', '.join(missing)} not found in {folders.weights_dir()[0]}" if missing else ""
+    return ModelInfo(TOTALSEGMENTATOR, (), found, tuple(structures.items()), note)
+
+
+def describeModel(path: str, configuration: str = "") -> ModelInfo:
+    """:class:`ModelInfo` of a resolved model path or ``totalsegmentator:TASK`` (files only; no torch)."""
+    text = str(path or "").strip()
+    if not text:
+        return ModelInfo()
+    if folders.is_totalsegmentator(text):
+        return _totalSegmentatorInfo(text)
+    location = folders.checkpoint_location(Path(text)) if Path(text).is_file() else None
+    if location is not None:
+        folder, fold, _ = location
+        return ModelInfo(NNUNET_CHECKPOINT, (), (fold,), tuple((name, i) for i, name in enumerate(_classNames(folder))))
+    if folders.is_nnunet_folder(Path(text)):
+        return _nnunetInfo(Path(text), configuration)
+    return ModelInfo()
+
+
+def isNnunetModel(path: str) -> bool:
+    """Whether loading `path` needs nnU-Net's network package (``dynamic_network_architectures``)."""
+    text = str(path or "").strip()
+    return bool(text) and describeModel(text).isNnunet
+
+
+def parseFolds(text: str) -> Optional[list]:
+    """``""`` -> None (every fold present); ``"0, 1"`` -> ``[0, 1]``; ``"all"`` -> ``["all"]`` (fold_all).
+
+    Raises:
+        InputError: anything else (one line, as ``medxai --folds`` says it).
+    """
+    from MedXAILib.errors import InputError
+
+    if not str(text or "").replace(" ", "").strip(","):
+        return None
+    try:
+        return folders.parse_folds(text)
+    except ValueError as error:
+        raise InputError(f"nnU-Net folds: {error}") from None
+
+
+def modelOptions(info: ModelInfo, folds: str = "", configuration: str = "", checkpoint: str = "final",
+                 mirroring: bool = True, structure: str = "") -> dict:
+    """The ``model_options`` of a run request (``MedXAILib.load_model`` keywords, JSON values) for the
+    module's nnU-Net choices; only what differs from the loader's defaults, and only what applies to
+    `info`'s kind (a fold's checkpoint file fixes its fold and checkpoint; TotalSegmentator fixes its
+    configuration and never mirrors; `structure` picks the part of a TotalSegmentator task).
+
+    Raises:
+        InputError: `folds` or `checkpoint` cannot be read.
+    """
+    from MedXAILib.errors import InputError
+
+    options: dict = {}
+    if info.kind in (NNUNET_FOLDER, TOTALSEGMENTATOR):
+        chosen = parseFolds(folds)
+        if chosen is not None:
+            options["folds"] = chosen
+        if checkpoint not in CHECKPOINTS:
+            raise InputError(f"the nnU-Net checkpoint is {' or '.join(CHECKPOINTS)}; got {checkpoint!r}")
+        if checkpoint != "final":
+            options["checkpoint"] = checkpoint
+    if info.kind == NNUNET_FOLDER and configuration and configuration in info.configurations:
+        options["configuration"] = configuration
+    if info.kind in (NNUNET_FOLDER, NNUNET_CHECKPOINT) and not mirroring:
+        options["mirroring"] = False
+    if info.kind == TOTALSEGMENTATOR and structure:
+        options["structure"] = structure
+    return options

@@ -85,13 +85,12 @@ def floats(count: int, what: str, positive: bool = False, increasing: bool = Fal
 
 def folds(text: str) -> list[int | str]:
     """An argparse type: ``0,1,2`` or ``all`` (nnU-Net's fold_all)."""
-    values: list[int | str] = []
-    for part in text.replace(" ", "").split(","):
-        if part == "all" or part.isdigit():
-            values.append(part if part == "all" else int(part))
-        else:
-            raise argparse.ArgumentTypeError(f"--folds takes fold numbers or 'all', separated by commas; got {text!r}")
-    return values
+    from ..model.folders import parse_folds
+
+    try:
+        return parse_folds(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def class_by_name(names: Optional[Sequence[str]], name: str) -> int:

@@ -43,6 +43,8 @@ import torch
 
 from ..errors import ModelError, UntrustedModelError
 from .adapter import ModelAdapter
+from .folders import (CHECKPOINTS, checkpoint_location, is_nnunet_folder, label_layout, model_folder,
+                      present_folds)
 from .preprocessing import ChannelIntensity, CropNonzero, Orientation, PermuteAxes, Preprocessing, Resize
 from .weights import apply_state_dict, sha256_of
 from .windows import Ensemble
@@ -50,69 +52,12 @@ from .windows import Ensemble
 __all__ = ["CHECKPOINTS", "INSTALL_HINT", "OUTSIDE_LOGIT", "is_nnunet_folder", "model_folder", "read_checkpoint",
            "build_network", "load_nnunet", "label_layout", "checkpoint_location"]
 
-#: ``--checkpoint`` choices and their files.
-CHECKPOINTS = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth"}
 INSTALL_HINT = ("pip install --no-deps 'dynamic-network-architectures>=0.4.4,<0.5' (--no-deps: its timm "
                 "requirement would pull torchvision and another torch; the U-Net classes need neither)")
 #: The logit of a non-background channel outside nnU-Net's crop (background 0): probability ~2e-9.
 OUTSIDE_LOGIT = -20.0
 _READERS = {"SimpleITKIO": None, "NibabelIO": None, "NibabelIOWithReorient": "RAS", "SimpleITKIOWithReorient": "RAS"}
 _RESAMPLERS = ("resample_data_or_seg_to_shape", "resample_torch_fornnunet", "no_resampling_hack")
-_FOLD = re.compile(r"^fold_(\d+|all)$")
-
-
-def _is_model_folder(path: Path) -> bool:
-    return (path / "dataset.json").is_file() and (path / "plans.json").is_file()
-
-
-def _trained_models(path: Path) -> list[Path]:
-    """Model folders ``Trainer__Plans__Configuration`` directly inside a dataset folder."""
-    try:
-        children = sorted(p for p in path.iterdir() if p.is_dir())
-    except OSError:
-        return []
-    return [p for p in children if p.name.count("__") == 2 and _is_model_folder(p)]
-
-
-def is_nnunet_folder(path: Path) -> bool:
-    """Whether `path` is an nnU-Net v2 trained-model folder or a dataset folder of the results layout."""
-    path = Path(path)
-    return path.is_dir() and (_is_model_folder(path) or bool(_trained_models(path)))
-
-
-def model_folder(path: Path, configuration: Optional[str] = None) -> Path:
-    """The trained-model folder at `path`, choosing among a dataset folder's models by `configuration`.
-
-    Raises:
-        ModelError: no model, or several and `configuration` does not pick one.
-    """
-    path = Path(path)
-    if _is_model_folder(path):
-        return path
-    models = _trained_models(path)
-    if not models:
-        raise ModelError(f"{path} is not an nnU-Net v2 model folder: it has neither dataset.json and plans.json nor "
-                         "Trainer__Plans__Configuration folders holding them")
-    if configuration is not None:
-        models = [m for m in models if m.name.split("__")[2] == configuration]
-        if not models:
-            found = ", ".join(p.name for p in _trained_models(path))
-            raise ModelError(f"{path.name} has no trained model of configuration {configuration!r}; it has {found}")
-    if len(models) > 1:
-        names = ", ".join(m.name for m in models)
-        raise ModelError(f"{path.name} holds several trained models ({names}): choose one with --configuration, or "
-                         "give the model's own folder")
-    return models[0]
-
-
-def checkpoint_location(path: Path) -> Optional[tuple[Path, str, str]]:
-    """(model folder, fold, checkpoint choice) when `path` is a checkpoint file inside a model folder."""
-    path = Path(path)
-    fold = _FOLD.match(path.parent.name)
-    choice = {v: k for k, v in CHECKPOINTS.items()}.get(path.name)
-    if fold and choice and _is_model_folder(path.parent.parent):
-        return path.parent.parent, fold.group(1), choice
-    return None
 
 
 def _safe_types() -> list[Any]:
@@ -285,30 +230,6 @@ def build_network(architecture: dict, in_channels: int, out_channels: int) -> to
         raise ModelError(f"cannot build {cls.__name__} from the plans: {exc}") from None
 
 
-def label_layout(dataset: dict) -> tuple[list[str], str]:
-    """(class names, one per output channel; ``softmax`` or ``sigmoid``) from dataset.json's labels.
-
-    Plain labels give one channel per label value 0..K-1 (softmax); region-based labels (a label
-    that is a list of several values) one channel per region other than the background (sigmoid),
-    in dataset.json's order, as nnU-Net's LabelManager orders them. ``ignore`` has no channel.
-    """
-    labels = dataset.get("labels")
-    if not isinstance(labels, dict) or "background" not in labels:
-        raise ModelError("dataset.json needs 'labels' with a 'background' label 0")
-    labels = {k: v for k, v in labels.items() if k != "ignore"}
-    if any(isinstance(v, (list, tuple)) and len(v) > 1 for v in labels.values()):
-        names = [k for k, v in labels.items()
-                 if not (v == 0 or (isinstance(v, (list, tuple)) and set(int(i) for i in v) == {0}))]
-        return names, "sigmoid"
-    by_value: dict[int, str] = {}
-    for name, value in labels.items():
-        value = int(value[0] if isinstance(value, (list, tuple)) else value)
-        by_value.setdefault(value, name)
-    if sorted(by_value) != list(range(len(by_value))):
-        raise ModelError(f"dataset.json labels must be the values 0..K-1; got {sorted(by_value)}")
-    return [by_value[v] for v in range(len(by_value))], "softmax"
-
-
 def _normalisation(config: dict, plans: dict, channels: int) -> ChannelIntensity:
     schemes = config.get("normalization_schemes") or []
     masks = config.get("use_mask_for_norm") or [False] * len(schemes)
@@ -361,8 +282,7 @@ def _resampler(config: dict, which: str) -> Optional[dict]:
 
 
 def _fold_names(folder: Path, folds: Optional[Sequence[int | str]], file: str) -> list[str]:
-    present = sorted((m.group(1) for p in folder.iterdir() if p.is_dir() and (m := _FOLD.match(p.name))
-                      and (p / file).is_file()), key=lambda f: (f == "all", int(f) if f.isdigit() else 0))
+    present = present_folds(folder, file)
     if folds is None:
         chosen = [f for f in present if f != "all"] or present
     else:

@@ -16,6 +16,9 @@ modules (nothing GUI runs), imports MedXAI.py, and then:
   transform on the volume;
 - runs the logic of the Boundary, Statistics, Evaluate and Counterfactual panels (boundary band
   explanation, uncertainty, profile, overlay, statistics, evaluation, counterfactual) in process;
+- chooses an nnU-Net results folder (files only): its configuration, the model options and the class of a
+  named structure, as the request carries them;
+- opens a cohort folder's table the way the Cohort QA section does (no layout manager here), twice;
 - saves the scene to an MRML string, loads it into a new scene and reads the parameter node back;
 - runs Slicer's Segment Statistics logic (from the source checkout) with the MedXAI relevance plugin.
 
@@ -121,6 +124,9 @@ def load_slicer_python(source: Path):
         def testingEnabled(self):
             return True
 
+        def layoutManager(self):  # no views: the cohort table opens without being shown
+            return None
+
     slicer.app = App()
     slicer.mrmlScene = slicer.vtkMRMLScene()
     # the node class Slicer's Colors module registers in every scene (colour legends)
@@ -154,7 +160,7 @@ def main(source: Path, out: Path) -> None:
     import qt
     from slicer.parameterNodeWrapper.guiConnectors import createGuiConnector
 
-    classes = {"QCheckBox": qt.QCheckBox, "QComboBox": qt.QComboBox, "QSpinBox": qt.QSpinBox,
+    classes = {"QCheckBox": qt.QCheckBox, "QComboBox": qt.QComboBox, "QSpinBox": qt.QSpinBox, "QLineEdit": qt.QLineEdit,
                "qMRMLNodeComboBox": slicer.qMRMLNodeComboBox, "ctkSliderWidget": ctk.ctkSliderWidget}
     connectors = {}
     for widget in ET.parse(MODULE_DIR / "Resources" / "UI" / "MedXAI.ui").getroot().iter("widget"):
@@ -310,6 +316,43 @@ def main(source: Path, out: Path) -> None:
         "counterfactualSteps": counterfactual.data["provenance"]["parameters"]["max_steps"],
     }
 
+    # an nnU-Net results folder: recognised from its files, its options become the request's model options
+    nnunetFolder = folder / "Dataset002_Organs"
+    for configuration in ("2d", "3d_fullres"):
+        model = nnunetFolder / f"nnUNetTrainer__nnUNetPlans__{configuration}"
+        for fold in ("0", "1"):
+            (model / f"fold_{fold}").mkdir(parents=True)
+            (model / f"fold_{fold}" / "checkpoint_best.pth").write_bytes(b"")
+        (model / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "kidney": 2},
+                                                         "channel_names": {"0": "CT"}}))
+        (model / "plans.json").write_text("{}")
+    logic.setModelPath(p, str(nnunetFolder))
+    p.nnunetFolds, p.nnunetCheckpoint, p.nnunetMirroring, p.targetStructure = "0", "best", False, "kidney"
+    info = logic.modelInfo(p)
+    results["nnunet"] = {"kind": info.kind, "configuration": p.nnunetConfiguration, "folds": list(info.folds),
+                         "structures": [list(s) for s in info.structures], "options": logic.modelOptions(p),
+                         "classIndex": logic.targetClassIndex(p)}
+    try:
+        results["nnunet"]["requestOptions"] = logic.buildRequest(p).model_options
+    except (TypeError, AttributeError) as error:  # a RunRequest without model_options
+        results["nnunet"]["requestOptions"] = f"{type(error).__name__}: {error}"
+    p.modelPath = str(unet)
+
+    # the Cohort QA section's table: opened twice from one folder, one table node remains
+    from MedXAIBridge.cohortNodes import cohortTableNodes
+    from MedXAIRuntime import cohortPanel, cohortTable
+
+    cohort = folder / "cohort"
+    cohort.mkdir()
+    (cohort / "table.csv").write_text("case_id,status,structure,label,risk,entropy,error,scene\n"
+                                      "c1,done,liver,1,0.4,0.4,,cases/c1/scene.mrb\n"
+                                      "c2,failed,,-1,nan,nan,unreadable image,\n")
+    first = cohortTable.openCohortFolder(cohort)
+    p.cohortFolder, p.cohortTable = str(cohort), cohortTable.openCohortFolder(cohort)
+    results["cohort"] = {"firstRemoved": first.GetScene() is None,
+                         "tables": [n.GetName() for n in cohortTableNodes(scene, cohort)],
+                         "summary": cohortPanel.tableSummaryText(p.cohortTable)}
+
     # a saved scene restores the module's choices
     scene.SetSaveToXMLString(1)
     scene.Commit()
@@ -334,6 +377,8 @@ def main(source: Path, out: Path) -> None:
         "evaluate": [q.evaluateMode.name, q.evaluateMetrics, q.evaluateTable is not None],
         "counterfactual": [q.counterfactualGoal.name, forms.decodeMethodParameters(q.counterfactualParameters),
                            q.counterfactualVolume.GetName() if q.counterfactualVolume else None],
+        "nnunet": [q.nnunetFolds, q.nnunetConfiguration, q.nnunetCheckpoint, q.nnunetMirroring, q.targetStructure],
+        "cohort": [q.cohortFolder == str(cohort), q.cohortTable.GetName() if q.cohortTable else None],
     }
     results["expectedOutputVolume"] = boundaryResult.GetName()
     results["sampleData"] = sample_data(source, slicer, module)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 
 import pytest
 
-import runtime_paths  # noqa: F401  (puts MedXAIRuntime and MedXAILib on sys.path)
+import runtime_paths  # puts MedXAIRuntime and MedXAILib on sys.path
 
 from MedXAIRuntime import dependencies
 from MedXAIRuntime.dependencies import (
@@ -121,3 +122,74 @@ def test_finish_reports_what_is_still_missing():
     with pytest.raises(dependencies.DependencyError, match="still missing.*torch, monai"):
         dependencies.finishInstallation(REQUIREMENTS, _versions({"scipy": "1.13.1"}))
     dependencies.finishInstallation(REQUIREMENTS, _versions({"torch": "2.13.0", "scipy": "1.13.1", "monai": "1.6.1"}))
+
+
+# ------------------------------------------------------------------------------------------------
+# nnU-Net models: dynamic-network-architectures, without its declared requirements
+
+NNUNET = "dynamic-network-architectures>=0.4.4,<0.5"
+
+
+def test_the_nnunet_requirement_is_medxailibs_and_never_brings_timm_or_torchvision():
+    assert dependencies.NNUNET_REQUIREMENTS == (NNUNET,)
+    assert dependencies.optionalRequirements(False) == [] and dependencies.optionalRequirements(True) == [NNUNET]
+    assert not {requirementName(r).lower() for r in readRequirements()} & {"dynamic-network-architectures", "timm"}
+    pyproject = (runtime_paths.ROOT / "pyproject.toml").read_text()
+    assert f'pip install --no-deps "{NNUNET}"' in pyproject
+    pytest.importorskip("torch")
+    from MedXAILib.model.nnunet import INSTALL_HINT
+
+    assert f"pip install --no-deps '{NNUNET}'" in INSTALL_HINT
+
+
+def test_an_nnunet_model_adds_its_package_to_the_plan_only_when_missing():
+    ready = {"torch": "2.13.0+cu126", "monai": "1.6.1", "scipy": "1.13.1"}
+    assert dependencies.prepareInstallation(lambda m, d: pytest.fail("nothing to ask"), requirements=REQUIREMENTS,
+                                            versionOf=_versions(ready), nnunet=False) is None
+    asked = []
+    plan = dependencies.prepareInstallation(lambda m, d: asked.append(d) or True, requirements=REQUIREMENTS,
+                                            versionOf=_versions(ready), nnunet=True)
+    assert not plan.torch and plan.requirements == [] and plan.noDepsRequirements == [NNUNET]
+    assert asked == [f"{NNUNET} (pip, without its declared requirements: builds nnU-Net networks)"]
+    installed = dict(ready, **{"dynamic-network-architectures": "0.4.4"})
+    assert dependencies.prepareInstallation(lambda m, d: pytest.fail("nothing to ask"), requirements=REQUIREMENTS,
+                                            versionOf=_versions(installed), nnunet=True) is None
+    old = dict(ready, **{"dynamic-network-architectures": "0.3.1"})  # outside the range: installed again
+    plan = dependencies.prepareInstallation(lambda m, d: True, requirements=REQUIREMENTS, versionOf=_versions(old),
+                                            nnunet=True)
+    assert plan.noDepsRequirements == [NNUNET]
+    plan = dependencies.prepareInstallation(lambda m, d: True, requirements=REQUIREMENTS,
+                                            versionOf=_versions({"scipy": "1.13.1"}), nnunet=True)
+    assert plan.torch and plan.requirements == ["monai>=1.4,<1.7"] and plan.noDepsRequirements == [NNUNET]
+    with pytest.raises(dependencies.DependencyError, match="testing mode.*dynamic-network-architectures"):
+        dependencies.prepareInstallation(lambda m, d: pytest.fail("must not ask"), testing=True,
+                                         requirements=REQUIREMENTS, versionOf=_versions(ready), nnunet=True)
+    with pytest.raises(dependencies.DependencyError, match="still missing.*dynamic-network-architectures"):
+        dependencies.finishInstallation(REQUIREMENTS, _versions(ready), nnunet=True)
+    dependencies.finishInstallation(REQUIREMENTS, _versions(installed), nnunet=True)
+
+
+def test_this_environment_has_the_nnunet_package():
+    pytest.importorskip("dynamic_network_architectures")
+    assert dependencies.nnunetReady() and dependencies.dependenciesReady(nnunet=True)
+
+
+def test_the_unets_import_with_only_torch_and_numpy():
+    """What --no-deps leaves out (timm, einops, and torchvision through timm) is not needed for nnU-Net's U-Nets."""
+    pytest.importorskip("dynamic_network_architectures")
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('timm', 'einops', 'torchvision'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import numpy, torch\n"
+        "before = set(sys.modules)\n"
+        "from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet\n"
+        "new = {m.split('.')[0] for m in set(sys.modules) - before}\n"
+        "print(sorted(new - {'dynamic_network_architectures', 'torch', 'numpy'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split("\n")[-2] == "[]", f"the U-Nets import more than torch and numpy: {out.stdout}"

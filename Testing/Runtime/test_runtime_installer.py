@@ -65,11 +65,13 @@ def _start(plan, env, loop):
     return runner, progress, outcomes, startMs
 
 
-def _wheel(folder: Path) -> Path:
-    """A minimal pure-Python wheel of the probe package (hashes in RECORD, as pip checks them)."""
-    name = PROBE.replace("-", "_")
+def _wheel(folder: Path, project: str = PROBE, requires: tuple[str, ...] = ()) -> Path:
+    """A minimal pure-Python wheel of a probe package (hashes in RECORD, as pip checks them), declaring
+    `requires` as its requirements."""
+    name = project.replace("-", "_")
+    metadata = f"Metadata-Version: 2.1\nName: {project}\nVersion: 1.0\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
     files = {f"{name}/__init__.py": b"VALUE = 42\n",
-             f"{name}-1.0.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {PROBE}\nVersion: 1.0\n".encode(),
+             f"{name}-1.0.dist-info/METADATA": metadata.encode(),
              f"{name}-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: medxai-test\nRoot-Is-Purelib: true\n"
                                            b"Tag: py3-none-any\n"}
     record = []
@@ -95,8 +97,13 @@ def test_commands_follow_the_pytorch_extension_and_pin_slicers_packages(tmp_path
     assert torchArguments(">=2.4") == ["install", "torch>=2.4", "torchvision"]  # PyTorchUtils._getPipInstallArguments
     assert pipArguments(["monai>=1.4,<1.7"], tmp_path / "c.txt", ["--index-url", "u"]) == [
         "install", "--disable-pip-version-check", "monai>=1.4,<1.7", "-c", str(tmp_path / "c.txt"), "--index-url", "u"]
+    assert pipArguments(["dna>=0.4"], tmp_path / "c.txt", noDeps=True) == [
+        "install", "--disable-pip-version-check", "--no-deps", "dna>=0.4", "-c", str(tmp_path / "c.txt")]
     plan = InstallPlan.forMissing("missing", ["monai>=1.4,<1.7"])
     assert plan.torch and plan.torchRequirement == ">=2.4" and "numpy" in plan.pinned and "torch" in plan.pinned
+    assert plan.noDepsRequirements == []
+    plan = InstallPlan.forMissing("ok", [], ["dynamic-network-architectures>=0.4.4,<0.5"])
+    assert not plan.torch and plan.noDepsRequirements == ["dynamic-network-architectures>=0.4.4,<0.5"]
     plan.write(tmp_path)
     assert InstallPlan.read(tmp_path) == plan
 
@@ -188,3 +195,33 @@ def test_cancel_stops_a_hanging_pip_without_waiting(tmp_path):
         assert not process.isProcessAlive(pid) and not folder.exists()
     finally:
         server.close()
+
+
+@pytest.mark.slow
+def test_the_nnunet_package_is_installed_without_its_declared_requirements_in_a_step_of_its_own(tmp_path):
+    # the second probe declares a requirement no index has (as dynamic-network-architectures declares timm):
+    # it installs only because its step runs pip with --no-deps; the first probe is installed normally before it
+    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    _wheel(wheels)
+    nodeps = "medxai-installer-nodeps-probe"
+    _wheel(wheels, nodeps, requires=("medxai-installer-absent-dependency>=1",))
+    plan = InstallPlan(requirements=[f"{PROBE}>=1.0"], noDepsRequirements=[f"{nodeps}>=1.0"],
+                       pipOptions=["--no-index", "--find-links", str(wheels), "--target", str(target)])
+    loop = Loop()
+    runner, progress, outcomes, startMs = _start(plan, _env(tmp_path, {"PYTHONPATH": str(target)}), loop)
+    assert startMs < MAIN_THREAD_MS
+    loop.run(lambda: outcomes)
+    outcome = outcomes[0]
+    assert outcome.error is None and not outcome.cancelled, outcome.log
+    assert outcome.result == {"installed": {PROBE: "1.0", nodeps: "1.0"}}
+    assert (target / "medxai_installer_nodeps_probe" / "__init__.py").is_file()
+    assert not list(target.glob("medxai_installer_absent*"))
+    messages = [m for _, m in progress]
+    assert messages.index(f"Installing {PROBE}") < messages.index(f"Installing {nodeps}")  # two pip steps, in order
+    assert [f for f, _ in progress] == sorted(f for f, _ in progress) and messages[-1] == "Installed"
+    # without --no-deps the same wheel cannot be installed: pip looks for the declared requirement
+    plain = InstallPlan(requirements=[f"{nodeps}>=1.0"], pipOptions=["--no-index", "--find-links", str(wheels),
+                                                                     "--target", str(tmp_path / "other")])
+    runner, progress, outcomes, _ = _start(plain, _env(tmp_path), loop)
+    loop.run(lambda: outcomes)
+    assert isinstance(outcomes[0].error, RunProcessError) and "medxai-installer-absent-dependency" in str(outcomes[0].error)

@@ -57,7 +57,12 @@ def test_every_bound_widget_gets_a_connector(results):
               "boundarySegmentation", "boundarySegmentId", "boundaryProfileTable", "boundaryUncertaintyVolume",
               "evaluateMethods", "evaluateMetrics", "evaluateSegmentation", "evaluateSegmentId",
               "counterfactualGenerator", "counterfactualParameters", "counterfactualSegmentation",
-              "counterfactualSegmentId"}
+              "counterfactualSegmentId",
+              # the model's configurations and structures are read from its files; the cohort folder and table
+              "nnunetConfiguration", "targetStructure", "cohortFolder", "cohortTable"}
+    assert connectors["nnunetFolds"] == ["nnunetFoldsLineEdit", "QLineEditToStrConnector"]
+    assert connectors["nnunetCheckpoint"][1] == "QComboBoxToStringableConnector"
+    assert connectors["nnunetMirroring"][1] == "QCheckBoxToBoolConnector"
     assert set(results["parameters"]) == set(connectors) | manual
 
 
@@ -93,6 +98,22 @@ def test_saved_scene_restores_the_module(results):
     assert r["evaluate"] == ["compare", "sparseness,deletion", True]
     assert r["counterfactual"] == ["classProbability", {"gradient_search": {"max_steps": 3}},
                                    results["panels"]["counterfactual"]]
+    assert r["nnunet"] == ["0", "3d_fullres", "best", False, "kidney"]
+    assert r["cohort"] == [True, results["cohort"]["tables"][0]]
+
+
+def test_an_nnunet_folder_gives_its_options_and_structures_to_the_request(results):
+    r = results["nnunet"]
+    assert r["kind"] == "nnunetFolder" and r["configuration"] == "3d_fullres" and r["folds"] == ["0", "1"]
+    assert r["structures"] == [["background", 0], ["liver", 1], ["kidney", 2]] and r["classIndex"] == 2
+    assert r["options"] == {"folds": [0], "checkpoint": "best", "configuration": "3d_fullres", "mirroring": False}
+    assert r["requestOptions"] == r["options"]
+
+
+def test_reopening_a_cohort_folder_replaces_its_table(results):
+    r = results["cohort"]
+    assert r["firstRemoved"] and len(r["tables"]) == 1
+    assert r["summary"] == "2 rows: 2 cases, 1 failed (c2). QA score: entropy (risk column); highest 0.4: c1 liver."
 
 
 def test_analysis_panels_run_on_the_real_parameter_node(results):

@@ -52,7 +52,8 @@ class MedXAIRuntimeTest(unittest.TestCase):
         self.assertEqual(form.values(), {})
 
     def test_module_widget_builds_from_the_ui_file(self):
-        """The module GUI loads without torch being imported, and the method form follows the method."""
+        """The module GUI loads without torch being imported, the method form follows the method, and the nnU-Net
+        options and the Cohort QA section follow the parameter node."""
         widget = slicer.util.getModuleWidget("MedXAI")  # creates the widget (setup) if needed
         widget.enter()
         ui = widget.ui
@@ -63,6 +64,14 @@ class MedXAIRuntimeTest(unittest.TestCase):
         self.assertEqual(ui.methodComboBox.itemData(ui.methodComboBox.currentIndex), "saliency")
         self.assertEqual(set(widget._form.widgets), {s.name for s in MedXAILib.param_specs(MedXAILib.METHODS.get("saliency").params)})
         self.assertFalse(ui.applyButton.enabled, "no input volume and no model: Apply must be disabled")
+        parameterNode.modelPath = ""
+        self.assertTrue(ui.nnunetOptionsGroupBox.isHidden(), "no nnU-Net model: no nnU-Net options")
+        self.assertTrue(ui.cohortCollapsibleButton.collapsed)
+        parameterNode.cohortFolder = "/data/qa"
+        self.assertEqual(ui.cohortFolderPathLineEdit.currentPath, "/data/qa")
+        self.assertTrue(ui.cohortOpenButton.enabled)
+        parameterNode.cohortFolder = ""
+        self.assertFalse(ui.cohortOpenButton.enabled, "no cohort folder: nothing to open")
 
     def test_subprocess_runner_with_the_qt_timer(self):
         """The background runner (``python -m MedXAILib.runs``) polls with qt.QTimer and Slicer's event loop keeps running."""
