@@ -65,10 +65,13 @@ def channel_argmax(scores: Any, dtype: Any = None) -> Any:
     """
     import torch
 
-    if scores.shape[0] > 1 and scores.stride(0) == 1 and bool(torch.isfinite(scores.sum())):
-        # channels innermost in memory (the output of a channels-last pass): one contiguous reduction;
-        # a finite sum means no NaN, where argmax would differ (an overflowing sum takes the loop below)
-        return scores.argmax(0).to(dtype or torch.int64)
+    if scores.shape[0] > 1 and scores.stride(0) == 1:
+        # channels innermost in memory (the output of a channels-last pass): one contiguous reduction. max
+        # propagates NaN, so a finite sum of the maxima (one value per voxel) means no NaN, where argmax would
+        # differ; otherwise (or when that sum overflows) the loop below decides.
+        maxima, labels = scores.max(0)
+        if bool(torch.isfinite(maxima.sum())):
+            return labels.to(dtype or torch.int64)
     best = scores[0]
     labels = torch.zeros(scores.shape[1:], dtype=dtype or torch.int64, device=scores.device)
     for k in range(1, scores.shape[0]):

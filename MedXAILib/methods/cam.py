@@ -55,6 +55,7 @@ import torch.nn.functional as F
 
 from ..errors import ModelError, ParameterError, error_chain
 from ..model.layout import channels_last, to_channels_last
+from ..model.windows import gradient_members
 from .catalog.cam import (
     GradCAMParams,
     GradCAMPlusPlusParams,
@@ -106,6 +107,12 @@ def choose_layer(ctx: MethodContext, name: str, in_pass: bool = False) -> Option
     """
     network = ctx.network
     check_hookable(network)
+    passes = gradient_members(network)
+    if passes is not None and len(passes) > 1:  # before any pass: a layer would run once per member
+        raise ParameterError(
+            f"a CAM needs a layer that runs once per network call, and this model averages {len(passes)} passes "
+            "(folds x test-time mirrorings): explain one fold without mirroring (--folds 0 --no-mirroring; in "
+            "Slicer: Folds 0, mirroring off), or use a gradient method (saliency, integrated_gradients)")
     if name.strip():
         return ChosenLayer(name.strip(), resolve_layer(network, name), False)
     adapter = ctx.model.adapter

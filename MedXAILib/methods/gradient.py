@@ -336,9 +336,9 @@ def guided_backprop(ctx: MethodContext, params: GuidedBackpropParams) -> torch.T
     ctx.monitor.update(0.0, "Guided backpropagation: forward and guided backward pass")
     if ctx.windowed:  # a pass the windows cannot share must run before the hooks, not inside them
         ctx.windowed_scorer(at_input=True)
-    with cancel_points(ctx.network, ctx.monitor.check):
-        with modified_backward(ctx.network, is_guided_module, guided_rule) as calls:
-            grads, _ = ctx.gradient(ctx.x)
+    # one pass, like saliency: cancel is checked around it (and between windows), not at every layer
+    with modified_backward(ctx.network, is_guided_module, guided_rule) as calls:
+        grads, _ = ctx.gradient(ctx.x)
     _check_hooked(ctx, calls, "guided backpropagation", GUIDED_EXACT + GUIDED_LEAKY)
     ctx.diagnostics["modified_calls"] = dict(calls)
     ctx.monitor.update(1.0, "Guided backpropagation: done")

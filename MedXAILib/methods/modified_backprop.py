@@ -125,9 +125,15 @@ def modified_backward(
     """
     tally: Counter = Counter()
     handles = []
+    in_place = []
     try:
         for module in network.modules():
             if choose(module):
+                if getattr(module, "inplace", False) is True and type(module).__module__.startswith("torch.nn."):
+                    # a torch activation runs out of place for the block (same values): the rule reads the
+                    # input as it was, which in place would be overwritten, so it was copied on every call
+                    module.inplace = False
+                    in_place.append(module)
                 hooks = _ModuleHooks(on_call, tally)
                 handles.append(module.register_forward_pre_hook(hooks.pre))
                 handles.append(module.register_forward_hook(hooks.post))
@@ -135,6 +141,8 @@ def modified_backward(
     finally:
         for handle in handles:
             handle.remove()
+        for module in in_place:
+            module.inplace = True
 
 
 @contextmanager

@@ -264,6 +264,18 @@ def test_guided_backprop_blocks_negative_signal_and_negative_inputs(volume, act)
     assert np.all(plain[x < 0] > 0)  # the ordinary gradient does flow there
 
 
+def test_in_place_activations_run_out_of_place_for_the_rules_only(volume):
+    """torch's in-place activations are switched out of place while the rules run (no copy of every
+    activation), with the same map, and are in place again afterwards."""
+    inplace = TwoUnits(torch.nn.ReLU(inplace=True))
+    plain = TwoUnits(torch.nn.ReLU())
+    plain.load_state_dict(inplace.state_dict())
+    for method in ("guided_backprop", "deeplift"):
+        np.testing.assert_array_equal(explain(volume, inplace, method, Target(class_index=0)).array,
+                                      explain(volume, plain, method, Target(class_index=0)).array)
+    assert all(m.inplace for m in inplace.modules() if isinstance(m, torch.nn.ReLU))
+
+
 def test_modified_backprop_refuses_torchscript(volume):
     scripted = torch.jit.script(TwoUnits(torch.nn.ReLU()).eval())
     for method in ("guided_backprop", "deeplift"):

@@ -315,6 +315,19 @@ def test_a_cohort_runs_an_nnunet_folder_with_its_options(trained, ct_image, tmp_
 
 
 @pytest.mark.slow
+def test_cams_say_how_to_explain_one_member_of_an_ensemble(trained, ct_image):
+    """A CAM's layer would run once per fold and mirroring: refused before any pass, with the way out, which works."""
+    from MedXAILib.errors import ParameterError
+
+    image = read_image(str(ct_image))
+    target = Target(class_index=1, region="box", box=(1, 10, 10, 6, 30, 30))
+    with pytest.raises(ParameterError, match=r"averages 16 passes .*--folds 0 --no-mirroring"):
+        explain(image, load_model(trained / folders.CT, device="cpu"), "grad_cam", target)
+    one = explain(image, load_model(trained / folders.CT, device="cpu", folds=[0], mirroring=False), "grad_cam", target)
+    assert np.isfinite(one.array).all() and one.provenance["diagnostics"]["layer"]
+
+
+@pytest.mark.slow
 def test_without_dynamic_network_architectures_the_error_says_how_to_install_it(trained):
     code = ("import sys; sys.modules['dynamic_network_architectures'] = None\n"
             "from MedXAILib.model import load_model\n"

@@ -394,6 +394,10 @@ def test_prediction_summary_argmax_matches_torch_with_ties():
     rng = np.random.default_rng(0)
     scores = torch.as_tensor(rng.integers(0, 3, size=(4, 9, 8, 7)).astype(np.float32))  # many ties
     assert torch.equal(channel_argmax(scores), scores.argmax(0))
+    last = scores[None].contiguous(memory_format=torch.channels_last_3d)[0]  # channels innermost: the fast path
+    assert last.stride(0) == 1 and torch.equal(channel_argmax(last), scores.argmax(0))
+    last[2, 1, 1, 1] = float("nan")  # NaN never wins: the loop decides
+    assert torch.equal(channel_argmax(last), torch.where(last.isnan(), -float("inf"), last).argmax(0))
     summary = summarise_prediction(scores[None], "segmentation", None)
     assert summary["voxels_per_class"] == torch.bincount(scores.argmax(0).flatten(), minlength=4).tolist()
 

@@ -210,7 +210,7 @@ def bench_small(args) -> list[dict]:
                              internal_batch_size=8), args.repeats)
     rows.append(row("integrated_gradients 32 steps / Captum", ours_ig, theirs_ig, "<= 1.0x",
                     ours_ig <= theirs_ig, f"rel diff {rel_diff(ig_map.array, captum_map[0]):.1e}; "
-                    "ours: explain() with its target pass and completeness check"))
+                    "ours: the whole explain() call, with its completeness check"))
 
     window = args.occlusion_window
     occ_params = {"window": str(window), "stride": str(window), "baseline": "mean", "batch_size": 8}
