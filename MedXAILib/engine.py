@@ -159,22 +159,31 @@ def _explain(image: ImageVolume, adapter: ModelAdapter, info: Any, target: Optio
             monitor.update(1.0, "Running the model on the input")
             bound.progress = _running(monitor, 1.0)
         output = ctx.input_output()
-    scorer = ctx.scorer
+    attribution = _attribution(result, info, params, ctx, image, adapter, bound, seed, started,
+                               summarise_prediction(output, adapter.task, adapter.class_names))
+    monitor.update(1.0, f"{info.title}: done")
+    return attribution
+
+
+def _attribution(result: torch.Tensor, info: Any, params: Any, ctx: MethodContext, image: ImageVolume,
+                 adapter: ModelAdapter, bound: Any, seed: int, started: float, prediction: dict,
+                 **extra: Any) -> Attribution:
+    """The method's map (refused when not finite) with its provenance: what ran, on what, and what it found."""
     array = result[0].detach().float().cpu().numpy()
     if not np.all(np.isfinite(array)):
         raise ModelError(f"method '{info.name}' produced non-finite values; the model may be unstable on "
                          "this input")
-
+    scorer = ctx.scorer
     provenance = {
         "method": info.name,
         "method_title": info.title,
         "reference": info.reference,
-        "map_units": info.units,
+        "map_units": getattr(info, "units", None),
         "parameters": params_to_dict(params),
         "target": scorer.describe(),
         "target_name": (adapter.class_names or [None] * (scorer.class_index + 1))[scorer.class_index],
         "model": adapter.describe(),
-        "prediction": summarise_prediction(output, adapter.task, adapter.class_names),
+        "prediction": prediction,
         "input": {
             "source": str(image.meta.get("source", "<memory>")),
             "shape": list(image.shape),
@@ -183,6 +192,7 @@ def _explain(image: ImageVolume, adapter: ModelAdapter, info: Any, target: Optio
             "spacing_mm": [round(float(s), 6) for s in image.spacing],
         },
         "diagnostics": ctx.diagnostics,
+        **extra,
         "versions": library_versions(),
         "seed": seed,
         "device": str(adapter.device),
@@ -192,7 +202,6 @@ def _explain(image: ImageVolume, adapter: ModelAdapter, info: Any, target: Optio
     }
     attribution = Attribution(array=array, affine=image.affine.copy(), provenance=provenance)
     provenance["channels"] = attribution.channel_summary()  # which channel decided, as far as the map can say
-    monitor.update(1.0, f"{info.title}: done")
     return attribution
 
 
@@ -396,38 +405,9 @@ def explain_structures(
                 bound.progress = ctx.window_progress()
                 result = info.load()(ctx, params)
                 bound.progress = None
-            array = result[0].detach().float().cpu().numpy()
-            if not np.all(np.isfinite(array)):
-                raise ModelError(f"method '{info.name}' produced non-finite values; the model may be unstable on "
-                                 "this input")
-            provenance = {
-                "method": info.name,
-                "method_title": info.title,
-                "reference": info.reference,
-                "map_units": getattr(info, "units", None),
-                "parameters": params_to_dict(params),
-                "target": scorer.describe(),
-                "target_name": (adapter.class_names or [None] * (scorer.class_index + 1))[scorer.class_index],
-                "model": adapter.describe(),
-                "prediction": prediction,
-                "input": {
-                    "source": str(image.meta.get("source", "<memory>")),
-                    "shape": list(image.shape),
-                    "channels": image.n_channels,
-                    "channel_names": list(image.channel_names),
-                    "spacing_mm": [round(float(s), 6) for s in image.spacing],
-                },
-                "diagnostics": ctx.diagnostics,
-                "shared_pass": {"targets": len(targets), "index": k},
-                "versions": library_versions(),
-                "seed": seed,
-                "device": str(adapter.device),
-                "memory": bound.memory_report(),
-                "seconds": round(time.perf_counter() - (started if k == 0 else one_started), 4),
-                "created": timestamp(),
-            }
-            attribution = Attribution(array=array, affine=image.affine.copy(), provenance=provenance)
-            provenance["channels"] = attribution.channel_summary()
+            attribution = _attribution(result, info, params, ctx, image, adapter, bound, seed,
+                                       started if k == 0 else one_started, prediction,
+                                       shared_pass={"targets": len(targets), "index": k})
             attributions.append(attribution)
     monitor.update(1.0, f"{info.title}: {len(targets)} targets done")
     return attributions
