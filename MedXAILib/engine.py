@@ -285,9 +285,9 @@ def _shared_gradients(bound: Any, x: torch.Tensor, resolve: Any, monitor: Monito
 
             found = window_backward_many(bound, x, scorers, output=output, progress=progress)
             return scorers, [(f.grad, f.scores) for f in found], output
-        xg = to_channels_last(x.detach()).requires_grad_(True)
         grads = []
         with channels_last(network), torch.enable_grad():  # same values, faster convolutions
+            xg = to_channels_last(x.detach()).requires_grad_(True)  # follows the network's layout
             out = bound(xg)
             output = out.detach()
             scorers = resolve(output)

@@ -214,14 +214,17 @@ def applyAttributionDisplay(node, colormap: str = "auto", opacity: float = 0.5, 
         raise InputError(f"the window percentile must be in (0, 100]; got {windowPercentile}")
     from vtk.util import numpy_support
 
-    values = numpy_support.vtk_to_numpy(imageData.GetPointData().GetScalars()).astype(np.float64, copy=False)
-    values = values[np.isfinite(values)]
+    # a view of the node's voxels: no copy (a whole CT's map has ~80 M voxels; float64 copies of it cost
+    # seconds and GBs), copies only where a percentile needs the magnitudes
+    values = numpy_support.vtk_to_numpy(imageData.GetPointData().GetScalars()).reshape(-1)
+    if not np.isfinite(values).all():
+        values = values[np.isfinite(values)]
     if values.size == 0:
-        values = np.zeros(1)
-    magnitude = np.abs(values)
-    m = (float(np.percentile(magnitude, windowPercentile)) if windowPercentile < 100.0 else 0.0) or float(
-        magnitude.max()) or 1.0
+        values = np.zeros(1, np.float32)
     amin, amax = float(values.min()), float(values.max())
+    magnitude = np.abs(values) if windowPercentile < 100.0 or thresholdPercentile > 0 else None
+    m = (float(np.percentile(magnitude, windowPercentile)) if windowPercentile < 100.0 else 0.0) or \
+        max(abs(amin), abs(amax)) or 1.0
     signed = amin < 0.0
 
     custom = None

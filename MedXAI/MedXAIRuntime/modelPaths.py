@@ -131,6 +131,7 @@ class ModelInfo:
         structures: ``(class name, output channel)`` from ``dataset.json``; for a TotalSegmentator task made
             of several models, each name with its channel in the model that predicts it.
         note: why something is missing (TotalSegmentator's weights not found ...), or "".
+        parts: the models a TotalSegmentator task is made of (``total``: 5); the structure picks one.
     """
 
     kind: str = ""
@@ -138,6 +139,7 @@ class ModelInfo:
     folds: tuple[str, ...] = ()
     structures: tuple[tuple[str, int], ...] = ()
     note: str = ""
+    parts: int = 1
 
     @property
     def isNnunet(self) -> bool:
@@ -183,21 +185,17 @@ def _nnunetInfo(folder: Path, configuration: str) -> ModelInfo:
 def _totalSegmentatorInfo(text: str) -> ModelInfo:
     try:
         parts = folders.task_folders(text.strip())
-    except ModelError as error:
-        return ModelInfo(TOTALSEGMENTATOR, note=str(error))
-    structures: dict[str, int] = {}
-    found: tuple[str, ...] = ()
-    missing = []
-    for dataset, folder in parts:
-        model = _chosenModel(folder, "3d_fullres") or _chosenModel(folder) if folder is not None else None
-        if model is None:
-            missing.append(f"Dataset{dataset:03d}")
-            continue
-        found = found or tuple(folders.present_folds(model))
-        for index, name in enumerate(_classNames(model)):
-            structures.setdefault(name, index)  # the first model that predicts a name loads for it
+    except ModelError:  # an unknown task or mode: not a model the module can offer options for
+        return ModelInfo()
+    missing = [f"Dataset{dataset:03d}" for dataset, folder in parts if folder is None]
     note = f"TotalSegmentator's {', '.join(missing)} not found in {folders.weights_dir()[0]}" if missing else ""
-    return ModelInfo(TOTALSEGMENTATOR, (), found, tuple(structures.items()), note)
+    try:
+        structures = {name: index for name, (_, index) in folders.task_structures(text.strip()).items()}
+        present = [folders.dataset_model(folder) for _, folder in parts if folder is not None]
+    except ModelError as error:
+        return ModelInfo(TOTALSEGMENTATOR, note=str(error), parts=len(parts))
+    found = tuple(folders.present_folds(present[0])) if present else ()
+    return ModelInfo(TOTALSEGMENTATOR, (), found, tuple(structures.items()), note, len(parts))
 
 
 def describeModel(path: str, configuration: str = "") -> ModelInfo:
@@ -263,6 +261,6 @@ def modelOptions(info: ModelInfo, folds: str = "", configuration: str = "", chec
         options["configuration"] = configuration
     if info.kind in (NNUNET_FOLDER, NNUNET_CHECKPOINT) and not mirroring:
         options["mirroring"] = False
-    if info.kind == TOTALSEGMENTATOR and structure:
-        options["structure"] = structure
+    if info.kind == TOTALSEGMENTATOR and info.parts > 1 and structure:  # only where it picks a model:
+        options["structure"] = structure  # it is part of the model's cache key
     return options

@@ -122,6 +122,9 @@ def run_cohort(manifest: str | Path, model: str | Path, out: str | Path, *, stru
     from ..runs.request import check_model_options
 
     model_options = check_model_options(model_options)
+    named = [name.strip() for name in str(structures).split(",") if name.strip()]
+    if is_totalsegmentator(model) and len(named) == 1 and named[0] != "all":
+        model_options.setdefault("structure", named[0])  # a task made of several models: the part predicting it
     model_path = str(model) if is_totalsegmentator(model) else str(Path(model).resolve())
     adapter = load_model(model_path, trust_bundle=trust_bundle, device="cpu", **model_options)
     if adapter.task == "classification":

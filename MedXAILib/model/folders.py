@@ -24,7 +24,8 @@ from ..errors import ModelError
 
 __all__ = ["CHECKPOINTS", "is_model_folder", "trained_models", "is_nnunet_folder", "model_folder", "configuration_of",
            "checkpoint_location", "parse_folds", "present_folds", "label_layout", "read_dataset_json", "PREFIX", "TASKS",
-           "weights_dir", "is_totalsegmentator", "parse_task", "download_hint", "task_folders", "dataset_model"]
+           "weights_dir", "is_totalsegmentator", "parse_task", "download_hint", "task_folders", "dataset_model",
+           "task_structures"]
 
 #: ``--checkpoint`` choices and their files.
 CHECKPOINTS = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth"}
@@ -246,3 +247,18 @@ def dataset_model(dataset_folder: Path) -> Path:
     """The trained model in a dataset folder (its 3d_fullres one where there are several)."""
     models = [p for p in dataset_folder.iterdir() if p.is_dir() and p.name.count("__") == 2]
     return model_folder(dataset_folder, "3d_fullres" if len(models) > 1 else None)
+
+
+def task_structures(source: str) -> dict[str, tuple[int, int]]:
+    """Each structure the present models of a TotalSegmentator task predict: name -> (dataset id, output
+    channel in that model). Where several parts predict a name, the first is the one loaded for it.
+
+    Raises:
+        ModelError: an unknown task, or a model folder that cannot be read.
+    """
+    found: dict[str, tuple[int, int]] = {}
+    for dataset, folder in task_folders(source):
+        if folder is not None:
+            for index, name in enumerate(label_layout(read_dataset_json(dataset_model(folder)))[0]):
+                found.setdefault(name, (dataset, index))
+    return found

@@ -28,8 +28,8 @@ from typing import Optional
 
 from ..errors import ModelError
 from .adapter import ModelAdapter
-from .folders import (PREFIX, TASKS, dataset_model, download_hint, is_totalsegmentator, label_layout, parse_task,
-                      read_dataset_json, task_folders, weights_dir)
+from .folders import (PREFIX, TASKS, dataset_model, download_hint, is_totalsegmentator, parse_task, task_folders,
+                      task_structures, weights_dir)
 from .nnunet import load_nnunet
 from .preprocessing import Orientation, Preprocessing
 
@@ -57,19 +57,17 @@ def load_totalsegmentator(source: str, structure: Optional[str] = None, folds=No
     present = [(d, folder) for d, folder in parts if folder is not None]
     chosen = None
     if len(parts) > 1 and structure is None:
+        fast = f", or use its one-model mode totalsegmentator:{task}:fast" if "fast" in TASKS[task] else ""
         raise ModelError(f"TotalSegmentator task {task} is made of {len(parts)} models; name the structure to "
-                         "explain (--target-structure) to pick the one that predicts it")
+                         "explain to pick the one that predicts it (--target-structure; a cohort: one name in "
+                         f"--structures; Slicer: the structure list){fast}")
     if len(parts) == 1:
         if missing:
             raise ModelError(f"TotalSegmentator's model for task {task} (Dataset{missing[0]:03d}) is not in {root} "
                              f"({origin}); {download_hint(task, mode)}")
         chosen = parts[0][1]
     else:
-        labels: dict[str, int] = {}
-        for dataset, folder in present:
-            assert folder is not None
-            for name in label_layout(read_dataset_json(dataset_model(folder)))[0]:
-                labels.setdefault(name, dataset)
+        labels = {name: dataset for name, (dataset, _) in task_structures(source).items()}
         if structure in labels:
             chosen = dict(present)[labels[structure]]
         elif missing:

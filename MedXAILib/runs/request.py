@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
@@ -48,8 +49,19 @@ def check_model_options(options: Optional[Mapping[str, Any]]) -> dict[str, Any]:
             close = difflib.get_close_matches(str(name), MODEL_OPTIONS, n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else f"; use {', '.join(MODEL_OPTIONS)}"
             raise InputError(f"unknown model option {name!r}{hint}")
-        checked[name] = json_safe(value)
-    return checked
+        checked[name] = value
+    try:  # a request folder holds them as JSON: anything else (NaN, objects) is refused here, not at the worker
+        json.dumps(checked, allow_nan=False, default=_plain)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"model options must be JSON values (numbers, text, lists, mappings): {error}") from None
+    return json_safe(checked)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as Python values (for the JSON check); anything else is refused."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
 class RunKind(str, enum.Enum):

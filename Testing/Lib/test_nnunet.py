@@ -373,7 +373,7 @@ def _totalsegmentator_tree(trained: Path, root: Path) -> None:
 
 
 @pytest.mark.slow
-def test_totalsegmentator_finds_its_folders_and_the_part_of_a_structure(trained, tmp_path, monkeypatch):
+def test_totalsegmentator_finds_its_folders_and_the_part_of_a_structure(trained, ct_image, tmp_path, monkeypatch):
     home = tmp_path / "home"
     _totalsegmentator_tree(trained, home / "nnunet" / "results")
     monkeypatch.delenv("TOTALSEG_WEIGHTS_PATH", raising=False)
@@ -387,8 +387,15 @@ def test_totalsegmentator_finds_its_folders_and_the_part_of_a_structure(trained,
     assert "Dataset292" in spine.model_id
     with pytest.raises(ModelError, match=r"Dataset293, Dataset294, Dataset295 are missing; run TotalSegmentator once"):
         load_model("totalsegmentator:total", structure="heart")
-    with pytest.raises(ModelError, match="made of 5 models; name the structure"):
+    with pytest.raises(ModelError, match=r"made of 5 models; name the structure.*--structures.*total:fast"):
         load_model("totalsegmentator:total")
+    from MedXAILib.cohort import run_cohort
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(ct_image, images / "a.nii.gz")
+    with pytest.raises(ModelError, match="made of 5 models"):  # before any case: all structures, several models
+        run_cohort(images, "totalsegmentator:total", tmp_path / "cohort", ray="off")
     with pytest.raises(ModelError, match="unknown TotalSegmentator task 'totl'; did you mean total"):
         load_model("totalsegmentator:totl")
     with pytest.raises(ModelError, match=r"\(Dataset299\) is not in .*TOTALSEG_HOME_DIR.*--task body"):

@@ -170,6 +170,8 @@ def test_request_validation(tmp_path, image):
         RunRequest(kind="explain", image=None, model_path="m")
     with pytest.raises(InputError, match="unknown model option 'fold'; did you mean 'folds'"):
         RunRequest(kind="explain", image=image, model_path="m", model_options={"fold": [0]})
+    with pytest.raises(InputError, match="model options must be JSON values"):
+        RunRequest(kind="explain", image=image, model_path="m", model_options={"overlap": float("nan")})
     with pytest.raises(InputError, match="JSON"):
         write_request(RunRequest(kind="explain", image=image, model_path="m", arguments={"params": {"x": object()}}), tmp_path)
     assert files_in(tmp_path) == set()

@@ -5,8 +5,8 @@ relative to the scene, and resolved against wherever the scene is loaded from. A
 loads a real MRML scene (slicer-core) to show it end to end.
 
 nnU-Net v2 folders and TotalSegmentator tasks are recognised from their files without torch
-(``modelPaths.describeModel``); the checks are compared with MedXAILib's own (which import torch) on
-folders laid out as nnU-Net writes them, and the options they give are what a run request takes.
+(``modelPaths.describeModel``, on MedXAILib's own checks in ``MedXAILib.model.folders``) on folders laid
+out as nnU-Net writes them, also with torch blocked, and the options they give are what a run request takes.
 """
 
 from __future__ import annotations
@@ -118,18 +118,15 @@ def _layouts(root: Path) -> dict[str, Path]:
             "looseCheckpoint": root / "fold_0" / "checkpoint_final.pth"}
 
 
-def test_the_kinds_agree_with_medxailibs_loader_on_real_folders(tmp_path):
-    from MedXAILib.model.folders import checkpoint_location, is_nnunet_folder
-
+def test_each_layout_is_recognised_as_what_it_is(tmp_path):
     folders = _layouts(tmp_path)
     (tmp_path / "fold_0").mkdir()
-    folders["looseCheckpoint"].write_bytes(b"")
+    folders["looseCheckpoint"].write_bytes(b"")  # a checkpoint outside a model folder: not a model
+    expected = {"model": modelPaths.NNUNET_FOLDER, "results": modelPaths.NNUNET_FOLDER,
+                "single": modelPaths.NNUNET_FOLDER, "checkpoint": modelPaths.NNUNET_CHECKPOINT}
     for name, path in folders.items():
-        kind = modelPaths.describeModel(str(path)).kind
-        assert (kind == modelPaths.NNUNET_FOLDER) == is_nnunet_folder(path), name
-        assert (kind == modelPaths.NNUNET_CHECKPOINT) == (path.is_file() and checkpoint_location(path) is not None), name
-    assert [n for n, p in folders.items() if modelPaths.isNnunetModel(str(p))] == ["model", "results", "single",
-                                                                                    "checkpoint"]
+        assert modelPaths.describeModel(str(path)).kind == expected.get(name, ""), name
+        assert modelPaths.isNnunetModel(str(path)) == (name in expected), name
 
 
 def test_describe_model_reads_configurations_folds_and_structures(tmp_path):
@@ -172,11 +169,10 @@ def test_model_options_hold_only_what_applies_and_differs_from_the_defaults(tmp_
     assert set(full) <= set(MODEL_OPTIONS) and check_model_options(full) == full  # JSON values a request takes
 
 
-@pytest.mark.parametrize("text", ["0", "0,1,2", "all", "1,all", " 3 , 4 "])
-def test_folds_read_as_the_command_line_reads_them(text):
-    from MedXAILib.cli.common import folds
-
-    assert modelPaths.parseFolds(text) == folds(text)
+@pytest.mark.parametrize("text, expected", [("0", [0]), ("0,1,2", [0, 1, 2]), ("all", ["all"]),
+                                            ("1,all", [1, "all"]), (" 3 , 4 ", [3, 4]), ("1,1", [1]), ("", None)])
+def test_folds_read_as_the_command_line_reads_them(text, expected):
+    assert modelPaths.parseFolds(text) == expected
 
 
 def test_a_totalsegmentator_task_names_the_structures_of_its_parts(tmp_path, monkeypatch):
@@ -197,8 +193,9 @@ def test_a_totalsegmentator_task_names_the_structures_of_its_parts(tmp_path, mon
                 parts.setdefault(name, (index, folder))
     assert dict(info.structures) == {name: index for name, (index, _) in parts.items()}
     assert info.classIndex("vertebrae_L1") == 1 and info.classIndex("liver") == 3
-    assert modelPaths.describeModel("totalsegmentator:nonsense").note.startswith("unknown TotalSegmentator task")
-    assert not modelPaths.describeModel("totalsegmentator:nonsense").structures
+    assert info.parts == 5 and modelPaths.modelOptions(info, structure="liver") == {"structure": "liver"}
+    assert modelPaths.describeModel("totalsegmentator:nonsense") == modelPaths.ModelInfo()  # the loader says why
+    assert not modelPaths.isNnunetModel("totalsegmentator:nonsense")  # no install offered for a typo
     assert modelPaths.storedModelPath("totalsegmentator:total", str(tmp_path)) == "totalsegmentator:total"
     assert modelPaths.resolveModelPath("totalsegmentator:total", str(tmp_path)) == "totalsegmentator:total"
 
