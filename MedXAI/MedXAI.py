@@ -1387,6 +1387,14 @@ class MedXAITest(ScriptedLoadableModuleTest):
             self.assertIn("QA score: entropy", text)
             with self.assertRaisesRegex(InputError, "failed \\(unreadable image\\)"):
                 cohortTable.loadRow(again, 2)
+            self.assertEqual(cohortTable.followedTables(), [again])
+            widget = slicer.util.getModuleWidget("MedXAI")
+            if widget is not None:  # a table restored with a saved scene is followed again when the section shows it
+                p = widget.logic.getParameterNode()
+                cohortTable.followSelection(slicer.app.layoutManager().tableWidget(0).tableView(), node)
+                widget.setParameterNode(p)
+                p.cohortTable = again
+                self.assertEqual(cohortTable.followedTables(), [again])
             with self.assertRaisesRegex(InputError, "no cohort table"):
                 cohortTable.openCohortFolder(Path(folder) / "missing")
         slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)

@@ -17,7 +17,9 @@ from typing import Any
 
 from MedXAILib.errors import MedXAIError
 
-__all__ = ["summaryText", "tableSummaryText", "errorLine", "CohortSection"]
+from .cohortTable import errorLine
+
+__all__ = ["summaryText", "tableSummaryText", "CohortSection"]
 
 
 def summaryText(summary: Any) -> str:
@@ -40,12 +42,6 @@ def tableSummaryText(tableNode: Any) -> str:
     from MedXAIBridge.cohortNodes import cohortSummary
 
     return summaryText(cohortSummary(tableNode))
-
-
-def errorLine(error: BaseException) -> str:
-    """The first line of an error's message (its type where it has none): the section never shows a trace."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 class CohortSection:
@@ -72,9 +68,19 @@ class CohortSection:
             if node is not None:
                 try:
                     self._summary = tableSummaryText(node)
+                    if not self._following(node):  # a saved scene's table: selecting a row loads its case again
+                        from . import cohortTable
+
+                        cohortTable.showTable(node, self.onCaseLoaded, self.onCaseError)
                 except Exception as error:  # noqa: BLE001 - not a cohort table after all: say so, in one line
                     self._summary = f"Not a cohort table: {errorLine(error)}"
             self._setStatus(self._summary)
+
+    @staticmethod
+    def _following(node: Any) -> bool:
+        from . import cohortTable
+
+        return any(table is node for table in cohortTable.followedTables())
 
     def _setStatus(self, text: str) -> None:
         self.host.ui.cohortStatusLabel.text = text

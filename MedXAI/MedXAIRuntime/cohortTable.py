@@ -6,7 +6,8 @@ Slicer-application glue over :mod:`MedXAIBridge.cohortNodes`:
   layout's table view;
 - :func:`loadRow`: the row's case scene imported into the application's scene (the previous case's nodes
   removed, the table kept);
-- :func:`followSelection`: selecting a row of a ``qMRMLTableView`` loads its case.
+- :func:`followSelection`: selecting a row of a ``qMRMLTableView`` loads its case; :func:`showTable` does
+  both for a table node already in the scene (a saved scene's).
 
 The module's Cohort QA section (:mod:`MedXAIRuntime.cohortPanel`) calls these; from the Python console:
 ``from MedXAIRuntime import cohortTable; cohortTable.openCohortFolder("/path/OUT")``.
@@ -21,10 +22,10 @@ from typing import Any, Callable, Optional
 
 from MedXAILib.errors import MedXAIError
 
-__all__ = ["openCohortFolder", "loadRow", "followSelection"]
+__all__ = ["openCohortFolder", "showTable", "loadRow", "followSelection", "followedTables", "errorLine"]
 
-#: The selection handler connected last: (selection model, handler), disconnected before another is connected,
-#: so reopening a folder never loads a case twice (or from a removed table).
+#: The selection handler connected last: (selection model, handler, table node), disconnected before another is
+#: connected, so reopening a folder never loads a case twice (or from a removed table).
 _following: list = []
 
 
@@ -47,16 +48,32 @@ def openCohortFolder(folder: str | Path, onLoaded: Optional[Callable[[str, list]
     node = cohortTableNode(slicer.mrmlScene, folder)
     for old in earlier:
         slicer.mrmlScene.RemoveNode(old)
-    layoutManager = slicer.app.layoutManager()
-    if layoutManager is not None:
-        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
-        selection = slicer.app.applicationLogic().GetSelectionNode()
-        selection.SetActiveTableID(node.GetID())
-        slicer.app.applicationLogic().PropagateTableSelection()
-        tableWidget = layoutManager.tableWidget(0)
-        if tableWidget is not None:
-            followSelection(tableWidget.tableView(), node, onLoaded, onError)
+    showTable(node, onLoaded, onError)
     return node
+
+
+def showTable(tableNode, onLoaded: Optional[Callable[[str, list], None]] = None,
+              onError: Optional[Callable[[str], None]] = None) -> None:
+    """Show a cohort table node in the layout's table view and load a row's case when it is selected (also
+    for a table restored with a saved scene)."""
+    import slicer
+
+    layoutManager = slicer.app.layoutManager()
+    if layoutManager is None:
+        return
+    layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+    selection = slicer.app.applicationLogic().GetSelectionNode()
+    selection.SetActiveTableID(tableNode.GetID())
+    slicer.app.applicationLogic().PropagateTableSelection()
+    tableWidget = layoutManager.tableWidget(0)
+    if tableWidget is not None:
+        followSelection(tableWidget.tableView(), tableNode, onLoaded, onError)
+
+
+def errorLine(error: BaseException) -> str:
+    """The first line of an error's message (its type where it has none): the user never sees a trace."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def loadRow(tableNode, row: int) -> list:
@@ -68,9 +85,14 @@ def loadRow(tableNode, row: int) -> list:
     return loadCaseScene(slicer.mrmlScene, tableNode, row)
 
 
+def followedTables() -> list:
+    """The table nodes whose selected rows load their cases now."""
+    return [table for _, _, table in _following]
+
+
 def _stopFollowing() -> None:
     while _following:
-        model, handler = _following.pop()
+        model, handler, _ = _following.pop()
         try:
             model.selectionChanged.disconnect(handler)
         except Exception:  # noqa: BLE001 - the view (and its model) may be gone
@@ -94,7 +116,7 @@ def followSelection(tableView, tableNode, onLoaded: Optional[Callable[[str, list
         try:
             nodes = loadRow(tableNode, row)
         except Exception as error:  # noqa: BLE001 - a failed case: say why in one line
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            message = errorLine(error)
             if not isinstance(error, MedXAIError):  # not the case's own reason: keep the trace in the log
                 logging.exception("MedXAI cohort: the case could not be loaded")
             if onError is not None:
@@ -109,4 +131,4 @@ def followSelection(tableView, tableNode, onLoaded: Optional[Callable[[str, list
     _stopFollowing()
     model = tableView.selectionModel()
     model.selectionChanged.connect(selected)
-    _following.append((model, selected))
+    _following.append((model, selected, tableNode))

@@ -20,7 +20,7 @@ import mrmlTesting  # noqa: E402  (the Bridge tests' scene helpers; needs slicer
 
 from MedXAIBridge.cohortNodes import FOLDER_ATTRIBUTE, cohortSummary, cohortTableNode, cohortTableNodes  # noqa: E402
 from MedXAILib.errors import InputError  # noqa: E402
-from MedXAIRuntime import cohortPanel  # noqa: E402
+from MedXAIRuntime import cohortPanel, cohortTable  # noqa: E402
 
 pytestmark = pytest.mark.mrml
 
@@ -88,7 +88,7 @@ def test_reopening_finds_the_folders_earlier_table_and_errors_are_one_line(scene
     assert cohortTableNodes(scene) == [a, b, c] and a.GetAttribute(FOLDER_ATTRIBUTE) == str(first.resolve())
     with pytest.raises(InputError) as error:
         cohortTableNode(scene, tmp_path / "empty")
-    line = cohortPanel.errorLine(error.value)
+    line = cohortTable.errorLine(error.value)
     assert "holds no cohort table (table.csv)" in line and "medxai cohort MANIFEST" in line and "\n" not in line
-    assert cohortPanel.errorLine(RuntimeError("first\nsecond")) == "first"
-    assert cohortPanel.errorLine(KeyError()) == "KeyError"
+    assert cohortTable.errorLine(RuntimeError("first\nsecond")) == "first"
+    assert cohortTable.errorLine(KeyError()) == "KeyError"
