@@ -65,13 +65,13 @@ def _referenceGeometry(referenceVolumeNode) -> "slicer.vtkOrientedImageData":
 def _arrayOnExtent(image, extent: Sequence[int]) -> np.ndarray:
     """The (I, J, K) voxels of an oriented image, placed on `extent` (zero where it has none)."""
     shape = tuple(extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3))
-    out = np.zeros(shape, dtype=np.int64)
     e = image.GetExtent()
     scalars = image.GetPointData().GetScalars() if image.GetPointData() is not None else None
     if scalars is None or e[1] < e[0] or e[3] < e[2] or e[5] < e[4]:
-        return out
+        return np.zeros(shape, dtype=np.uint8)
     dims = (e[1] - e[0] + 1, e[3] - e[2] + 1, e[5] - e[4] + 1)
     values = numpy_support.vtk_to_numpy(scalars)
+    out = np.zeros(shape, dtype=values.dtype)  # the labelmap's own type (uint8 as a rule): a whole CT in int64 was 0.6 GB
     if scalars.GetNumberOfComponents() > 1:
         values = values[:, 0]
     ijk = np.transpose(values.reshape(dims[2], dims[1], dims[0]), (2, 1, 0))
