@@ -261,10 +261,11 @@ class _SharedGradientContext(MethodContext):
         return super().gradient(batch, *args, **kwargs)
 
 
-def _shared_gradients(bound: Any, x: torch.Tensor, resolve: Any, monitor: Monitor
+def _shared_gradients(bound: Any, x: torch.Tensor, resolve: Any, monitor: Monitor,
+                      output: Optional[torch.Tensor] = None
                       ) -> tuple[list[TargetScorer], list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
     """The scorers (``resolve(output)``), (d score_k / d input, score_k) for each from one forward pass per
-    window, and the model output."""
+    window, and the model output (a windowed model's is computed first unless `output` is given)."""
     from .methods.modified_backprop import cancel_points
     from .model.layout import channels_last, to_channels_last
     from .model.window_gradient import window_backward_many
@@ -272,11 +273,12 @@ def _shared_gradients(bound: Any, x: torch.Tensor, resolve: Any, monitor: Monito
     network = bound.adapter.network
     with cancel_points(network, monitor.check):
         if bound.windowed:  # predicted regions need the blended output before any window's backward pass
-            monitor.update(0.0, "Running the model on the input")
-            bound.progress = _running(monitor, 0.0)
-            with torch.no_grad():
-                output = bound(x)
-            bound.progress = None
+            if output is None:
+                monitor.update(0.0, "Running the model on the input")
+                bound.progress = _running(monitor, 0.0)
+                with torch.no_grad():
+                    output = bound(x)
+                bound.progress = None
             scorers = resolve(output)
             monitor.update(0.1, f"Gradients of {len(scorers)} targets: one shared pass")
 
@@ -335,6 +337,7 @@ def explain_structures(
     seed: int = 0,
     memory_budget: Optional[str | int] = None,
     mixed_precision: Optional[bool] = None,
+    output: Optional[torch.Tensor] = None,
 ) -> list[Attribution]:
     """Explain several targets of one input (the K structures of a segmentation) with shared passes.
 
@@ -352,6 +355,9 @@ def explain_structures(
             :func:`explain`.
         targets: what to explain, one :class:`Target` each (e.g. ``Target(class_index=k,
             region="predicted")`` for every structure k).
+        output: the model's output on `image` (1, K, I, J, K), when the caller ran the same model with the
+            same settings already (a QA case's test-time ensemble): a sliding-window model then runs no
+            pass of its own before the gradient pass.
 
     Returns:
         One :class:`Attribution` per target, in order; the provenance's ``shared_pass`` says how many
@@ -388,7 +394,7 @@ def explain_structures(
         cache: dict[str, Any] = {}
 
         with monitor.stage(0.0, 0.8):
-            scorers, shared, output = _shared_gradients(bound, x, resolve, monitor)
+            scorers, shared, output = _shared_gradients(bound, x, resolve, monitor, output)
         finite = bool(torch.isfinite(output).all())  # one check for all targets in the usual case
         warnings = [] if finite else [w for s in scorers if (w := check_finite_output(output, s))]
         prediction = summarise_prediction(output, adapter.task, adapter.class_names)

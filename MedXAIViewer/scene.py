@@ -30,6 +30,7 @@ except ImportError:  # a source checkout run without installing: Slicer's own la
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedXAI"))
 
 from MedXAIBridge import display, results, segments, volumes  # noqa: E402
+from MedXAIBridge.nodes import nodesByClass  # noqa: E402
 
 from MedXAILib.attribution import Attribution  # noqa: E402
 
@@ -220,9 +221,7 @@ class ViewerScene:
         """
         import slicer
 
-        composites = self.scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-        for i in range(composites.GetNumberOfItems()):
-            composite = composites.GetItemAsObject(i)
+        for composite in nodesByClass(self.scene, "vtkMRMLSliceCompositeNode"):
             composite.SetBackgroundVolumeID(None)
             composite.SetForegroundVolumeID(None)
             composite.SetLabelVolumeID(None)

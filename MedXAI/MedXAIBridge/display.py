@@ -222,9 +222,12 @@ def applyAttributionDisplay(node, colormap: str = "auto", opacity: float = 0.5, 
     if values.size == 0:
         values = np.zeros(1, np.float32)
     amin, amax = float(values.min()), float(values.max())
-    magnitude = np.abs(values) if windowPercentile < 100.0 or thresholdPercentile > 0 else None
-    m = (float(np.percentile(magnitude, windowPercentile)) if windowPercentile < 100.0 else 0.0) or \
-        max(abs(amin), abs(amax)) or 1.0
+    windowAt, threshold = 0.0, 0.0
+    if windowPercentile < 100.0 or thresholdPercentile > 0:  # both percentiles of |a| from one partition
+        windowAt, threshold = (float(v) for v in np.percentile(np.abs(values), [windowPercentile, thresholdPercentile]))
+        windowAt = windowAt if windowPercentile < 100.0 else 0.0
+        threshold = threshold if thresholdPercentile > 0 else 0.0
+    m = windowAt or max(abs(amin), abs(amax)) or 1.0
     signed = amin < 0.0
 
     custom = None
@@ -244,7 +247,6 @@ def applyAttributionDisplay(node, colormap: str = "auto", opacity: float = 0.5, 
         lo, hi = (-m, m) if kind == "diverging" else (0.0, m)
     else:
         lo, hi = (amin, amax) if amax > amin else (amin - 0.5, amax + 0.5)
-    threshold = float(np.percentile(magnitude, thresholdPercentile)) if thresholdPercentile > 0 else 0.0
 
     display = node.GetDisplayNode()
     if display is None:

@@ -358,10 +358,12 @@ def qa_case(image: ImageVolume, model: Any, structures: str | Sequence[str] = "a
         if present:
             with monitor.stage(0.35, 0.9):
                 found = explain_structures(image, model, [Target(class_index=k, region="predicted") for k, _ in present],
-                                           options.method, options.params, monitor=monitor, seed=seed)
+                                           options.method, options.params, monitor=monitor, seed=seed,
+                                           output=ensemble["output"])  # the identity member: no second pass
             attributions = {name: a for (_, name), a in zip(present, found)}
     monitor.update(0.9, "Scoring the structures")
     rows = []
+    logits = ensemble["output"][0].cpu().numpy()  # once, not a float64 volume per structure
     spacing = image.spacing
     voxel_mm3 = float(abs(np.linalg.det(image.affine[:3, :3])))
     for k, name in wanted:
@@ -371,7 +373,7 @@ def qa_case(image: ImageVolume, model: Any, structures: str | Sequence[str] = "a
         relevance = attribution.summed if attribution is not None else None
         score = None
         if attribution is not None:  # the attributed score: the class logit summed over the structure
-            score = float(ensemble["output"][0, k].double().cpu().numpy()[structure].sum())
+            score = float(logits[k][structure].sum(dtype=np.float64))
         row: dict[str, Any] = {"structure": name, "label": int(k), "predicted_voxels": int(structure.sum()),
                                "volume_mm3": float(structure.sum()) * voxel_mm3}
         row.update(structure_scores(relevance, structure, ensemble["labels"], k, mean, mean_sq, entropy,

@@ -371,18 +371,27 @@ def _spatial(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(range(2, t.ndim))
 
 
+def _layer_pass(ctx: MethodContext, layer: Optional[ChosenLayer], title: str, grad: bool
+                ) -> tuple[ChosenLayer, LayerMaps]:
+    """The layer's activations (and gradients) over the input, recorded in the diagnostics: the pass that
+    also chooses a model's automatic layer when `layer` is None, else a hooked pass at `layer`."""
+    backward = ", backward pass to it" if grad else ""
+    maps = None
+    if layer is None:
+        ctx.monitor.update(0.0, f"{title}: forward pass choosing the layer{backward}")
+        layer, maps = traced_layer_maps(ctx, grad=grad)
+    if maps is None:
+        ctx.monitor.update(0.0, f"{title}: forward {'and backward ' if grad else ''}pass through layer {layer.name}")
+        maps = layer_maps(ctx, layer, grad=grad)
+    _record(ctx, layer, maps)
+    return layer, maps
+
+
 def _gradient_cam(ctx: MethodContext, params: Any, title: str, combine: MapFunction) -> torch.Tensor:
     layer = choose_layer(ctx, params.layer, in_pass=not ctx.windowed)
     if ctx.windowed:
         return _windowed_gradient_cam(ctx, params, layer, title, combine)
-    maps = None
-    if layer is None:
-        ctx.monitor.update(0.0, f"{title}: forward pass choosing the layer, backward pass to it")
-        layer, maps = traced_layer_maps(ctx, grad=True)
-    if maps is None:
-        ctx.monitor.update(0.0, f"{title}: forward and backward pass through layer {layer.name}")
-        maps = layer_maps(ctx, layer, grad=True)
-    _record(ctx, layer, maps)
+    layer, maps = _layer_pass(ctx, layer, title, grad=True)
     ctx.monitor.update(0.7, f"{title}: weighting the activations")
     assert maps.gradients is not None
     cams = combine(maps.activations, maps.gradients, maps.score, params)
@@ -586,15 +595,7 @@ def score_cam(ctx: MethodContext, params: ScoreCAMParams) -> torch.Tensor:
     resolution, then upsampled like the other CAMs.
     """
     title = "Score-CAM"
-    layer = choose_layer(ctx, params.layer, in_pass=not ctx.windowed)
-    maps = None
-    if layer is None:
-        ctx.monitor.update(0.0, f"{title}: forward pass choosing the layer")
-        layer, maps = traced_layer_maps(ctx, grad=False)
-    if maps is None:
-        ctx.monitor.update(0.0, f"{title}: forward pass through layer {layer.name}")
-        maps = layer_maps(ctx, layer, grad=False)
-    _record(ctx, layer, maps)
+    layer, maps = _layer_pass(ctx, choose_layer(ctx, params.layer, in_pass=not ctx.windowed), title, grad=False)
     ctx.monitor.update(0.05, f"{title}: scoring the masked inputs")
     acts = maps.activations
     n_channels = acts.shape[1]

@@ -102,6 +102,21 @@ def _used_channels(g: torch.Tensor) -> tuple[list[int], torch.Tensor]:
     return used, (g if len(used) == g.shape[1] else g[:, used])
 
 
+def _network_grid(bound: Any, x: torch.Tensor, input_grad: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, WindowPlan, int, int, int]:
+    """What a windowed backward pass starts from: the input leaf (with autograd through the preprocessing
+    when an input gradient is wanted), the network input z and its padded copy, the window plan, windows
+    per call, the batch size and the number of (item, window) jobs."""
+    pre = bound.adapter.preprocessing
+    x = x.detach()
+    x_leaf = x.requires_grad_(True) if (input_grad and pre.steps) else x
+    with torch.enable_grad() if x_leaf.requires_grad else torch.no_grad():
+        z = pre.apply(x_leaf, bound.grids) if pre.steps else x_leaf
+    plan: WindowPlan = bound.plan()
+    batch = int(x.shape[0])
+    return x_leaf, z, plan.pad_input(z.detach()), plan, bound.windows_per_call(), batch, batch * plan.n_windows
+
+
 def window_backward(
     bound: Any,
     x: torch.Tensor,
@@ -134,15 +149,7 @@ def window_backward(
     """
     adapter = bound.adapter
     pre, grids = adapter.preprocessing, bound.grids
-    x = x.detach()
-    x_leaf = x.requires_grad_(True) if (input_grad and pre.steps) else x
-    with torch.enable_grad() if x_leaf.requires_grad else torch.no_grad():
-        z = pre.apply(x_leaf, grids) if pre.steps else x_leaf
-    plan: WindowPlan = bound.plan()
-    per_call = bound.windows_per_call()
-    zp = plan.pad_input(z.detach())
-    batch = int(x.shape[0])
-    n_jobs = batch * plan.n_windows
+    x_leaf, z, zp, plan, per_call, batch, n_jobs = _network_grid(bound, x, input_grad)
     if scorer is None and (resolve is None or n_jobs > per_call):
         raise ValueError("window_backward without a scorer needs resolve and every window in one network call")
     linear = score_is_linear(scorer)
@@ -304,15 +311,7 @@ def window_backward_many(
     adapter = bound.adapter
     pre, grids = adapter.preprocessing, bound.grids
     scorers = list(scorers)
-    x = x.detach()
-    x_leaf = x.requires_grad_(True) if pre.steps else x
-    with torch.enable_grad() if x_leaf.requires_grad else torch.no_grad():
-        z = pre.apply(x_leaf, grids) if pre.steps else x_leaf
-    plan: WindowPlan = bound.plan()
-    per_call = bound.windows_per_call()
-    zp = plan.pad_input(z.detach())
-    batch = int(x.shape[0])
-    n_jobs = batch * plan.n_windows
+    x_leaf, z, zp, plan, per_call, batch, n_jobs = _network_grid(bound, x, input_grad=True)
     linear = [score_is_linear(scorer) for scorer in scorers]
     scores: list[Optional[torch.Tensor]] = [None] * len(scorers)
     if not all(linear) and output is None:

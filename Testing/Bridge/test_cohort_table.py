@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from mrmlTesting import ROOT, readBundle  # noqa: F401 - readBundle documents the manager set-up used below
 
+from MedXAIBridge.nodes import nodesByClass
+
 pytestmark = pytest.mark.mrml
 
 
@@ -52,8 +54,7 @@ def _managers(scene, tmp_path):
 
 
 def _volumes(scene):
-    nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
-    return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
+    return nodesByClass(scene, "vtkMRMLScalarVolumeNode")
 
 
 def test_the_table_node_holds_the_cohort_table(scene, cohort):
@@ -82,7 +83,7 @@ def test_loading_a_row_shows_that_cases_scene_and_replaces_the_previous_case(sce
     names = sorted(v.GetName() for v in _volumes(scene))
     assert names == ["attribution liver", "entropy", "image"]
     assert {n.GetAttribute(CASE_ATTRIBUTE) for n in first} == {"p0"}
-    assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 1
+    assert len(nodesByClass(scene, "vtkMRMLSegmentationNode")) == 1
     image = next(v for v in _volumes(scene) if v.GetName() == "image")
     composite = scene.GetSingletonNode("Red", "vtkMRMLSliceCompositeNode")
     assert composite.GetBackgroundVolumeID() == image.GetID()

@@ -30,6 +30,8 @@ import numpy as np
 import pytest
 from mrmlTesting import attributesOf, ijkArray, ijkToRasOf, obliqueAffine, readBundle
 
+from MedXAIBridge.nodes import nodesByClass
+
 from MedXAILib.attribution import PROVENANCE_KEY
 from MedXAILib.io import read_image
 from MedXAILib.report.mrb import SceneSegmentation, SceneVolume, table_name, write_mrb
@@ -44,8 +46,7 @@ EXAMPLE = "/tmp/medxai_demo_scene.png"
 
 
 def _nodes(scene, cls):
-    nodes = scene.GetNodesByClass(cls)
-    return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
+    return nodesByClass(scene, cls)
 
 
 def _byName(scene, name):

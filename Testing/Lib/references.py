@@ -61,3 +61,18 @@ def masked_target(volume) -> Target:
     mask = np.zeros(volume.shape, bool)
     mask[4:12, 3:10, 2:8] = True
     return Target(class_index=1, region="mask", mask=mask)
+
+
+class CallCounter:
+    """Counts a network's forward calls (a forward pre-hook) while it is attached: passes over the windows,
+    or the passes a method pays for (Testing/Lib/test_forward_passes.py, Testing/benchmarks/bench_scale.py)."""
+
+    def __init__(self, network: torch.nn.Module):
+        self.calls = 0
+        self._handle = network.register_forward_pre_hook(self._count)
+
+    def _count(self, module, args) -> None:
+        self.calls += 1
+
+    def remove(self) -> None:
+        self._handle.remove()

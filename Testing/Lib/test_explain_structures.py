@@ -16,6 +16,7 @@ from MedXAILib.engine import explain, explain_structures
 from MedXAILib.errors import TargetError
 from MedXAILib.model import Preprocessing, load_model
 from MedXAILib.target import Target
+from references import CallCounter
 
 SHAPE = (40, 36, 28)
 
@@ -69,7 +70,16 @@ def test_k_structures_equal_k_single_explanations(image, windowed, method):
     together = explain_structures(image, adapter, targets, method, seed=3)
     assert len(together) == len(targets)
     if windowed:
-        assert adapter.bind(image.affine, image.shape, image.array).plan().n_windows > 1
+        bound = adapter.bind(image.affine, image.shape, image.array)
+        assert bound.plan().n_windows > 1
+        with torch.no_grad():
+            output = bound(torch.as_tensor(image.array)[None])
+        counter = CallCounter(adapter.network)
+        given = explain_structures(image, adapter, targets, method, seed=3, output=output)
+        counter.remove()
+        assert counter.calls == bound.plan().n_windows  # the gradient pass only: no pass of its own first
+        for a, b in zip(given, together):
+            np.testing.assert_array_equal(a.array, b.array)
     for target, shared in zip(targets, together):
         single = explain(image, adapter, method, target, seed=3)
         scale = float(np.abs(single.array).max())

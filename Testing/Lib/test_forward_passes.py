@@ -20,6 +20,7 @@ import torch
 from MedXAILib import ImageVolume, METHODS, Target, explain
 from MedXAILib.model import load_model
 from MedXAILib.model.memory import parse_budget
+from references import CallCounter
 
 # Small settings, so that every count is a small known number. Batches of 4 (2 for the path methods).
 PARAMS = {
@@ -89,22 +90,8 @@ def _segmenter(roi=None, budget=None):
     return adapter
 
 
-class Counter:
-    """Counts the network's forward calls while it is attached."""
-
-    def __init__(self, network: torch.nn.Module):
-        self.calls = 0
-        self._handle = network.register_forward_pre_hook(self._count)
-
-    def _count(self, module, args) -> None:
-        self.calls += 1
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-
 def _count(volume, adapter, method, target, params=None) -> tuple[int, dict]:
-    counter = Counter(adapter.network)
+    counter = CallCounter(adapter.network)
     try:
         result = explain(volume, adapter, method, target, params if params is not None else PARAMS.get(method))
     finally:

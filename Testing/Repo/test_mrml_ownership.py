@@ -54,13 +54,13 @@ def ownership_problems(source: str, where: str) -> list[str]:
 
 def test_every_factory_call_in_the_module_releases_its_reference():
     problems = []
-    for path in sorted((ROOT / "MedXAI").rglob("*.py")):
+    for path in sorted([*(ROOT / "MedXAI").rglob("*.py"), *(ROOT / "MedXAIViewer").rglob("*.py")]):
         problems += ownership_problems(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
     assert not problems, "\n" + "\n".join(problems)
 
 
 def test_the_factories_are_only_called_in_the_bridge_helper():
-    callers = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "MedXAI").rglob("*.py")
+    callers = sorted(str(p.relative_to(ROOT)) for p in [*(ROOT / "MedXAI").rglob("*.py"), *(ROOT / "MedXAIViewer").rglob("*.py")]
                      if any(f"{name}(" in p.read_text(encoding="utf-8") for name in FACTORIES))
     assert callers == ["MedXAI/MedXAIBridge/nodes.py"], callers
 

@@ -62,6 +62,7 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "Testing" / "Lib"))  # the tests' call counter
 
 from MedXAILib import ImageVolume, Target, explain  # noqa: E402
 from MedXAILib.methods import METHODS  # noqa: E402
@@ -70,6 +71,7 @@ from MedXAILib.model import load_model  # noqa: E402
 from MedXAILib.model.memory import parse_budget  # noqa: E402
 from MedXAILib.monitor import Monitor  # noqa: E402
 from MedXAILib.params import make_params  # noqa: E402
+from references import CallCounter  # noqa: E402
 from MedXAILib.scoring import resolve_target  # noqa: E402
 
 
@@ -356,20 +358,6 @@ def vm_hwm() -> int:
     except OSError:
         pass
     return 0
-
-
-class CallCounter:
-    """Counts the network's forward calls (a forward pre-hook) while attached."""
-
-    def __init__(self, network: torch.nn.Module):
-        self.calls = 0
-        self._handle = network.register_forward_pre_hook(self._count)
-
-    def _count(self, module, args) -> None:
-        self.calls += 1
-
-    def remove(self) -> None:
-        self._handle.remove()
 
 
 FULL_CT_KINDS = ("inference", "saliency", "grad_cam", "saliency-predicted", "slicer-saliency", "slicer-grad_cam")
