@@ -34,7 +34,7 @@ from ..errors import Cancelled, InputError
 from ..io.outputs import OutputSet
 from ..monitor import Monitor
 from ..runs import RunRequest, RunResult, run_request, write_request, write_result
-from .plan import VOLATILE_KEYS, case_complete
+from .plan import VOLATILE_KEYS, case_complete, structure_file_stem
 
 __all__ = ["process_case", "peak_rss_mb", "reset_peak_rss", "SEGMENT_COLOURS"]
 
@@ -147,7 +147,7 @@ def _export(folder: Path, request: RunRequest, result: RunResult, image: Any) ->
             continue
         volume = result.volumes[key]
         provenance = to_json(data["provenance"].get(name, {}), indent=None, sort_keys=True)
-        file = f"attribution_{_safe(name)}.nrrd"
+        file = f"attribution_{structure_file_stem(name)}.nrrd"
         write_image(volume, folder / file, metadata={PROVENANCE_KEY: provenance, "MedXAI.Structure": name})
         limit = float(np.percentile(np.abs(volume.array), 99.9)) or float(np.abs(volume.array).max()) or 1.0
         volumes.append(SceneVolume(f"attribution {name}", volume, (-limit, limit), "diverging",
@@ -157,7 +157,7 @@ def _export(folder: Path, request: RunRequest, result: RunResult, image: Any) ->
             risky, risk = len(volumes) - 1, score
         try:
             thumbnails.mkdir(exist_ok=True)
-            _thumbnail(thumbnails / f"{_safe(name)}.png", ct.array[0], volume.array[0], labels == row["label"],
+            _thumbnail(thumbnails / f"{structure_file_stem(name)}.png", ct.array[0], volume.array[0], labels == row["label"],
                        f"{request.arguments.get('case_id', '')}: {name}")
         except ImportError:  # matplotlib is optional: the report then shows no thumbnails
             pass
@@ -171,10 +171,6 @@ def _export(folder: Path, request: RunRequest, result: RunResult, image: Any) ->
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     data["files"] = {p.relative_to(folder).as_posix(): _sha256(p) for p in files}
     return data
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "structure"
 
 
 def process_case(case_id: str, request: RunRequest, part: OutputSet, model: Any = None,

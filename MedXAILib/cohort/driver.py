@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..errors import InputError
-from ..io.outputs import Output, OutputSet
+from ..io.outputs import LEFTOVER_PREFIXES, Output, OutputSet
 from ..monitor import Monitor
 from .manifest import read_manifest
 from .plan import CASES_FOLDER, CohortOptions, case_complete, case_folder, case_request
@@ -61,7 +61,7 @@ def _stale_staging(cases: Path) -> None:
     """Remove staging folders that workers killed mid-case left behind (never a committed case)."""
     if cases.is_dir():
         for path in cases.iterdir():
-            if path.is_dir() and path.name.startswith((".medxai-staging-", ".medxai-replaced-")):
+            if path.is_dir() and path.name.startswith(LEFTOVER_PREFIXES):
                 shutil.rmtree(path, ignore_errors=True)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Optional
 from ..runs import RunKind, RunRequest, has_result, read_request, read_result
 from .manifest import CohortCase
 
-__all__ = ["CohortOptions", "case_seed", "case_request", "case_folder", "case_complete", "CASES_FOLDER",
+__all__ = ["CohortOptions", "structure_file_stem", "case_seed", "case_request", "case_folder", "case_complete", "CASES_FOLDER",
            "VOLATILE_KEYS"]
 
 #: The folder of the case folders, inside the cohort folder.
@@ -57,6 +57,11 @@ class CohortOptions:
     trust_bundle: bool = False
     threads: int = 1
     model_options: dict[str, Any] = field(default_factory=dict)
+
+
+def structure_file_stem(name: str) -> str:
+    """A structure's name as the stem of its files in a case folder (attribution, thumbnail)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "structure"
 
 
 def case_seed(seed: int, case_id: str) -> int:

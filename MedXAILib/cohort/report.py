@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import write_atomic
+from .plan import CASES_FOLDER, structure_file_stem
 
 __all__ = ["TABLE_COLUMNS", "table_columns", "write_table_csv", "write_table_parquet", "write_report",
            "failure_detection"]
@@ -133,8 +134,7 @@ def write_report(path: str | Path, columns: Mapping[str, list], summary: Mapping
     lines = []
     for rank, i in enumerate(order[:top], start=1):
         case, structure = columns["case_id"][i], columns["structure"][i]
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in structure) or "structure"
-        thumb = f"cases/{case}/thumbnails/{safe}.png"
+        thumb = f"{CASES_FOLDER}/{case}/thumbnails/{structure_file_stem(structure)}.png"  # as case.py writes it
         cells = [str(rank), html.escape(case), html.escape(structure), _number(score[i]),
                  *[_number(columns[s][i]) for s in SCORES if s != default_score],
                  *([_number(columns["dice"][i])] if has_dice else []),

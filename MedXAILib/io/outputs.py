@@ -27,10 +27,13 @@ from typing import Iterable, Optional, Sequence
 
 from ..errors import InputError
 
-__all__ = ["Output", "OutputSet", "resolved", "same_file"]
+__all__ = ["Output", "OutputSet", "resolved", "same_file", "LEFTOVER_PREFIXES"]
 
 _STAGING_PREFIX = ".medxai-staging-"
 _BACKUP_PREFIX = ".medxai-replaced-"
+#: Names of the staging and set-aside entries a commit makes: one that a killed process left behind is
+#: never a committed output and may be removed.
+LEFTOVER_PREFIXES = (_STAGING_PREFIX, _BACKUP_PREFIX)
 
 
 @dataclass(frozen=True)

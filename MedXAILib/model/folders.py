@@ -245,8 +245,7 @@ def task_folders(source: str) -> list[tuple[int, Optional[Path]]]:
 
 def dataset_model(dataset_folder: Path) -> Path:
     """The trained model in a dataset folder (its 3d_fullres one where there are several)."""
-    models = [p for p in dataset_folder.iterdir() if p.is_dir() and p.name.count("__") == 2]
-    return model_folder(dataset_folder, "3d_fullres" if len(models) > 1 else None)
+    return model_folder(dataset_folder, "3d_fullres" if len(trained_models(dataset_folder)) > 1 else None)
 
 
 def task_structures(source: str) -> dict[str, tuple[int, int]]:

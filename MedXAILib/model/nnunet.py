@@ -43,8 +43,8 @@ import torch
 
 from ..errors import ModelError, UntrustedModelError
 from .adapter import ModelAdapter
-from .folders import (CHECKPOINTS, checkpoint_location, is_nnunet_folder, label_layout, model_folder,
-                      present_folds)
+from .folders import (CHECKPOINTS, checkpoint_location, configuration_of, is_nnunet_folder, label_layout,
+                      model_folder, present_folds, read_dataset_json)
 from .preprocessing import ChannelIntensity, CropNonzero, Orientation, PermuteAxes, Preprocessing, Resize
 from .weights import apply_state_dict, sha256_of
 from .windows import Ensemble
@@ -292,7 +292,7 @@ def _fold_names(folder: Path, folds: Optional[Sequence[int | str]], file: str) -
             raise ModelError(f"{folder.name} has no fold {', '.join(missing)} with {file}; folds with it: "
                              f"{', '.join(present) or 'none'}")
     if not chosen:
-        others = [c for c in CHECKPOINTS.values() if c != file and any(folder.glob(f"fold_*/{c}"))]
+        others = [c for c in CHECKPOINTS.values() if c != file and present_folds(folder, c)]
         hint = f" (it has {others[0]}: choose it with --checkpoint)" if others else ""
         raise ModelError(f"{folder} has no fold_N/{file}{hint}; is the training finished?")
     return chosen
@@ -329,15 +329,15 @@ def load_nnunet(path: Path, folds: Optional[Sequence[int | str]] = None, configu
     if checkpoint not in CHECKPOINTS:
         raise ModelError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}; got {checkpoint!r}")
     folder = model_folder(Path(path), configuration)
+    dataset = read_dataset_json(folder)
     try:
-        dataset = json.loads((folder / "dataset.json").read_text())
-        plans = json.loads((folder / "plans.json").read_text())
+        plans = json.loads((folder / "plans.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read {folder}'s dataset.json / plans.json: {exc}") from None
+        raise ModelError(f"cannot read {folder / 'plans.json'}: {exc}") from None
     file = CHECKPOINTS[checkpoint]
     names = _fold_names(folder, folds, file)
     parts = [read_checkpoint(folder / f"fold_{f}" / file) for f in names]
-    config_name = parts[0]["configuration"] or (folder.name.split("__")[2] if folder.name.count("__") == 2 else None)
+    config_name = parts[0]["configuration"] or (configuration_of(folder) if folder.name.count("__") == 2 else None)
     if config_name is None:
         raise ModelError(f"{folder}: the checkpoint does not say its configuration; give the model's folder "
                          "Trainer__Plans__Configuration")
