@@ -1028,7 +1028,8 @@ class MedXAILogic(ScriptedLoadableModuleLogic):
         if not p.modelPath:
             raise ModelError(_("Select a model file or folder (MONAI bundle, nnU-Net), or load the demo."))
         modelPath = self.modelPath(p)
-        options = self.modelOptions(p)
+        model = self.modelInfo(p)  # the model's files, read once for the options and the structure
+        options = self.modelOptions(p, model)
         info = MedXAILib.METHODS.get(p.method)
         image = volumes.imageVolumeFromNodes(self.inputVolumeNodes(p))
         if target is not None:
@@ -1037,7 +1038,7 @@ class MedXAILogic(ScriptedLoadableModuleLogic):
                                        options)
         kind = p.targetKind
         target = targets.targetFromSettings(
-            kind, image.affine, image.shape, classIndex=self.targetClassIndex(p), score=p.targetScore,
+            kind, image.affine, image.shape, classIndex=self.targetClassIndex(p, model), score=p.targetScore,
             reduction=p.targetReduction,
             mask=segments.maskFromSegment(p.segmentation, p.segmentId, p.inputVolume)
             if kind is TargetKind.segment and p.segmentation else None,
@@ -1054,17 +1055,18 @@ class MedXAILogic(ScriptedLoadableModuleLogic):
         """What the model's files say (nnU-Net or TotalSegmentator, configurations, folds, class names); no torch."""
         return modelPaths.describeModel(self.modelPath(p), p.nnunetConfiguration)
 
-    def modelOptions(self, p) -> dict:
+    def modelOptions(self, p, model=None) -> dict:
         """The request's ``model_options``: the nnU-Net choices that apply to the model, and the structure that
-        picks a TotalSegmentator task's part (``MedXAIRuntime.modelPaths.modelOptions``)."""
-        return modelPaths.modelOptions(self.modelInfo(p), p.nnunetFolds, p.nnunetConfiguration, p.nnunetCheckpoint,
+        picks a TotalSegmentator task's part (``MedXAIRuntime.modelPaths.modelOptions``). `model`: its
+        :meth:`modelInfo` when the caller has it."""
+        return modelPaths.modelOptions(model or self.modelInfo(p), p.nnunetFolds, p.nnunetConfiguration, p.nnunetCheckpoint,
                                        p.nnunetMirroring, p.targetStructure)
 
-    def targetClassIndex(self, p) -> int:
+    def targetClassIndex(self, p, model=None) -> int:
         """The class to explain: the named structure's output channel where the model's files name it, else
-        the class number."""
+        the class number. `model`: its :meth:`modelInfo` when the caller has it."""
         if p.targetStructure:
-            named = self.modelInfo(p).classIndex(p.targetStructure)
+            named = (model or self.modelInfo(p)).classIndex(p.targetStructure)
             if named is not None:
                 return named
         return p.targetClass

@@ -21,6 +21,7 @@ __all__ = [
     "UnknownNameError",
     "Cancelled",
     "error_chain",
+    "first_line",
 ]
 
 
@@ -85,6 +86,14 @@ def _one_line(error: BaseException, limit: int) -> str:
             lines = [causes[-1].split(": ", 1)[1]]
     text = " ".join(" ".join(lines).split())
     return text if len(text) <= limit else text[:limit].rstrip() + " ..."
+
+
+def first_line(error: BaseException, limit: int = 0) -> str:
+    """The first line of an error's message (its type where it has none), cut to `limit` characters when
+    given: what a user reads in a status line, never a trace (MedXAI's errors already say what to do)."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line[:limit] if limit else line
 
 
 def error_chain(error: BaseException, limit: int = 400) -> str:

@@ -31,7 +31,7 @@ from trame_slicer.views import (Layout, LayoutDirection, NoScheduleRendering, Sl
 from vtkmodules.vtkCommonCore import vtkObject
 from wslink.websocket import LinkProtocol
 
-from MedXAILib.errors import MedXAIError
+from MedXAILib.errors import MedXAIError, first_line
 
 from .folder import ResultFolder, scan_folder, score_column
 from .routes import add_routes
@@ -183,7 +183,7 @@ class ViewerApp:
             self.viewer_scene.show(int(index), self.settings)
         except Exception as error:  # noqa: BLE001 - whatever a file does, the page says so and the server goes on
             name = self.folder.attributions[int(index)].path.name
-            self.viewer_scene.problems.append(f"{name}: {_reason(error)}")
+            self.viewer_scene.problems.append(f"{name}: {first_line(error)}")
         self._publish()
 
     def _publish(self) -> None:
@@ -193,7 +193,7 @@ class ViewerApp:
             table = scene.statistics()
         except Exception as error:  # noqa: BLE001 - the map is still shown without its table
             table = {}
-            scene.problems.append(f"per-structure statistics: {_reason(error)}")
+            scene.problems.append(f"per-structure statistics: {first_line(error)}")
         columns = [c for c in STATISTIC_COLUMNS if c in table]
         rows = [{c: _format(table[c][i]) for c in columns} for i in range(len(table.get("structure", [])))]
         with self.state:
@@ -247,7 +247,7 @@ class ViewerApp:
         try:
             self.viewer_scene.apply(self.settings)
         except MedXAIError as error:
-            self.viewer_scene.problems.append(_reason(error))
+            self.viewer_scene.problems.append(first_line(error))
         self._publish()
 
     def _on_outlines(self, outlines: bool = True, **_: Any) -> None:
@@ -415,12 +415,6 @@ class ViewerApp:
                               disable_logging=True)
         finally:
             sys.argv[:] = argv
-
-
-def _reason(error: BaseException) -> str:
-    """The first line of an error's message (MedXAILib's errors already say what to do)."""
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def _maybe_number(text: str) -> Any:

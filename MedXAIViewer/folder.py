@@ -37,14 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from MedXAILib.attribution import PROVENANCE_KEY
+from MedXAILib.cohort.plan import CASES_FOLDER
+
 __all__ = ["AttributionFile", "CohortRow", "ResultFolder", "IMAGE_SUFFIXES", "inside", "scan_folder",
            "read_cohort_table", "cohort_table", "score_column", "attribution_label"]
 
 IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd")
-PROVENANCE_KEY = "MedXAI.Provenance"  # the same key as MedXAILib.attribution.PROVENANCE_KEY
 COHORT_TABLES = ("table.csv", "cohort.csv")  # medxai cohort's table; a hand-made one
 SCENE_FILE = "scene.mrb"
-CASES_FOLDER = "cases"
 _SEGMENTATION_WORDS = re.compile(r"seg|label|mask", re.IGNORECASE)
 
 
@@ -117,19 +118,12 @@ def _header(path: Path) -> tuple[dict[str, str], int]:
     """Header fields and component count of an image file (voxels are not read)."""
     import SimpleITK as sitk
 
+    from MedXAILib.io.images import add_sidecar  # SimpleITK too: loaded with the first image
+
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()  # RuntimeError for a damaged or foreign file
-    header = {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()}
-    sidecar = path.with_name(path.name[: -len(_image_suffix(path))] + ".json")
-    if _image_suffix(path) in (".nii", ".nii.gz") and sidecar.is_file():
-        try:
-            extra = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            extra = {}
-        if isinstance(extra, dict):
-            for key, value in extra.items():
-                header.setdefault(str(key), value if isinstance(value, str) else json.dumps(value))
+    header = add_sidecar(path, {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()})
     return header, reader.GetNumberOfComponents()
 
 

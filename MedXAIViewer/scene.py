@@ -32,7 +32,8 @@ except ImportError:  # a source checkout run without installing: Slicer's own la
 from MedXAIBridge import display, results, segments, volumes  # noqa: E402
 from MedXAIBridge.nodes import nodesByClass  # noqa: E402
 
-from MedXAILib.attribution import Attribution  # noqa: E402
+from MedXAILib.attribution import PROVENANCE_KEY, Attribution  # noqa: E402
+from MedXAILib.errors import first_line  # noqa: E402
 
 from .folder import AttributionFile, ResultFolder  # noqa: E402
 
@@ -67,7 +68,7 @@ class DisplaySettings:
 
 
 def _problem(path: Path, error: BaseException) -> str:
-    return f"{path.name}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+    return f"{path.name}: {first_line(error)}"
 
 
 class ViewerScene:
@@ -160,7 +161,7 @@ class ViewerScene:
         else:  # no image to hang it on: a plain volume node with the same attributes
             node = volumes.volumeNodeFromImageVolume(self.scene, attribution.to_volume(), entry.label)
             node.SetAttribute(results.RESULT_ATTRIBUTE, "attribution")
-            node.SetAttribute("MedXAI.Provenance", attribution.provenance_json())
+            node.SetAttribute(PROVENANCE_KEY, attribution.provenance_json())
         self._attributions[index] = node
         return node
 

@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from MedXAILib.errors import MedXAIError
+from MedXAILib.errors import MedXAIError, first_line
 
 __all__ = ["openCohortFolder", "showTable", "loadRow", "followSelection", "followedTables", "errorLine"]
 
@@ -70,10 +70,8 @@ def showTable(tableNode, onLoaded: Optional[Callable[[str, list], None]] = None,
         followSelection(tableWidget.tableView(), tableNode, onLoaded, onError)
 
 
-def errorLine(error: BaseException) -> str:
-    """The first line of an error's message (its type where it has none): the user never sees a trace."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+#: The first line of an error's message: what the section and the status bar show.
+errorLine = first_line
 
 
 def loadRow(tableNode, row: int) -> list:

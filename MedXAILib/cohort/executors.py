@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Optional, Sequence
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 from ..monitor import Monitor
 
 __all__ = ["CaseWorker", "Job", "run_locally", "run_on_ray", "RAY_MISSING", "import_ray"]
@@ -144,7 +144,7 @@ def run_on_ray(jobs: Sequence[Job], worker_args: dict[str, Any], on_event: Event
             started_here = True  # shut down at the end: stops a local instance, leaves a cluster running
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise InputError(f"cannot start or reach Ray at {address or 'a local instance'}: "
-                             f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+                             f"{first_line(error)}") from None
     actors: list[Any] = []
     try:
         gpus = float(ray.cluster_resources().get("GPU", 0.0))

@@ -29,7 +29,7 @@ from ..volume import ImageVolume
 from .integrity import check_finite_voxels, check_nifti
 
 __all__ = ["read_image", "read_images", "read_label_map", "write_image", "resample_to", "to_sitk",
-           "from_sitk", "SUPPORTED_SUFFIXES"]
+           "from_sitk", "add_sidecar", "SUPPORTED_SUFFIXES"]
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 _LPS = np.diag([-1.0, -1.0, 1.0])  # LPS <-> RAS: negate x and y (its own inverse)
@@ -53,6 +53,22 @@ def _reason(error: Exception) -> str:
 def _sidecar(path: Path) -> Path:
     stem = path.name[: -len(_suffix(path))] if _suffix(path) else path.stem
     return path.with_name(stem + ".json")
+
+
+def add_sidecar(path: str | Path, header: dict) -> dict:
+    """`header` with the keys of a NIfTI file's JSON sidecar added (the header's own keys win): where a NIfTI
+    file keeps what NRRD keeps in its header (the provenance). An unreadable sidecar is ignored, never fatal."""
+    path = Path(path)
+    sidecar = _sidecar(path)
+    if _suffix(path) in (".nii", ".nii.gz") and sidecar.is_file():
+        try:
+            extra = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            extra = {}
+        if isinstance(extra, dict):
+            for key, value in extra.items():
+                header.setdefault(str(key), value if isinstance(value, str) else json.dumps(value))
+    return header
 
 
 
@@ -182,15 +198,7 @@ def read_image(
     parts = [from_sitk(part) for part in _to_3d(image, path, expect_3d)]
     volume = ImageVolume(np.concatenate([p.array for p in parts]), parts[0].affine)
     check_finite_voxels(volume.array, path)
-    sidecar = _sidecar(path)
-    if _suffix(path) in (".nii", ".nii.gz") and sidecar.is_file():
-        try:
-            extra = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            extra = {}  # a sidecar is optional: an unreadable one is ignored, never fatal
-        if isinstance(extra, dict):
-            for key, value in extra.items():
-                header.setdefault(str(key), value if isinstance(value, str) else json.dumps(value))
+    add_sidecar(path, header)
     volume.meta.update(source=str(path), header=header)
     return volume
 

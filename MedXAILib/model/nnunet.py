@@ -41,7 +41,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import ModelError, UntrustedModelError
+from ..errors import ModelError, UntrustedModelError, first_line
 from .adapter import ModelAdapter
 from .folders import (CHECKPOINTS, checkpoint_location, configuration_of, is_nnunet_folder, label_layout,
                       model_folder, present_folds, read_dataset_json)
@@ -101,10 +101,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(types):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UntrustedModelError(f"{path} cannot be read with plain weights only: {str(exc).splitlines()[0][:200]}") \
-            from None
+        raise UntrustedModelError(f"{path} cannot be read with plain weights only: {first_line(exc, 200)}") from None
     except (RuntimeError, OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ModelError(f"cannot read nnU-Net checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None
+        raise ModelError(f"cannot read nnU-Net checkpoint {path}: {first_line(exc, 200)}") from None
     weights = obj.get("network_weights") if isinstance(obj, dict) else None
     if not isinstance(weights, dict) or not all(torch.is_tensor(v) for v in weights.values()):
         raise ModelError(f"{path} is not an nnU-Net checkpoint: it has no 'network_weights' state dict")

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from ..errors import ModelError, UntrustedModelError
+from ..errors import ModelError, UntrustedModelError, first_line
 
 __all__ = [
     "sha256_of",
@@ -81,17 +81,17 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only load failed" not in str(exc).lower():  # not a pickle of objects: not a PyTorch file
-            raise ModelError(f"cannot read weights from {path}: not a PyTorch file ({_first(exc)})") from None
+            raise ModelError(f"cannot read weights from {path}: not a PyTorch file ({first_line(exc, 300)})") from None
         raise UntrustedModelError(
             f"{path.name} contains pickled Python objects that would run code when loaded "
             f"({str(exc).strip().splitlines()[0][:160]}); MedXAI loads plain weights only. "
             "Re-save the weights with torch.save(model.state_dict(), path)."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ModelError(f"cannot read weights from {path}: corrupted or not a PyTorch file ({_first(exc)})") from None
+        raise ModelError(f"cannot read weights from {path}: corrupted or not a PyTorch file ({first_line(exc, 300)})") from None
     except Exception as exc:  # torch's legacy reader fails on arbitrary bytes with IndexError, KeyError, ...
         raise ModelError(f"cannot read weights from {path}: not a PyTorch file ({type(exc).__name__}: "
-                         f"{_first(exc)})") from None
+                         f"{first_line(exc, 300)})") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -108,7 +108,7 @@ def load_torchscript(path: Path) -> tuple[torch.nn.Module, dict[str, str]]:
             warnings.simplefilter("ignore")  # torch >= 2.14 deprecates TorchScript; still supported
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except (RuntimeError, ValueError, OSError) as exc:
-        raise ModelError(f"cannot load TorchScript model {path}: corrupted or incompatible ({_first(exc)})") from None
+        raise ModelError(f"cannot load TorchScript model {path}: corrupted or incompatible ({first_line(exc, 300)})") from None
     return module, extra
 
 
@@ -250,7 +250,7 @@ class ExportedModule(torch.nn.Module):
             return self.graph_module(x)
         except AssertionError as exc:  # guard failures of torch.export
             raise ModelError(f"the exported program {self.name} rejected the input {tuple(x.shape)}: "
-                             f"{_first(exc)}") from None
+                             f"{first_line(exc, 300)}") from None
 
 
 def load_exported(path: Path) -> ExportedModule:
@@ -267,16 +267,16 @@ def load_exported(path: Path) -> ExportedModule:
     except pickle.UnpicklingError as exc:
         raise UntrustedModelError(
             f"{path.name} contains pickled Python objects that would run code when loaded "
-            f"({_first(exc)[:160]}); MedXAI loads exported programs with plain tensors only."
+            f"({first_line(exc, 300)[:160]}); MedXAI loads exported programs with plain tensors only."
         ) from None
     except Exception as exc:  # torch.export raises many types for a damaged archive
-        raise ModelError(f"cannot load exported program {path}: corrupted or incompatible ({_first(exc)})") from None
+        raise ModelError(f"cannot load exported program {path}: corrupted or incompatible ({first_line(exc, 300)})") from None
     try:
         return ExportedModule(program, name=path.name)
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"cannot run exported program {path}: {_first(exc)}") from None
+        raise ModelError(f"cannot run exported program {path}: {first_line(exc, 300)}") from None
 
 
 def apply_state_dict(network: torch.nn.Module, state: dict[str, Any], source: Path) -> None:
@@ -290,8 +290,3 @@ def apply_state_dict(network: torch.nn.Module, state: dict[str, Any], source: Pa
             f"the weights in {source.name} do not fit the network definition "
             f"{type(network).__name__}: {detail[:600]} (check the network name and arguments in the spec or bundle)"
         ) from None
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
