@@ -129,11 +129,7 @@ def _explain(image: ImageVolume, adapter: ModelAdapter, info: Any, target: Optio
 
     def resolve(output: torch.Tensor) -> TargetScorer:
         """The scorer, fixed from the first output of the method's passes (see MethodContext)."""
-        if adapter.class_names and len(adapter.class_names) != output.shape[1]:
-            raise ModelError(f"the model declares {len(adapter.class_names)} class names but returns "
-                             f"{output.shape[1]} channels")
-        if info.tasks and adapter.task not in info.tasks:  # a task first known from this output
-            raise TargetError(f"method '{info.name}' does not support {adapter.task} models")
+        _check_output(output, adapter, info)
         return resolve_target(target, output, adapter.task, adapter.output_activation, spacing=image.spacing)
 
     def check(output: torch.Tensor, scorer: TargetScorer) -> None:
@@ -300,14 +296,21 @@ def _shared_gradients(bound: Any, x: torch.Tensor, resolve: Any, monitor: Monito
         return scorers, grads, output
 
 
-def _labels_once(output: torch.Tensor, adapter: ModelAdapter, targets: Sequence[Target],
-                 cache: dict[str, Any]) -> Optional[np.ndarray]:
-    """The argmax label map, computed once for all predicted targets of a softmax segmenter."""
-    if "labels" not in cache:
-        wanted = adapter.task == "segmentation" and adapter.output_activation != "sigmoid" and any(
-            t.region == "predicted" for t in targets)
-        cache["labels"] = channel_argmax(output[0].detach()).cpu().numpy() if wanted else None
-    return cache["labels"]
+def _check_output(output: torch.Tensor, adapter: ModelAdapter, info: Any) -> None:
+    """What the first output tells before any target is resolved: its channels against the declared class
+    names, and a task first known from it against the method's tasks."""
+    if adapter.class_names and len(adapter.class_names) != output.shape[1]:
+        raise ModelError(f"the model declares {len(adapter.class_names)} class names but returns "
+                         f"{output.shape[1]} channels")
+    if info.tasks and adapter.task not in info.tasks:
+        raise TargetError(f"method '{info.name}' does not support {adapter.task} models")
+
+
+def _shared_labels(output: torch.Tensor, adapter: ModelAdapter, targets: Sequence[Target]) -> Optional[np.ndarray]:
+    """The argmax label map, computed once for all predicted targets of a softmax segmenter (else None)."""
+    wanted = adapter.task == "segmentation" and adapter.output_activation != "sigmoid" and any(
+        t.region == "predicted" for t in targets)
+    return channel_argmax(output[0].detach()).cpu().numpy() if wanted else None
 
 
 def _resolve_many(target: Target, output: torch.Tensor, adapter: ModelAdapter, image: ImageVolume,
@@ -383,15 +386,9 @@ def explain_structures(
         x = torch.as_tensor(image.array, device=adapter.device).unsqueeze(0)
 
         def resolve(output: torch.Tensor) -> list[TargetScorer]:
-            if adapter.class_names and len(adapter.class_names) != output.shape[1]:
-                raise ModelError(f"the model declares {len(adapter.class_names)} class names but returns "
-                                 f"{output.shape[1]} channels")
-            if info.tasks and adapter.task not in info.tasks:
-                raise TargetError(f"method '{info.name}' does not support {adapter.task} models")
-            return [_resolve_many(t, output, adapter, image, labels) for t in targets
-                    for labels in [_labels_once(output, adapter, targets, cache)]]
-
-        cache: dict[str, Any] = {}
+            _check_output(output, adapter, info)
+            labels = _shared_labels(output, adapter, targets)
+            return [_resolve_many(t, output, adapter, image, labels) for t in targets]
 
         with monitor.stage(0.0, 0.8):
             scorers, shared, output = _shared_gradients(bound, x, resolve, monitor, output)

@@ -34,7 +34,7 @@ from ..errors import Cancelled, InputError
 from ..io.outputs import OutputSet
 from ..monitor import Monitor
 from ..runs import RunRequest, RunResult, run_request, write_request, write_result
-from .plan import VOLATILE_KEYS, case_complete, structure_file_stem
+from .plan import VOLATILE_KEYS, case_complete, file_sha256, structure_file_stem
 
 __all__ = ["process_case", "peak_rss_mb", "reset_peak_rss", "SEGMENT_COLOURS"]
 
@@ -111,13 +111,6 @@ def _thumbnail(path: Path, ct: np.ndarray, relevance: np.ndarray, structure: np.
     path.write_bytes(buffer.getvalue())
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    with open(path, "rb") as stream:
-        return hashlib.file_digest(stream, "sha256").hexdigest()
-
-
 def _export(folder: Path, request: RunRequest, result: RunResult, image: Any) -> dict[str, Any]:
     """Write the case's files into `folder`; returns the result data with their checksums."""
     from ..attribution import PROVENANCE_KEY
@@ -169,7 +162,7 @@ def _export(folder: Path, request: RunRequest, result: RunResult, image: Any) ->
     write_mrb(folder / "scene.mrb", volumes, segmentation, 0, risky if risky is not None else None, 0.5, focus)
     _fixed_dates(folder / "scene.mrb")
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    data["files"] = {p.relative_to(folder).as_posix(): _sha256(p) for p in files}
+    data["files"] = {p.relative_to(folder).as_posix(): file_sha256(p) for p in files}
     return data
 
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..io.checksums import sha256_of
 from ..runs import RunKind, RunRequest, has_result, read_request, read_result
 from .manifest import CohortCase
 
-__all__ = ["CohortOptions", "structure_file_stem", "case_seed", "case_request", "case_folder", "case_complete", "CASES_FOLDER",
+__all__ = ["CohortOptions", "structure_file_stem", "file_sha256", "case_seed", "case_request", "case_folder", "case_complete", "CASES_FOLDER",
            "VOLATILE_KEYS"]
 
 #: The folder of the case folders, inside the cohort folder.
@@ -96,10 +97,10 @@ def _same_request(found: RunRequest, planned: RunRequest) -> bool:
     return key(found) == key(planned)
 
 
-def _sha256(path: Path) -> Optional[str]:
+def file_sha256(path: str | Path) -> Optional[str]:
+    """The file's SHA-256 (hex), or None when it cannot be read (a case folder damaged after the fact)."""
     try:
-        with open(path, "rb") as stream:
-            return hashlib.file_digest(stream, "sha256").hexdigest()
+        return sha256_of(path)
     except OSError:
         return None
 
@@ -122,4 +123,4 @@ def case_complete(folder: str | Path, planned: Optional[RunRequest] = None) -> b
         return False
     if not files:
         return False
-    return all(_sha256(folder / name) == digest for name, digest in files.items())
+    return all(file_sha256(folder / name) == digest for name, digest in files.items())

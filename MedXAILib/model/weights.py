@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import pickle
 import threading
@@ -15,6 +14,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from ..errors import ModelError, UntrustedModelError, first_line
+from ..io.checksums import sha256_of
 
 __all__ = [
     "sha256_of",
@@ -25,16 +25,6 @@ __all__ = [
     "load_exported",
     "ExportedModule",
 ]
-
-
-def sha256_of(*paths: Path) -> str:
-    """SHA-256 over the bytes of `paths` in order (one file: the file's usual checksum)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def sniff_file(path: Path) -> str:

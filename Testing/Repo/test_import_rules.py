@@ -64,6 +64,7 @@ LIGHT_MODULES: tuple[str, ...] = (
     "io",  # io/__init__.py: image functions load lazily, on first use
     "io.atomic",
     "io.jsondata",
+    "io.checksums",
     "model",  # model/__init__.py: its public names load on first use
     "model.folders",  # which folders are nnU-Net / TotalSegmentator models: the module offers their options first
     "runs",  # the run protocol: the Slicer module builds requests at start-up, before torch exists
