@@ -65,7 +65,7 @@ from .catalog.cam import (
     XGradCAMParams,
 )
 from .context import MethodContext
-from .layers import (check_hookable, default_from_trace, default_layer, example_input, finished,
+from .layers import (check_hookable, default_from_trace, default_layer, example_input, finished, likely_layer,
                      resolve_layer, tracing)
 
 __all__ = [
@@ -141,18 +141,47 @@ def _layer_key(ctx: MethodContext) -> tuple:
 def traced_layer_maps(ctx: MethodContext, grad: bool = True) -> tuple[ChosenLayer, Optional["LayerMaps"]]:
     """A model's first automatic CAM: the layer is chosen from the CAM's own pass over the input.
 
-    The pass runs with every conv-like module traced (:func:`MedXAILib.methods.layers.tracing`, which
-    keeps each module's output), the input requiring grad so that the graph reaches every candidate.
-    After it the layer is chosen as :func:`~MedXAILib.methods.layers.default_layer` would, the target
-    is resolved from the output, and the gradient is taken with respect to that layer's output only,
-    so the backward pass stops there. The choice is kept on the adapter like a traced one.
+    The layer the order of registration predicts (:func:`~MedXAILib.methods.layers.likely_layer`) is
+    hooked as a known layer is (the backward pass stops at it), and the same pass runs with every
+    conv-like module traced (:func:`~MedXAILib.methods.layers.tracing`, keeping each output). After it
+    the layer is chosen as :func:`~MedXAILib.methods.layers.default_layer` would, and the choice is kept
+    on the adapter. Where the prediction holds (MONAI's classifiers and most of its U-Nets) the pass is
+    the hooked pass itself; where the choice runs after the predicted layer, its kept output lies in the
+    same graph and the gradient is taken there; otherwise (or without a prediction) the pass traces the
+    choice from an input that requires grad (:func:`_traced_from_input`).
 
     Returns:
-        The chosen layer and its maps, or None for the maps when the network changed the layer's
-        output in place after the layer (a functional in-place operation): then the caller runs its
-        hooked pass at the now known layer (the one case of two passes).
+        The chosen layer and its maps, or None for the maps when the pass could not give them (the choice
+        ran before the predicted layer, or the network changed its output in place after the layer):
+        then the caller runs its hooked pass at the now known layer (the one case of two passes).
     """
     network, adapter = ctx.network, ctx.model.adapter
+    guess = likely_layer(network, adapter.task)
+    if guess is None:
+        return _traced_from_input(ctx, grad)
+    predicted = ChosenLayer(guess, resolve_layer(network, guess), True)
+    with channels_last(network), _hooked(network, predicted, ctx.x.ndim, grad) as store, \
+            tracing(network, ctx.x.ndim, keep=True) as records:  # after the hook: it sees the layer's copy
+        try:
+            with torch.enable_grad() if grad else torch.no_grad():
+                output = ctx.model(to_channels_last(ctx.x.detach()))
+        except ParameterError:  # the predicted layer returns no spatial tensor: trace from the input
+            output = None
+    try:
+        if output is None:
+            return _traced_from_input(ctx, grad)
+        layer = _traced_choice(ctx, records, output)
+        act = store["acts"][0] if layer.name == guess else _kept_output(records, layer.name, grad)
+        return layer, None if act is None else _maps_at(ctx, layer, act, output, grad)
+    finally:
+        for record in records.values():
+            record.output = None  # the graph and the activations go with the pass
+
+
+def _traced_from_input(ctx: MethodContext, grad: bool) -> tuple[ChosenLayer, Optional["LayerMaps"]]:
+    """:func:`traced_layer_maps` without a prediction: every candidate traced, the input requiring grad
+    so that the graph reaches each of them."""
+    network = ctx.network
     with channels_last(network), tracing(network, ctx.x.ndim, keep=True) as records:
         x = to_channels_last(ctx.x.detach())  # follows the network's layout
         if grad:
@@ -160,27 +189,47 @@ def traced_layer_maps(ctx: MethodContext, grad: bool = True) -> tuple[ChosenLaye
         with torch.enable_grad() if grad else torch.no_grad():
             output = ctx.model(x)
     try:
-        name = default_from_trace(finished(network, records), adapter.task)
-        adapter._probe_cache[_layer_key(ctx)] = name
-        layer = ChosenLayer(name, resolve_layer(network, name), True)
-        ctx.observe(output, 0)
-        record = records[name]
-        act = record.output
-        if act is None or act._version != record.version:
-            return layer, None
-        with torch.enable_grad() if grad else torch.no_grad():
-            score = ctx.scorer(output)[0]
-        gradients = None
-        if grad:
-            if not score.requires_grad:
-                raise ParameterError(f"the target score does not depend on layer {name!r}; choose a layer "
-                                     "that feeds the output")
-            (gradients,) = torch.autograd.grad(score, act, allow_unused=True)
-            gradients = torch.zeros_like(act) if gradients is None else gradients.detach()
-        return layer, LayerMaps(act.detach(), gradients, score.detach())
+        layer = _traced_choice(ctx, records, output)
+        act = _kept_output(records, layer.name, grad)
+        return layer, None if act is None else _maps_at(ctx, layer, act, output, grad)
     finally:
         for record in records.values():
-            record.output = None  # the graph and the activations go with the pass
+            record.output = None
+
+
+def _traced_choice(ctx: MethodContext, records: dict, output: torch.Tensor) -> ChosenLayer:
+    """The automatic layer from a traced pass (kept on the adapter for later runs); the pass's output,
+    which is the output at the input, resolves the target."""
+    network, adapter = ctx.network, ctx.model.adapter
+    name = default_from_trace(finished(network, records), adapter.task)
+    adapter._probe_cache[_layer_key(ctx)] = name
+    ctx.observe(output, 0)
+    return ChosenLayer(name, resolve_layer(network, name), True)
+
+
+def _kept_output(records: dict, name: str, grad: bool) -> Optional[torch.Tensor]:
+    """The traced output of layer `name`, or None where it cannot give the maps: changed in place after
+    the layer (its version counter moved), or, for a gradient, outside the pass's graph."""
+    record = records[name]
+    act = record.output
+    if act is None or act._version != record.version or (grad and not act.requires_grad):
+        return None
+    return act
+
+
+def _maps_at(ctx: MethodContext, layer: ChosenLayer, act: torch.Tensor, output: torch.Tensor,
+             grad: bool) -> "LayerMaps":
+    """The layer's activations `act` and, with `grad`, d score / d act from the traced pass's graph."""
+    with torch.enable_grad() if grad else torch.no_grad():
+        score = ctx.scorer(output)[0]
+    gradients = None
+    if grad:
+        if not score.requires_grad:
+            raise ParameterError(f"the target score does not depend on layer {layer.name!r}; choose a layer "
+                                 "that feeds the output")
+        (gradients,) = torch.autograd.grad(score, act, allow_unused=True)
+        gradients = torch.zeros_like(act) if gradients is None else gradients.detach()
+    return LayerMaps(act.detach(), gradients, score.detach())
 
 
 @dataclass
@@ -263,8 +312,13 @@ def _layer_maps(ctx: MethodContext, layer: ChosenLayer, grad: bool) -> LayerMaps
             raise ParameterError(f"the target score does not depend on layer {layer.name!r}; choose a layer "
                                  "that feeds the output")
         found = torch.autograd.grad(score, acts, allow_unused=True)
-        gradients = torch.cat([torch.zeros_like(a) if g is None else g for a, g in zip(acts, found)]).detach()
-    return LayerMaps(torch.cat([a.detach() for a in acts]), gradients, score.detach())
+        gradients = _rows([torch.zeros_like(a) if g is None else g for a, g in zip(acts, found)]).detach()
+    return LayerMaps(_rows([a.detach() for a in acts]), gradients, score.detach())
+
+
+def _rows(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors stacked along the batch axis (no copy for the usual one network call)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def _upsample(maps: torch.Tensor, size: tuple[int, ...], mode: str) -> torch.Tensor:

@@ -129,7 +129,8 @@ def integrated_gradients(ctx: MethodContext, params: IntegratedGradientsParams) 
     endpoints come from the path where the rule has them (``riemann_trapezoid`` has both,
     ``riemann_right`` the input, ``riemann_left`` the baseline); the others run in one batch without
     gradients before the path, which also resolves a target read off the output and gives the
-    provenance its output.
+    provenance its output. With ``completeness`` off the path runs alone: the input is scored only
+    where the target needs its output or the path holds it.
     """
     x = ctx.x.detach()
     baseline = make_baseline(ctx, params.baseline, params.blur_sigma_mm)
@@ -137,7 +138,7 @@ def integrated_gradients(ctx: MethodContext, params: IntegratedGradientsParams) 
     delta = x - baseline
     total = torch.zeros_like(x)
     n = len(alphas)
-    ends = _path_endpoints(ctx, alphas, baseline)
+    ends = _path_endpoints(ctx, alphas, baseline, params.completeness)
     at_input = ends.get("input_step")
     for start in range(0, n, params.batch_size):
         stop = min(start + params.batch_size, n)
@@ -154,6 +155,8 @@ def integrated_gradients(ctx: MethodContext, params: IntegratedGradientsParams) 
                 ends[key.replace("step", "score")] = float(scores[ends[key] - start])
         ctx.monitor.update(stop / n, f"Integrated gradients: {stop}/{n} path points")
     attribution = delta * total
+    if not params.completeness:
+        return attribution
     if "input_score" not in ends:  # a windowed path does not keep the output of a batch row
         with torch.no_grad():
             ends["input_score"] = float(ctx.scorer(ctx.input_output())[0])
@@ -168,10 +171,13 @@ def integrated_gradients(ctx: MethodContext, params: IntegratedGradientsParams) 
     return attribution
 
 
-def _path_endpoints(ctx: MethodContext, alphas: np.ndarray, baseline: torch.Tensor) -> dict:
+def _path_endpoints(ctx: MethodContext, alphas: np.ndarray, baseline: torch.Tensor,
+                    check: bool = True) -> dict:
     """F(input) and F(baseline) for the completeness check: the endpoints that are path points
     (``alpha`` exactly 1 or 0) are read off the path, the others scored here in one batch without
-    gradients (the input first, so that its output resolves the target and is kept).
+    gradients (the input first, so that its output resolves the target and is kept). Without the
+    `check`, only the input where the target needs its output before the path (else, off the path, the
+    prediction is not evaluated).
 
     Returns:
         ``input_score`` / ``baseline_score`` where known already, ``input_step`` / ``baseline_step``
@@ -186,21 +192,25 @@ def _path_endpoints(ctx: MethodContext, alphas: np.ndarray, baseline: torch.Tens
             ends["input_score"] = float(ctx.scorer(ctx.output)[0])
     elif len(ones) and ctx.output_free and not ctx.windowed:
         ends["input_step"] = int(ones[-1])  # that path point keeps its output (windows do not, per row)
-    else:
+    elif check or not ctx.output_free:
         rows.append(x)
+    else:
+        ctx.no_input_pass("integrated gradients without its completeness check runs the model on the path "
+                          "only; saliency records the prediction at the input in one pass")
     if len(zeros):
         ends["baseline_step"] = int(zeros[0])
-    else:
+    elif check:
         rows.append(baseline)
     if rows:
-        ctx.monitor.update(0.0, "Integrated gradients: the endpoints of the path (completeness check)")
+        ctx.monitor.update(0.0, "Integrated gradients: the endpoints of the path" + (
+            " (completeness check)" if check else ""))
         batch = torch.cat(rows)
         with torch.no_grad(), channels_last(ctx.network) if not ctx.windowed else nullcontext():
             scores = ctx.score(batch if ctx.windowed else to_channels_last(batch),
                                input_row=0 if rows[0] is x else None)
         if rows[0] is x:
             ends["input_score"] = float(scores[0])
-        if not len(zeros):
+        if rows[-1] is baseline:
             ends["baseline_score"] = float(scores[-1])
     return ends
 
@@ -234,32 +244,39 @@ def _batches(n: int, size: int):
 
 
 class _Moments:
-    """Running mean, mean of squares and variance of per-sample maps (Chan et al.'s pairwise update,
-    so the variance is never negative from cancellation)."""
+    """The running statistic of per-sample maps that a SmoothGrad variant reports: the mean (``plain``),
+    the mean of squares (``squared``) or the population variance (``vargrad``, by Chan et al.'s pairwise
+    update, so it is never negative from cancellation). Only that statistic is kept: each costs passes
+    over every batch of maps."""
 
-    def __init__(self) -> None:
+    def __init__(self, variant: str) -> None:
+        self.variant = variant
         self.count = 0
         self.mean = self.sum_sq = self.m2 = None
 
     def add(self, batch: torch.Tensor) -> None:
         n_b = batch.shape[0]
+        if self.variant == "squared":
+            sum_sq_b = (batch**2).sum(0, keepdim=True)
+            self.sum_sq = sum_sq_b if self.count == 0 else self.sum_sq + sum_sq_b
+            self.count += n_b
+            return
         mean_b = batch.mean(0, keepdim=True)
-        m2_b = ((batch - mean_b) ** 2).sum(0, keepdim=True)
-        sum_sq_b = (batch**2).sum(0, keepdim=True)
+        m2_b = ((batch - mean_b) ** 2).sum(0, keepdim=True) if self.variant == "vargrad" else None
         if self.count == 0:
-            self.mean, self.m2, self.sum_sq = mean_b, m2_b, sum_sq_b
+            self.mean, self.m2 = mean_b, m2_b
         else:
             total = self.count + n_b
             delta = mean_b - self.mean
             self.mean = self.mean + delta * (n_b / total)
-            self.m2 = self.m2 + m2_b + delta**2 * (self.count * n_b / total)
-            self.sum_sq = self.sum_sq + sum_sq_b
+            if m2_b is not None:
+                self.m2 = self.m2 + m2_b + delta**2 * (self.count * n_b / total)
         self.count += n_b
 
-    def result(self, variant: str) -> torch.Tensor:
-        if variant == "plain":
+    def result(self) -> torch.Tensor:
+        if self.variant == "plain":
             return self.mean
-        if variant == "squared":
+        if self.variant == "squared":
             return self.sum_sq / self.count
         return self.m2 / self.count  # population variance, as VarGrad and Captum
 
@@ -274,17 +291,18 @@ def smoothgrad(ctx: MethodContext, params: SmoothGradParams) -> torch.Tensor:
     The noise is drawn from the seeded CPU generator, one ``(batch, C, I, J, K)`` block per batch.
     """
     x = ctx.x.detach()
+    ctx.no_input_pass("SmoothGrad runs the model on noisy copies of the input only; saliency records the "
+                      "prediction at the input in one pass")
     std = params.noise_level * _channel_range(x)
-    moments = _Moments()
+    moments = _Moments(params.variant)
     n = params.n_samples
     ctx.monitor.update(0.0, f"SmoothGrad: {n} noisy copies")
     for start, stop in _batches(n, params.batch_size):
         noisy = x + std * _gaussian(ctx, stop - start, x)
-        with cancel_points(ctx.network, ctx.monitor.check):
-            grads, _ = ctx.gradient(noisy)
+        grads, _ = ctx.gradient(noisy)  # cancel is checked between batches, as integrated gradients does
         moments.add(noisy * grads if params.multiply_by_input else grads)
         ctx.monitor.update(stop / n, f"SmoothGrad: {stop}/{n} noisy copies")
-    return moments.result(params.variant)
+    return moments.result()
 
 
 def gradient_shap(ctx: MethodContext, params: GradientShapParams) -> torch.Tensor:
@@ -299,6 +317,8 @@ def gradient_shap(ctx: MethodContext, params: GradientShapParams) -> torch.Tenso
     per batch the ``a_s``, the baseline noise and the input noise (each skipped when its width is 0).
     """
     x = ctx.x.detach()
+    ctx.no_input_pass("GradientSHAP runs the model between baselines and the input only; saliency records "
+                      "the prediction at the input in one pass")
     centre = make_baseline(ctx, params.baseline, params.blur_sigma_mm)
     spread = _channel_range(x)
     total = torch.zeros_like(x)
@@ -313,9 +333,9 @@ def gradient_shap(ctx: MethodContext, params: GradientShapParams) -> torch.Tenso
         inputs = x.expand(count, *x.shape[1:])
         if params.input_noise > 0:
             inputs = inputs + params.input_noise * spread * _gaussian(ctx, count, x)
-        with cancel_points(ctx.network, ctx.monitor.check):
-            grads, _ = ctx.gradient(baselines + alphas * (inputs - baselines))
-        total += ((inputs - baselines) * grads).sum(0, keepdim=True)
+        delta = inputs - baselines
+        grads, _ = ctx.gradient(baselines + alphas * delta)  # cancel is checked between batches
+        total += (delta * grads).sum(0, keepdim=True)
         ctx.monitor.update(stop / n, f"GradientSHAP: {stop}/{n} samples")
     return total / n
 

@@ -48,6 +48,7 @@ __all__ = [
     "default_layer",
     "default_layers",
     "default_from_trace",
+    "likely_layer",
     "tracing",
     "finished",
     "resolve_layer",
@@ -272,6 +273,40 @@ def default_from_trace(records: Sequence[_Record], task: str) -> str:
     return _default_from_trace(records, task)
 
 
+def likely_layer(network: torch.nn.Module, task: str) -> Optional[str]:
+    """The automatic choice as the order of registration predicts it, without running the network.
+
+    Most networks run their sub-modules in the order they register them, so modules finish in the
+    post-order of that tree: the classification choice is then the last conv-like module in it, and the
+    segmentation choice the last one before the head (the last convolution). Spatial extent, aliases and
+    shared modules are unknown here, and so is the order of a network that runs its modules otherwise:
+    the caller checks the guess against a trace of the pass it runs with it (:func:`default_from_trace`).
+    None when there is no guess (no convolution, or nothing before the head).
+    """
+    order: list[tuple[str, bool]] = []  # (name, is a convolution itself), conv-like modules in post-order
+    seen: set[int] = set()
+
+    def visit(prefix: str, module: torch.nn.Module) -> bool:
+        contains = isinstance(module, _CONV_TYPES)
+        for child_name, child in module.named_children():
+            if id(child) in seen:
+                continue
+            seen.add(id(child))
+            contains = visit(f"{prefix}.{child_name}" if prefix else child_name, child) or contains
+        never_called = isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict))
+        if contains and prefix and not never_called:
+            order.append((prefix, isinstance(module, _CONV_TYPES)))
+        return contains
+
+    visit("", network)
+    if not order:
+        return None
+    if task == "classification":
+        return order[-1][0]
+    head = max(i for i, (_, leaf) in enumerate(order) if leaf)
+    return order[head - 1][0] if head > 0 else None
+
+
 def default_layer(network: torch.nn.Module, task: str, example_input: torch.Tensor) -> str:
     """The layer a CAM method uses when ``layer`` is left empty (see the module docstring)."""
     return _default_from_trace(_trace(network, example_input), task)
@@ -295,10 +330,13 @@ def resolve_layer(network: torch.nn.Module, name: str) -> torch.nn.Module:
     Raises:
         ParameterError: no such module (the message suggests the closest names).
     """
-    modules = dict(network.named_modules())
     key = name.strip()
-    if key and key in modules:
-        return modules[key]
+    if key:
+        try:
+            return network.get_submodule(key)  # its path only, not every module of the network
+        except AttributeError:
+            pass
+    modules = dict(network.named_modules())
     conv_names = [n for n, m in modules.items() if n and is_conv_like(m)]
     close = difflib.get_close_matches(key, conv_names, n=3, cutoff=0.5) or difflib.get_close_matches(
         key, [n for n in modules if n], n=3, cutoff=0.5

@@ -46,11 +46,12 @@ EXPECTED = {
     **{name: 1 for name in _ONE},  # the method's one pass at the input resolves the target and gives the output
     "deeplift": 2,  # the baseline's pass and the input's; F(x) and F(baseline) for completeness from them
     "integrated_gradients": 1 + 2,  # one batch [input, baseline] (completeness, target, output), 2 path batches
-    # 2 batches of sample points, and the input's own forward without gradient (the one output no pass of
-    # theirs computes: as a row of a gradient batch it would cost a backward pass too, 8.0 s against 5.6 s
-    # for GradientSHAP on the demo UNet)
-    "smoothgrad": 2 + 1,
-    "gradient_shap": 2 + 1,
+    # 2 batches of sample points; a target that needs the output at the input gets the input's own forward
+    # without gradient first (no pass of theirs evaluates the input: as a row of a gradient batch it would
+    # cost a backward pass too, 8.0 s against 5.6 s for GradientSHAP on the demo UNet); any other target
+    # leaves the prediction unevaluated (INPUT_UNEVALUATED)
+    "smoothgrad": lambda d, free: 2 + (not free),
+    "gradient_shap": lambda d, free: 2 + (not free),
     "score_cam": lambda d: 1 + math.ceil(d["channels"] / 4),  # the layer's pass, then masked inputs
     "occlusion": math.ceil((8 + 1) / 4),  # 8 boxes and the input, 4 a call
     "adaptive_occlusion": lambda d: math.ceil((d["n_coarse_boxes"] + 1) / 4) + math.ceil(d["n_refined_boxes"] / 4),
@@ -59,6 +60,12 @@ EXPECTED = {
     "lime": math.ceil((7 + 1) / 4),
     "kernel_shap": math.ceil(8 / 4),  # its first coalition (every region present) is the input itself
 }
+
+#: Methods whose passes never evaluate the input: with a target fixed without the output at the input
+#: (OUTPUT_FREE), the provenance records the prediction as not evaluated instead of paying a pass for it.
+INPUT_UNEVALUATED = {"smoothgrad", "gradient_shap"}
+#: Target kinds fixed without the output's values (its channel count suffices).
+OUTPUT_FREE = {"class 1", "class", "mask", "box", "voxel", "boundary of a mask"}
 
 SHAPE = (20, 16, 12)
 
@@ -148,9 +155,19 @@ def segmenter_targets(segmenter, volume) -> dict[str, Target]:
 CLASSIFIER_TARGETS = {"predicted class": Target(), "class 1": Target(class_index=1)}
 
 
-def _expected(method: str, diagnostics: dict) -> int:
+def _expected(method: str, diagnostics: dict, kind: str = "") -> int:
     value = EXPECTED[method]
+    if method in INPUT_UNEVALUATED:
+        return value(diagnostics, kind in OUTPUT_FREE)
     return value(diagnostics) if callable(value) else value
+
+
+def _prediction_said(method: str, kind: str, prediction: dict) -> bool:
+    """Whether the provenance says the prediction was not evaluated (and so holds no summary)."""
+    unevaluated = method in INPUT_UNEVALUATED and kind in OUTPUT_FREE
+    if unevaluated:
+        assert prediction["evaluated"] is False and "input" in prediction["note"], prediction
+    return unevaluated
 
 
 def test_every_registered_method_has_an_expected_count():
@@ -161,8 +178,11 @@ def test_every_registered_method_has_an_expected_count():
 @pytest.mark.parametrize("method", [n for n in METHODS.names() if "classification" in METHODS.get(n).tasks])
 def test_classifier_forward_calls_are_minimal(classifier, volume, method, kind):
     calls, provenance = _count(volume, classifier, method, CLASSIFIER_TARGETS[kind])
-    assert calls == _expected(method, provenance["diagnostics"]), f"{method}, {kind} target: {calls} calls"
-    # the provenance stays complete: the prediction summary and the resolved target
+    assert calls == _expected(method, provenance["diagnostics"], kind), f"{method}, {kind}: {calls} calls"
+    # the provenance stays complete: the prediction summary (or why there is none) and the resolved target
+    if _prediction_said(method, kind, provenance["prediction"]):
+        assert provenance["target"]["class_index"] == 1
+        return
     assert provenance["prediction"]["predicted_class"] in (0, 1, 2)
     assert provenance["target"]["class_index"] == (1 if kind == "class 1" else provenance["prediction"]["predicted_class"])
 
@@ -174,8 +194,9 @@ SEGMENTER_KINDS = ["class", "predicted", "component", "boundary", "mask", "box",
 @pytest.mark.parametrize("method", [n for n in METHODS.names() if "segmentation" in METHODS.get(n).tasks])
 def test_segmenter_forward_calls_are_minimal(segmenter, segmenter_targets, volume, method, kind):
     calls, provenance = _count(volume, segmenter, method, segmenter_targets[kind])
-    assert calls == _expected(method, provenance["diagnostics"]), f"{method}, {kind} target: {calls} calls"
-    assert sum(provenance["prediction"]["voxels_per_class"]) == int(np.prod(SHAPE))
+    assert calls == _expected(method, provenance["diagnostics"], kind), f"{method}, {kind}: {calls} calls"
+    if not _prediction_said(method, kind, provenance["prediction"]):
+        assert sum(provenance["prediction"]["voxels_per_class"]) == int(np.prod(SHAPE))
     assert provenance["target"]["region_voxels"] > 0
 
 
@@ -197,6 +218,43 @@ def test_a_models_first_cam_chooses_its_layer_in_its_own_pass(volume, method):
     assert calls == _expected(method, provenance["diagnostics"])
     again, repeat = _count(volume, adapter, method, Target(class_index=1, region="predicted"))
     assert again == calls and repeat["diagnostics"]["layer"] == provenance["diagnostics"]["layer"]
+
+
+def _segresnet():
+    from monai.networks.nets import SegResNet
+
+    torch.manual_seed(0)
+    return SegResNet(spatial_dims=3, in_channels=1, out_channels=3, init_filters=8, blocks_down=(1, 1),
+                     blocks_up=(1,))
+
+
+def _dynunet():
+    from monai.networks.nets import DynUNet
+
+    torch.manual_seed(0)
+    return DynUNet(3, 1, 3, [3, 3, 3], [1, 2, 2], [2, 2], filters=(4, 8, 16), deep_supervision=True,
+                   deep_supr_num=1)
+
+
+@pytest.mark.parametrize("build, layer, calls", [
+    (_segresnet, "up_layers.0", 1),  # registered before up_samples, runs after it: the choice is in the graph
+    (_dynunet, "skip_layers", 2),  # the predicted head runs after the choice: the one case of a second pass
+])
+def test_a_first_cam_whose_layer_the_registration_order_mispredicts(volume, build, layer, calls):
+    """The first automatic CAM hooks the layer the registration order predicts and traces the real choice
+    in the same pass; a choice the prediction does not reach costs one more pass, never another map."""
+    adapter = load_model(build(), task="segmentation", in_channels=1, device="cpu")
+    first, provenance = _count(volume, adapter, "grad_cam", Target(class_index=1, region="predicted"))
+    assert provenance["diagnostics"]["layer"] == layer and provenance["diagnostics"]["layer_automatic"]
+    assert first == calls
+    again, _ = _count(volume, adapter, "grad_cam", Target(class_index=1, region="predicted"))
+    assert again == 1
+    automatic = explain(volume, load_model(build(), task="segmentation", in_channels=1, device="cpu"),
+                        "grad_cam", Target(class_index=1, region="predicted"))
+    named = explain(volume, adapter, "grad_cam", Target(class_index=1, region="predicted"), {"layer": layer})
+    scale = np.abs(named.array).max()
+    assert scale > 0
+    np.testing.assert_allclose(automatic.array, named.array, rtol=1e-5, atol=1e-6 * scale)
 
 
 def test_a_cam_after_an_in_place_change_of_its_layer_takes_the_hooked_pass():
@@ -297,3 +355,21 @@ def test_explain_keeps_every_check_of_the_output_it_no_longer_runs_itself(volume
         assert sum("outside the target region" in w for w in warnings) == 1, (method, warnings)
         with pytest.raises(ModelError, match="NaN or infinite"):
             explain(volume, model, method, Target(class_index=1), PARAMS.get(method))
+
+
+@pytest.mark.parametrize("kind, expected", [("class 1", 2), ("predicted class", 3)])
+def test_integrated_gradients_without_its_completeness_check_runs_the_path_alone(classifier, volume, kind,
+                                                                                   expected):
+    """completeness off: the 2 path batches, and the input's own pass only where the target needs it; the
+    map is the one with the check, and the provenance says the prediction was not evaluated otherwise."""
+    params = {"n_steps": 4, "batch_size": 2}
+    calls, provenance = _count(volume, classifier, "integrated_gradients", CLASSIFIER_TARGETS[kind],
+                               {**params, "completeness": False})
+    assert calls == expected
+    assert "completeness_error" not in provenance["diagnostics"]
+    assert ("predicted_class" in provenance["prediction"]) == (kind == "predicted class")
+    checked = explain(volume, classifier, "integrated_gradients", CLASSIFIER_TARGETS[kind], params)
+    unchecked = explain(volume, classifier, "integrated_gradients", CLASSIFIER_TARGETS[kind],
+                        {**params, "completeness": False})
+    assert checked.provenance["diagnostics"]["completeness_error"] >= 0
+    np.testing.assert_array_equal(unchecked.array, checked.array)

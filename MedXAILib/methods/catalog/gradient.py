@@ -54,6 +54,12 @@ class IntegratedGradientsParams:
         "gausslegendre", choices=INTEGRATION, help="Quadrature rule for the path integral."
     )
     batch_size: int = batch_size_field("Path points evaluated per forward/backward pass.")
+    completeness: bool = param(
+        True, help="Check that the map sums to F(input) - F(baseline) and warn when it misses (a rule "
+        "without both endpoints on the path scores them in one extra forward pass without gradients). Off: "
+        "no check, and for a target given by index no pass outside the path (the prediction is then not "
+        "evaluated unless the rule's path holds the input).",
+    )
 
 
 @dataclass
