@@ -75,9 +75,7 @@ class Attribution:
     @property
     def channel_shares(self) -> list[float]:
         """Each channel's share of the total absolute relevance."""
-        mass = np.abs(self.array).reshape(self.array.shape[0], -1).sum(axis=1).astype(np.float64)
-        total = mass.sum()
-        return [float(m / total) if total > 0 else 0.0 for m in mass]
+        return _shares(np.abs(self.array).reshape(self.array.shape[0], -1).sum(axis=1).astype(np.float64))
 
     def channel_summary(self) -> dict[str, Any]:
         """Which channel decided, as far as this map can say.
@@ -88,8 +86,11 @@ class Attribution:
             whose channel shares mean "how much of the decision came from this channel") and
             ``note``: one sentence a report can show beside the shares.
         """
-        names, shares = self.channel_names, self.channel_shares
-        sums = [float(v) for v in self.array.reshape(self.array.shape[0], -1).sum(axis=1, dtype=np.float64)]
+        names = self.channel_names
+        flat = self.array.reshape(self.array.shape[0], -1)
+        sums = [float(v) for v in flat.sum(axis=1, dtype=np.float64)]
+        # one channel holds all the relevance there is: no pass over |map| for its share
+        shares = self.channel_shares if len(names) > 1 else [1.0 if sums[0] or np.any(flat) else 0.0]
         resolved = self.channels_resolved
         comparable = len(names) < 2 or (resolved and self.units == "score")
         if len(names) < 2:
@@ -136,6 +137,12 @@ class Attribution:
     def save_sum(self, path: str | Path) -> list[Path]:
         """Write the channel sum (one scalar map, as a viewer shows it by default); see :meth:`save`."""
         return self.save(path, per_channel=False)
+
+
+def _shares(mass: np.ndarray) -> list[float]:
+    """Each entry's share of the total (all 0 when the total is 0)."""
+    total = mass.sum()
+    return [float(m / total) if total > 0 else 0.0 for m in mass]
 
 
 def map3d(attribution_map: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:

@@ -50,8 +50,10 @@ def summarise_prediction(output: Any, task: str, class_names: Any) -> dict[str, 
                 "logits": [round(float(v), 6) for v in logits],
                 "softmax": [round(float(v), 6) for v in probs],
             }
-        small = torch.uint8 if output.shape[1] <= 256 else torch.int64  # a CT's labels: 1 byte a voxel
-        labels = channel_argmax(output[0], small)
+        labels = _inner_argmax(output[0])  # the usual case: int64 labels, which bincount counts fastest
+        if labels is None:
+            small = torch.uint8 if output.shape[1] <= 256 else torch.int64  # a CT's labels: 1 byte a voxel
+            labels = channel_argmax(output[0], small)
         counts = torch.bincount(labels.flatten(), minlength=output.shape[1])
         return {"voxels_per_class": [int(c) for c in counts]}
 
@@ -65,13 +67,9 @@ def channel_argmax(scores: Any, dtype: Any = None) -> Any:
     """
     import torch
 
-    if scores.shape[0] > 1 and scores.stride(0) == 1:
-        # channels innermost in memory (the output of a channels-last pass): one contiguous reduction. max
-        # propagates NaN, so a finite sum of the maxima (one value per voxel) means no NaN, where argmax would
-        # differ; otherwise (or when that sum overflows) the loop below decides.
-        maxima, labels = scores.max(0)
-        if bool(torch.isfinite(maxima.sum())):
-            return labels.to(dtype or torch.int64)
+    labels = _inner_argmax(scores)
+    if labels is not None:
+        return labels if dtype is None else labels.to(dtype)
     best = scores[0]
     labels = torch.zeros(scores.shape[1:], dtype=dtype or torch.int64, device=scores.device)
     for k in range(1, scores.shape[0]):
@@ -79,3 +77,18 @@ def channel_argmax(scores: Any, dtype: Any = None) -> Any:
         best = torch.where(higher, scores[k], best)
         labels.masked_fill_(higher, k)
     return labels
+
+
+def _inner_argmax(scores: Any) -> Any:
+    """``scores.argmax(0)`` (int64) when the channels are innermost in memory (the output of a
+    channels-last pass: one contiguous reduction) and no voxel holds NaN; else None.
+
+    max propagates NaN, so a finite sum of the maxima (one value per voxel) means no NaN, where argmax
+    would differ; otherwise (or when that sum overflows) the caller's loop decides.
+    """
+    import torch
+
+    if scores.shape[0] < 2 or scores.stride(0) != 1:
+        return None
+    maxima, labels = scores.max(0)
+    return labels if bool(torch.isfinite(maxima.sum())) else None

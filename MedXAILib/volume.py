@@ -102,6 +102,8 @@ class ImageVolume:
 
     def check_finite(self) -> None:
         """Raise :class:`InputError` when any voxel is NaN or infinite."""
+        if np.isfinite(self.array.min()) and np.isfinite(self.array.max()):  # NaN propagates; no mask to allocate
+            return
         bad = ~np.isfinite(self.array)
         if bad.any():
             count = int(bad.sum())

@@ -222,7 +222,7 @@ def guided_rule(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Backward
     if isinstance(module, GUIDED_EXACT):
         return lambda grad_in, grad_out: grad_in.clamp(min=0)
     gate = x > 0
-    return lambda grad_in, grad_out: grad_out.clamp(min=0) * gate
+    return lambda grad_in, grad_out: grad_out.clamp(min=0).mul_(gate)  # in place on its own new tensor
 
 
 # ------------------------------------------------------------------------------------------------

@@ -145,13 +145,19 @@ class ModelAdapter:
         between calls) never changes behind its back.
         """
         network = self.network
-        modes = [(m, m.training) for m in network.modules()]
-        grads = [(p, p.requires_grad) for p in network.parameters()]
+        # Python loops over every module cost ~5 ms a call on DenseNet121's 600 modules: read each flag
+        # once, and set (and later restore) only the flags that differ, which for a loaded adapter is none
+        modules = list(network.modules())
+        training = [m.training for m in modules]
+        parameters = list(network.parameters())
+        trainable = [p for p in parameters if p.requires_grad]
         settings = (self.device, self.memory_budget, self.mixed_precision)
-        parameter = next(iter(network.parameters()), None)
-        home = parameter.device if parameter is not None else None
+        home = parameters[0].device if parameters else None
         try:
-            _freeze(network)
+            if any(training):
+                network.eval()  # through train(False), which a network may override
+            for p in trainable:
+                p.requires_grad_(False)
             if device is not None:
                 self.to(device)
             if memory_budget is not None:
@@ -163,10 +169,14 @@ class ModelAdapter:
             self.device, self.memory_budget, self.mixed_precision = settings
             if home is not None and next(iter(network.parameters())).device != home:
                 network.to(home)
-            for module, training in modes:
-                module.training = training
-            for p, flag in grads:
-                p.requires_grad_(flag)
+            for module, flag in zip(modules, training):
+                if module.training != flag:
+                    module.training = flag
+            for p in parameters:
+                if p.requires_grad:  # set inside this call (by a method or by the freeze)
+                    p.requires_grad_(False)
+            for p in trainable:
+                p.requires_grad_(True)
 
     def to(self, device: str | torch.device) -> "ModelAdapter":
         self.device = resolve_device(device)

@@ -35,10 +35,8 @@ def channels_last(network: torch.nn.Module) -> Iterator[None]:
     batches of 1 and 4, and whole explanations 3 to 20 % slower than the peers in NCDHW, docs/methods.md).
     Re-entrant: an inner use changes nothing.
     """
-    weights = [p for p in network.parameters() if p.ndim == 5]
-    if isinstance(network, torch.jit.ScriptModule) or not weights \
-            or any(isinstance(m, torch.nn.GroupNorm) for m in network.modules()) \
-            or getattr(network, "keep_layout", False) or _pointwise_heavy(network):
+    weights = [] if _keeps_layout(network) else [p for p in network.parameters() if p.ndim == 5]
+    if not weights:
         with _converting(False):
             yield
         return
@@ -53,10 +51,19 @@ def channels_last(network: torch.nn.Module) -> Iterator[None]:
             p.data = data
 
 
-def _pointwise_heavy(network: torch.nn.Module) -> bool:
-    """Whether at least a third of the network's 3D convolutions are 1 x 1 x 1 (see :func:`channels_last`)."""
-    kernels = [tuple(m.kernel_size) for m in network.modules() if isinstance(m, torch.nn.Conv3d)]
-    return bool(kernels) and 3 * sum(k == (1, 1, 1) for k in kernels) >= len(kernels)
+def _keeps_layout(network: torch.nn.Module) -> bool:
+    """Whether the network runs in its own layout (see :func:`channels_last`): TorchScript, ``keep_layout``,
+    GroupNorm, or at least a third of its 3D convolutions 1 x 1 x 1. One pass over the modules."""
+    if isinstance(network, torch.jit.ScriptModule) or getattr(network, "keep_layout", False):
+        return True
+    convolutions = pointwise = 0
+    for module in network.modules():
+        if isinstance(module, torch.nn.GroupNorm):
+            return True
+        if isinstance(module, torch.nn.Conv3d):
+            convolutions += 1
+            pointwise += tuple(module.kernel_size) == (1, 1, 1)
+    return convolutions > 0 and 3 * pointwise >= convolutions
 
 
 @contextmanager

@@ -15,8 +15,9 @@ backward pass must hold per window.
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -80,12 +81,9 @@ def free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        import psutil  # optional; /proc/meminfo below serves Linux without it
-
+    psutil = _psutil()
+    if psutil is not None:
         return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
@@ -94,6 +92,16 @@ def free_bytes(device: torch.device) -> int:
     except OSError:
         pass
     return 4 * 2**30  # unknown platform: assume a modest 4 GiB
+
+
+@functools.lru_cache(maxsize=1)  # a failed import is searched for again on every try (~0.4 ms a call)
+def _psutil() -> Any:
+    """psutil, when installed (optional: /proc/meminfo serves Linux without it), else None."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil
 
 
 def resolve_budget(budget: Optional[int], device: torch.device) -> int:
