@@ -155,7 +155,8 @@ class MethodContext:
             return
         if self._scorer is None and self.output_free:
             self._scorer = self.pending.resolve(output.detach())
-        if self.input_unevaluated and not self._checked and self.pending is not None and self.pending.check:
+        if (self.input_unevaluated and self.output is None and not self._checked
+                and self.pending is not None and self.pending.check):
             # no output at the input will be checked: the method's first output is, where the target reads it
             self._checked = True
             self.pending.check(output[:1].detach(), self.scorer)
