@@ -102,7 +102,7 @@ def run_cohort(manifest: str | Path, model: str | Path, out: str | Path, *, stru
     """
     from ..analysis.qa import DEFAULT_SCORE, QAOptions, resolve_structures
     from ..model import load_model
-    from ..runs import read_result
+    from ..runs import load_model_cached, read_result
     from .executors import import_ray, run_locally, run_on_ray
     from .report import table_columns, write_report, write_table_csv, write_table_parquet
 
@@ -126,7 +126,10 @@ def run_cohort(manifest: str | Path, model: str | Path, out: str | Path, *, stru
     if is_totalsegmentator(model) and len(named) == 1 and named[0] != "all":
         model_options.setdefault("structure", named[0])  # a task made of several models: the part predicting it
     model_path = str(model) if is_totalsegmentator(model) else str(Path(model).resolve())
-    adapter = load_model(model_path, trust_bundle=trust_bundle, device="cpu", **model_options)
+    if ray == OFF:  # the cases run in this process: the worker takes this model from the cache, not a second load
+        adapter = load_model_cached(model_path, device, trust_bundle, model_options)
+    else:  # the workers load their own; this process keeps none while they run
+        adapter = load_model(model_path, trust_bundle=trust_bundle, device="cpu", **model_options)
     if adapter.task == "classification":
         raise InputError("a cohort QA run needs a segmentation model; this one is a classifier")
     resolve_structures(structures, adapter.class_names or [])

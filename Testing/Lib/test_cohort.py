@@ -128,10 +128,18 @@ def test_a_killed_worker_is_replaced_its_case_retried_and_results_repeat_byte_fo
         assert _digests(case_folder(out, case)) == _digests(case_folder(tmp_path / "one", case)), case
 
 
-def test_a_re_run_skips_complete_cases_and_redoes_a_damaged_one(manifest, tmp_path):
+def test_a_re_run_skips_complete_cases_and_redoes_a_damaged_one(manifest, tmp_path, monkeypatch):
+    import MedXAILib.model as model_package
+    from MedXAILib.runs import clear_model_cache
+
+    real, loads = model_package.load_model, []
+    monkeypatch.setattr(model_package, "load_model",
+                        lambda *args, **kwargs: loads.append(args) or real(*args, **kwargs))
+    clear_model_cache()
     out = tmp_path / "out"
     first = run_cohort(manifest, MODEL, out, structures="lesion", ray="off", qa=FAST)
     assert sorted(first.done) == sorted(GOOD) and first.failed == ["broken"]
+    assert len(loads) == 1  # in this process the driver's check and the cases share one load of the model
     before = {case: _digests(case_folder(out, case)) for case in GOOD}
     again = run_cohort(manifest, MODEL, out, structures="lesion", ray="off", qa=FAST)
     assert sorted(again.skipped) == sorted(GOOD) and not again.done
