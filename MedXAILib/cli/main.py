@@ -98,5 +98,17 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def command() -> int:
+    """The ``medxai`` command and ``python -m MedXAILib``: :func:`main` in a process of its own, whose
+    allocator ``MEDXAI_ALLOCATOR`` may choose (:func:`MedXAILib.allocator.from_environment`)."""
+    from ..allocator import from_environment
+
+    try:
+        from_environment()
+    except MedXAIError as exc:
+        return fail(str(exc))
+    return main()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(command())

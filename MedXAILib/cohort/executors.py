@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Optional, Sequence
 
+from ..allocator import choice as allocator_choice
 from ..errors import InputError, first_line
 from ..monitor import Monitor
 
@@ -58,14 +59,21 @@ class CaseWorker:
         model_path, device, trust_bundle, model_options: the model to load (once).
         threads: torch threads of this worker.
         default_score: passed to :func:`~MedXAILib.cohort.case.process_case`.
+        allocator: ``keep`` in a process of the worker's own (a Ray actor) whose driver chose it: see
+            :func:`MedXAILib.allocator.choice`.
     """
 
     def __init__(self, model_path: str, device: str = "auto", trust_bundle: bool = False, threads: int = 1,
-                 default_score: str = "", model_options: Optional[dict[str, Any]] = None) -> None:
+                 default_score: str = "", model_options: Optional[dict[str, Any]] = None,
+                 allocator: Optional[str] = None) -> None:
         import torch
 
         from ..runs import load_model_cached
 
+        if allocator == "keep":  # a Ray actor, a process of MedXAI's own: the driver's MEDXAI_ALLOCATOR
+            from ..allocator import keep_freed_buffers
+
+            keep_freed_buffers()
         torch.set_num_threads(max(1, int(threads)))
         self.default_score = default_score
         self.model = load_model_cached(model_path, device, trust_bundle, model_options)
@@ -154,7 +162,7 @@ def run_on_ray(jobs: Sequence[Job], worker_args: dict[str, Any], on_event: Event
             args["device"] = "cuda"
         remote = ray.remote(num_cpus=1, num_gpus=share, max_restarts=max_retries,
                             max_task_retries=max_retries)(CaseWorker)
-        actors = [remote.remote(**args) for _ in range(max(1, int(workers)))]
+        actors = [remote.remote(**args, allocator=allocator_choice()) for _ in range(max(1, int(workers)))]
         pids = dict(zip(range(len(actors)), ray.get([a.pid.remote() for a in actors])))
         pending = list(jobs)
         running: dict[Any, tuple[int, str]] = {}  # object ref -> (actor index, case id)

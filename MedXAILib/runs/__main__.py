@@ -2,7 +2,14 @@
 
 import sys
 
+from ..allocator import from_environment
+from ..errors import InputError
+from .protocol import write_error
 from .worker import main
 
 if __name__ == "__main__":  # pragma: no cover - run as a process
+    try:
+        from_environment()  # a process of its own: MEDXAI_ALLOCATOR may choose its allocator
+    except InputError as error:
+        sys.exit(write_error(str(error)))
     sys.exit(main())

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: MedXAILib's top-level modules and packages, lowest layer first (docs/developer-guide.md, "Layers").
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("types", frozenset({"_version", "errors", "volume", "target", "attribution", "registry", "params", "monitor",
-                         "provenance", "io", "regions"})),
+                         "provenance", "io", "regions", "allocator"})),
     ("model", frozenset({"model"})),
     ("target resolution", frozenset({"scoring"})),
     ("methods", frozenset({"methods"})),

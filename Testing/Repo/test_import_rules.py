@@ -53,6 +53,7 @@ VIEWER_DIR = ROOT / "MedXAIViewer"
 LIGHT_MODULES: tuple[str, ...] = (
     "__init__",
     "_version",
+    "allocator",  # imported by the run worker's entry point (runs is light)
     "errors",
     "volume",
     "target",
