@@ -21,11 +21,13 @@ import ctypes
 import os
 import sys
 
-__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "CHOICE", "choice", "from_environment", "keep_freed_buffers",
-           "kept"]
+__all__ = ["MMAP_THRESHOLD", "OLD_GLIBC_CAP", "TRIM_THRESHOLD", "CHOICE", "choice", "from_environment",
+           "keep_freed_buffers", "kept", "is_glibc"]
 
 #: Allocations up to this size come from the heap (reused when freed) instead of their own mapping.
 MMAP_THRESHOLD = 1 << 30
+#: The largest mmap threshold glibc before 2.35 accepts (64-bit).
+OLD_GLIBC_CAP = 32 << 20
 #: Free memory at the top of the heap beyond this is returned to the system.
 TRIM_THRESHOLD = 1 << 30
 #: ``MEDXAI_ALLOCATOR=keep`` keeps freed buffers in MedXAI's own processes; ``system`` (the default) does not.
@@ -72,19 +74,24 @@ def keep_freed_buffers() -> bool:
         return False  # the user's own settings win
     if any(name in os.environ.get("LD_PRELOAD", "") for name in ("jemalloc", "tcmalloc", "mimalloc")):
         return False
-    if not sys.platform.startswith("linux") or not _glibc():
+    if not sys.platform.startswith("linux") or not is_glibc():
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    # setting either one also stops glibc from moving the mmap threshold on its own
-    _kept = bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and bool(
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    # the mmap threshold first: glibc before 2.35 refuses one above 32 MiB (then that cap serves buffers
+    # up to it), and the trim threshold is set only once it holds (setting either one stops glibc from
+    # moving the mmap threshold on its own, which alone would leave it at 128 KiB)
+    if not (libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) or libc.mallopt(_M_MMAP_THRESHOLD, OLD_GLIBC_CAP)):
+        return False
+    _kept = bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _kept
 
 
-def _glibc() -> bool:
+def is_glibc() -> bool:
+    """Whether this process runs on the GNU C library (whose allocator this module sets)."""
     try:
         return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
     except (ValueError, OSError, AttributeError):  # not a GNU C library (musl), or no confstr

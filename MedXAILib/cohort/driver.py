@@ -100,6 +100,7 @@ def run_cohort(manifest: str | Path, model: str | Path, out: str | Path, *, stru
         InputError: a bad manifest, model, structure or option (before any case runs); Ray missing.
         Cancelled, KeyboardInterrupt: stopped; finished cases stay committed, the rest leaves nothing.
     """
+    from ..allocator import choice as allocator_choice
     from ..analysis.qa import DEFAULT_SCORE, QAOptions, resolve_structures
     from ..model import load_model
     from ..runs import load_model_cached, read_result
@@ -112,6 +113,7 @@ def run_cohort(manifest: str | Path, model: str | Path, out: str | Path, *, stru
         raise InputError(f"--workers must be >= 1; got {workers}")
     if ray != OFF:
         import_ray(local=ray in (None, LOCAL))  # says how to install it before anything runs
+    allocator = allocator_choice()  # MEDXAI_ALLOCATOR for Ray's workers, checked before any case
     cases = read_manifest(manifest)
     qa_options = QAOptions(**{"method": method, "params": dict(params or {}), **dict(qa or {})})
     from ..methods import METHODS
@@ -178,7 +180,8 @@ def run_cohort(manifest: str | Path, model: str | Path, out: str | Path, *, stru
                 found = run_locally(jobs, worker_args, emit, monitor)
             else:
                 found = run_on_ray(jobs, worker_args, emit, workers=workers,
-                                   address=None if ray in (None, LOCAL) else ray, monitor=monitor)
+                                   address=None if ray in (None, LOCAL) else ray, monitor=monitor,
+                                   allocator=allocator)
             outcomes.update({o["case"]: o for o in found})
     finally:
         _stale_staging(out / CASES_FOLDER)

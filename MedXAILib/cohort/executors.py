@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Optional, Sequence
 
-from ..allocator import choice as allocator_choice
 from ..errors import InputError, first_line
 from ..monitor import Monitor
 
@@ -122,7 +121,7 @@ def _local_instance(ray: Any, workers: int, object_store_mb: int) -> None:
 
 def run_on_ray(jobs: Sequence[Job], worker_args: dict[str, Any], on_event: Event, workers: int = 2,
                address: Optional[str] = None, object_store_mb: int = 300, max_retries: int = 2,
-               monitor: Optional[Monitor] = None) -> list[dict[str, Any]]:
+               monitor: Optional[Monitor] = None, allocator: str = "system") -> list[dict[str, Any]]:
     """Run the cases on Ray actors; returns one outcome per case (in completion order).
 
     Args:
@@ -135,6 +134,7 @@ def run_on_ray(jobs: Sequence[Job], worker_args: dict[str, Any], on_event: Event
         object_store_mb: the local instance's object store (the cases move only small requests).
         max_retries: restarts of a dead worker process, and retries of the case it was running.
         monitor: cancel (checked while waiting).
+        allocator: the driver's ``MEDXAI_ALLOCATOR`` (:func:`MedXAILib.allocator.choice`), for the actors.
 
     Raises:
         InputError: Ray is not installed, or the cluster cannot be reached.
@@ -157,12 +157,12 @@ def run_on_ray(jobs: Sequence[Job], worker_args: dict[str, Any], on_event: Event
     try:
         gpus = float(ray.cluster_resources().get("GPU", 0.0))
         share = min(1.0, gpus / workers) if gpus > 0 else 0.0
-        args = dict(worker_args)
+        args = {**worker_args, "allocator": allocator}  # the actors' processes are MedXAI's own
         if share > 0 and args.get("device", "auto") in ("auto", "cpu"):
             args["device"] = "cuda"
         remote = ray.remote(num_cpus=1, num_gpus=share, max_restarts=max_retries,
                             max_task_retries=max_retries)(CaseWorker)
-        actors = [remote.remote(**args, allocator=allocator_choice()) for _ in range(max(1, int(workers)))]
+        actors = [remote.remote(**args) for _ in range(max(1, int(workers)))]
         pids = dict(zip(range(len(actors)), ray.get([a.pid.remote() for a in actors])))
         pending = list(jobs)
         running: dict[Any, tuple[int, str]] = {}  # object ref -> (actor index, case id)

@@ -9,15 +9,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from importlib.metadata import entry_points
 
 import pytest
 
+from MedXAILib.allocator import is_glibc
+
 from conftest import DEFAULT_SIGINT, ROOT
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or
-                                not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"),
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not is_glibc(),
                                 reason="the allocator settings are glibc's")
+
+#: What chooses a process's allocator besides MEDXAI_ALLOCATOR: the children start without it.
+CHOSEN = ("MEDXAI_ALLOCATOR", "GLIBC_TUNABLES", "LD_PRELOAD")
 
 #: Allocates and frees a 64 MiB buffer, then prints the page faults per allocation of five more and
 #: whether the allocator was changed. argv[1]: "keep" calls keep_freed_buffers() first, "command" runs
@@ -49,10 +57,14 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5, allocat
 """
 
 
+def _run(command: list[str], **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in CHOSEN}
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**environment, **env},
+                          timeout=120, **DEFAULT_SIGINT)
+
+
 def _churn(mode: str, *args: str, **env: str) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "MEDXAI_ALLOCATOR"}
-    return subprocess.run([sys.executable, "-c", CHURN, mode, *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**environment, **env}, timeout=120, **DEFAULT_SIGINT)
+    return _run([sys.executable, "-c", CHURN, mode, *args], **env)
 
 
 def _faults(mode: str, *args: str, **env: str) -> tuple[float, bool]:
@@ -71,16 +83,18 @@ def test_a_process_that_keeps_freed_buffers_reuses_them_and_others_do_not():
 
 
 def test_the_medxai_command_keeps_freed_buffers_when_asked():
-    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "medxai"]
-    assert script.value == "MedXAILib.cli.main:command"
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["medxai"] == "MedXAILib.cli.main:command"
     default, default_kept = _faults("command")
     asked, asked_kept = _faults("command", MEDXAI_ALLOCATOR="keep")
     assert not default_kept and asked_kept and asked < default / 4, (asked, default)
     _, chosen_kept = _faults("command", MEDXAI_ALLOCATOR="keep", MALLOC_ARENA_MAX="2")
     assert not chosen_kept  # the user's own allocator settings win
-    wrong = _churn("command", MEDXAI_ALLOCATOR="fast")
-    assert wrong.returncode == 2 and wrong.stderr.strip().splitlines() == [
-        "medxai: error: MEDXAI_ALLOCATOR must be 'keep' or 'system'; got 'fast'"], wrong.stderr
+    refused = ["medxai: error: MEDXAI_ALLOCATOR must be 'keep' or 'system'; got 'fast'"]
+    for command in ([sys.executable, "-c", CHURN, "command"], [sys.executable, "-m", "MedXAILib", "methods"],
+                    [sys.executable, "-m", "MedXAILib.runs", str(ROOT / "no-such-run")]):  # the run worker
+        wrong = _run(command, MEDXAI_ALLOCATOR="fast")
+        assert wrong.returncode == 2 and wrong.stderr.strip().splitlines() == refused, (command, wrong.stderr)
 
 
 def test_a_cohort_worker_keeps_freed_buffers_when_its_driver_asked():
