@@ -58,13 +58,13 @@ class CaseWorker:
         model_path, device, trust_bundle, model_options: the model to load (once).
         threads: torch threads of this worker.
         default_score: passed to :func:`~MedXAILib.cohort.case.process_case`.
-        allocator: ``keep`` in a process of the worker's own (a Ray actor) whose driver chose it: see
-            :func:`MedXAILib.allocator.choice`.
+        allocator: the driver's ``MEDXAI_ALLOCATOR`` (:func:`MedXAILib.allocator.choice`); ``keep`` only for a
+            worker in a process of its own (a Ray actor).
     """
 
     def __init__(self, model_path: str, device: str = "auto", trust_bundle: bool = False, threads: int = 1,
                  default_score: str = "", model_options: Optional[dict[str, Any]] = None,
-                 allocator: Optional[str] = None) -> None:
+                 allocator: str = "system") -> None:
         import torch
 
         from ..runs import load_model_cached

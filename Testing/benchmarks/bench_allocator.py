@@ -3,7 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python Testing/benchmarks/bench_allocator.py [--cases classifier,segmenter,unet]
-        [--methods saliency,smoothgrad,occlusion] [--repeats 5] [--rounds 2] [--json OUT.json]
+        [--methods saliency,smoothgrad,occlusion] [--repeats 5] [--rounds 2] [--threads 2] [--json OUT.json]
 
 With ``MEDXAI_ALLOCATOR=keep`` the ``medxai`` command, the background run worker and the cohort's Ray
 workers raise glibc's mmap and trim thresholds (:mod:`MedXAILib.allocator`); a library call never does.
@@ -33,7 +33,7 @@ ROOT = HERE.parents[1]
 MODELS = ROOT / "Resources" / "Models"
 
 
-def child(cases: list[str], methods: list[str], repeats: int) -> dict:
+def child(cases: list[str], methods: list[str], repeats: int, threads: int) -> dict:
     """The workload in this process: {"rows": {"case method": median s}, "peak_rss_mb": ...}."""
     import torch
 
@@ -41,7 +41,7 @@ def child(cases: list[str], methods: list[str], repeats: int) -> dict:
     import bench_explain as bench
     from MedXAILib import allocator, explain
 
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    torch.set_num_threads(threads)
     rows = {}
     for case in cases:
         data = bench.make_case_data(case, False, MODELS)
@@ -63,7 +63,7 @@ def child(cases: list[str], methods: list[str], repeats: int) -> dict:
 def _run_child(side: str, args) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     command = [sys.executable, __file__, "--child", side, "--cases", args.cases, "--methods", args.methods,
-               "--repeats", str(args.repeats)]
+               "--repeats", str(args.repeats), "--threads", str(args.threads)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     if result.returncode != 0:
         raise SystemExit(f"{side} child failed:\n{result.stderr[-3000:]}")
@@ -76,6 +76,7 @@ def main() -> int:
     ap.add_argument("--methods", default="saliency,smoothgrad,occlusion")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads in each child")
     ap.add_argument("--json")
     ap.add_argument("--child", choices=("system", "kept"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -85,7 +86,7 @@ def main() -> int:
 
             if not keep_freed_buffers():
                 raise SystemExit("the allocator could not be changed here (not glibc, or MALLOC_* set)")
-        print(json.dumps(child(args.cases.split(","), args.methods.split(","), args.repeats)))
+        print(json.dumps(child(args.cases.split(","), args.methods.split(","), args.repeats, args.threads)))
         return 0
 
     started = time.perf_counter()
