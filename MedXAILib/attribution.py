@@ -77,8 +77,11 @@ class Attribution:
         """Each channel's share of the total absolute relevance."""
         return _shares(np.abs(self.array).reshape(self.array.shape[0], -1).sum(axis=1).astype(np.float64))
 
-    def channel_summary(self) -> dict[str, Any]:
+    def channel_summary(self, sums: Any = None) -> dict[str, Any]:
         """Which channel decided, as far as this map can say.
+
+        Args:
+            sums: the map's per-channel sums (float64) when the caller has them already.
 
         Returns:
             ``names``, ``shares`` (of the total |relevance|), ``sums`` (signed, per channel), ``units``, ``resolved`` (see
@@ -88,7 +91,7 @@ class Attribution:
         """
         names = self.channel_names
         flat = self.array.reshape(self.array.shape[0], -1)
-        sums = [float(v) for v in flat.sum(axis=1, dtype=np.float64)]
+        sums = [float(v) for v in (flat.sum(axis=1, dtype=np.float64) if sums is None else sums)]
         # one channel holds all the relevance there is: no pass over |map| for its share
         shares = self.channel_shares if len(names) > 1 else [1.0 if sums[0] or np.any(flat) else 0.0]
         resolved = self.channels_resolved

@@ -170,7 +170,10 @@ def _attribution(result: torch.Tensor, info: Any, params: Any, ctx: MethodContex
                  **extra: Any) -> Attribution:
     """The method's map (refused when not finite) with its provenance: what ran, on what, and what it found."""
     array = result[0].detach().float().cpu().numpy()
-    if not np.all(np.isfinite(array)):
+    # float32 values cannot overflow a float64 sum, so the per-channel sums (which the channel summary
+    # reads anyway) are finite exactly when every value is: one pass over the map, not two
+    sums = array.reshape(array.shape[0], -1).sum(axis=1, dtype=np.float64)
+    if not np.all(np.isfinite(sums)):
         raise ModelError(f"method '{info.name}' produced non-finite values; the model may be unstable on "
                          "this input")
     scorer = ctx.scorer
@@ -201,7 +204,7 @@ def _attribution(result: torch.Tensor, info: Any, params: Any, ctx: MethodContex
         "created": timestamp(),
     }
     attribution = Attribution(array=array, affine=image.affine.copy(), provenance=provenance)
-    provenance["channels"] = attribution.channel_summary()  # which channel decided, as far as the map can say
+    provenance["channels"] = attribution.channel_summary(sums)  # which channel decided, as far as the map can say
     return attribution
 
 

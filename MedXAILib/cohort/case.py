@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..allocator import kept as allocator_kept
 from ..errors import Cancelled, InputError
 from ..io.outputs import OutputSet
 from ..monitor import Monitor
@@ -181,7 +182,8 @@ def process_case(case_id: str, request: RunRequest, part: OutputSet, model: Any 
     Returns:
         The outcome: ``case``, ``status`` (``done``, ``skipped`` when the folder was complete already,
         ``failed``), ``rows``, ``error``, ``warnings``, ``seconds``, ``cpu_seconds`` (of every thread),
-        ``peak_rss_mb``, ``worker`` (process id).
+        ``peak_rss_mb``, ``worker`` (process id), ``allocator`` (``keep`` where ``MEDXAI_ALLOCATOR=keep`` took
+        effect in the worker's process, else ``system``: the memory and time figures depend on it).
 
     Raises:
         Cancelled, KeyboardInterrupt: the run was cancelled (nothing of this case is left behind).
@@ -227,4 +229,5 @@ def process_case(case_id: str, request: RunRequest, part: OutputSet, model: Any 
         outcome["seconds"] = round(time.perf_counter() - started, 3)
         outcome["cpu_seconds"] = round(time.process_time() - cpu, 3)  # all threads of this process
         outcome["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        outcome["allocator"] = "keep" if allocator_kept() else "system"
     return outcome

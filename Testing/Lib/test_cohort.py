@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from MedXAILib.allocator import is_glibc
 from MedXAILib.analysis.qa import aurc, dice, risk_coverage, structure_scores
 from MedXAILib.cohort import case_complete, case_folder, case_request, read_manifest, run_cohort
 from MedXAILib.cohort.plan import CohortOptions
@@ -34,6 +35,8 @@ MODEL = ROOT / "Resources" / "Models" / "phantom_segmenter.json"
 GOOD = ("c0", "c1", "c2")
 STRUCTURES = "liver,lesion"
 FAST = {"tta": ["identity", "shift_k"]}  # a two-member ensemble keeps the cases short
+#: What chooses a process's allocator besides MEDXAI_ALLOCATOR (the user's own settings would win over it).
+ALLOCATOR_CHOSEN = ("MEDXAI_ALLOCATOR", "GLIBC_TUNABLES", "LD_PRELOAD")
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +84,10 @@ def _staging_left(out: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_a_killed_worker_is_replaced_its_case_retried_and_results_repeat_byte_for_byte(manifest, ray_cluster,
-                                                                                       tmp_path):
-    """Two workers, one killed mid-case; then the command joins the cluster with one worker: same bytes."""
+                                                                                       tmp_path, monkeypatch):
+    """Two workers, one killed mid-case; then the command joins the cluster with one worker: same bytes.
+    The command's workers keep freed buffers as its MEDXAI_ALLOCATOR asks; the first run's do not."""
+    monkeypatch.delenv("MEDXAI_ALLOCATOR", raising=False)
     killed: dict = {}
 
     def kill_the_first_worker(event):  # SIGKILL one worker process 0.5 s into its first case (of seconds)
@@ -98,6 +103,7 @@ def test_a_killed_worker_is_replaced_its_case_retried_and_results_repeat_byte_fo
     assert retried and retried[0]["dead_worker"] == killed["pid"] and retried[0]["worker"] != killed["pid"], events
     finished = [e["case"] for e in first.events if e["event"] in ("done", "skipped")]
     assert sorted(finished) == sorted(GOOD), "every case completes exactly once"
+    assert {e["allocator"] for e in first.events if e["event"] == "done"} == {"system"}, events
     out = tmp_path / "two"
     assert not _staging_left(out), "nothing half-written is left behind"
     for case in read_manifest(manifest):
@@ -119,11 +125,15 @@ def test_a_killed_worker_is_replaced_its_case_retried_and_results_repeat_byte_fo
     args = [sys.executable, "-m", "MedXAILib", "cohort", str(manifest), "--model", str(MODEL), "--out",
             str(tmp_path / "one"), "--structures", STRUCTURES, "--tta", ",".join(FAST["tta"]), "--workers", "1",
             "--ray", ray_cluster, "--progress-json"]
-    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300, **DEFAULT_SIGINT)
+    keep = {**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ALLOCATOR_CHOSEN},
+            "MEDXAI_ALLOCATOR": "keep"}
+    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300, env=keep, **DEFAULT_SIGINT)
     assert done.returncode == 3, done.stderr
     records = [json.loads(line) for line in done.stdout.splitlines()]
     assert records[-1]["done"] is True and "1 of 4 cases failed" in records[-1]["warnings"][0]
     assert len({r["worker"] for r in records if r.get("event") == "done"}) == 1
+    if is_glibc():  # the choice reached the Ray actor, a process the command did not start
+        assert {r["allocator"] for r in records if r.get("event") in ("done", "failed")} == {"keep"}, done.stdout
     for case in GOOD:
         assert _digests(case_folder(out, case)) == _digests(case_folder(tmp_path / "one", case)), case
 

@@ -131,6 +131,22 @@ def test_non_finite_voxels_are_refused(segmenter, volume):
         explain(volume, segmenter, "saliency", Target(class_index=1))
 
 
+@pytest.mark.parametrize("where", ["one voxel", "the whole map"])
+def test_a_map_with_non_finite_values_is_refused(volume, where):
+    """A finite output whose gradient is not (a square root at zero): the map is refused, not returned."""
+    class RootAtZero(torch.nn.Module):
+        def forward(self, x):
+            root = torch.sqrt(x).mean((1, 2, 3, 4))  # d sqrt / dx is infinite at 0
+            return torch.stack([root, -root], dim=1)
+
+    image = volume.with_array(np.ones_like(volume.array))
+    image.array[0, 2, 3, 4] = 0.0
+    if where == "the whole map":
+        image.array[:] = 0.0
+    with pytest.raises(ModelError, match="produced non-finite values"):
+        explain(image, RootAtZero(), "saliency", Target(class_index=0))
+
+
 def test_empty_predicted_structure_is_refused(volume):
     class Background(torch.nn.Module):
         def forward(self, x):
