@@ -278,7 +278,7 @@ def _shared_gradients(bound: Any, x: torch.Tensor, resolve: Any, monitor: Monito
     """The scorers (``resolve(output)``), (d score_k / d input, score_k) for each from one forward pass per
     window, and the model output (a windowed model's is computed first unless `output` is given)."""
     from .methods.modified_backprop import cancel_points
-    from .model.layout import channels_last, to_channels_last
+    from .model.layout import fast_convolutions, to_channels_last
     from .model.window_gradient import window_backward_many
 
     network = bound.adapter.network
@@ -299,7 +299,7 @@ def _shared_gradients(bound: Any, x: torch.Tensor, resolve: Any, monitor: Monito
             found = window_backward_many(bound, x, scorers, output=output, progress=progress)
             return scorers, [(f.grad, f.scores) for f in found], output
         grads = []
-        with channels_last(network), torch.enable_grad():  # same values, faster convolutions
+        with fast_convolutions(network), torch.enable_grad():  # same values, faster convolutions
             xg = to_channels_last(x.detach()).requires_grad_(True)  # follows the network's layout
             out = bound(xg)
             output = out.detach()

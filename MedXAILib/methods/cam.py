@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelError, ParameterError, error_chain
-from ..model.layout import channels_last, to_channels_last
+from ..model.layout import fast_convolutions, to_channels_last
 from ..model.windows import gradient_members
 from .catalog.cam import (
     GradCAMParams,
@@ -160,7 +160,7 @@ def traced_layer_maps(ctx: MethodContext, grad: bool = True) -> tuple[ChosenLaye
     if guess is None:
         return _traced_from_input(ctx, grad)
     predicted = ChosenLayer(guess, resolve_layer(network, guess), True)
-    with channels_last(network), _hooked(network, predicted, ctx.x.ndim, grad) as store, \
+    with fast_convolutions(network), _hooked(network, predicted, ctx.x.ndim, grad) as store, \
             tracing(network, ctx.x.ndim, keep=True) as records:  # after the hook: it sees the layer's copy
         try:
             with torch.enable_grad() if grad else torch.no_grad():
@@ -182,7 +182,7 @@ def _traced_from_input(ctx: MethodContext, grad: bool) -> tuple[ChosenLayer, Opt
     """:func:`traced_layer_maps` without a prediction: every candidate traced, the input requiring grad
     so that the graph reaches each of them."""
     network = ctx.network
-    with channels_last(network), tracing(network, ctx.x.ndim, keep=True) as records:
+    with fast_convolutions(network), tracing(network, ctx.x.ndim, keep=True) as records:
         x = to_channels_last(ctx.x.detach())  # follows the network's layout
         if grad:
             x = x.requires_grad_(True)
@@ -286,7 +286,7 @@ def layer_maps(ctx: MethodContext, layer: ChosenLayer, grad: bool = True) -> Lay
 
     The network runs in channels-last-3D layout (:mod:`MedXAILib.model.layout`: same values, faster).
     """
-    with channels_last(ctx.network):
+    with fast_convolutions(ctx.network):
         return _layer_maps(ctx, layer, grad)
 
 

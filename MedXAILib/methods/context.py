@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from ..model.layout import channels_last, to_channels_last
+from ..model.layout import fast_convolutions, to_channels_last
 from ..monitor import Monitor
 from ..scoring import TargetScorer
 from ..target import Target
@@ -188,7 +188,7 @@ class MethodContext:
                 if self.windowed:  # the windows run in channels-last layout themselves
                     output = self.model(x)
                 else:
-                    with channels_last(self.network):
+                    with fast_convolutions(self.network):
                         output = self.model(to_channels_last(x))
             self.keep_output(output)
         return self.output
@@ -220,7 +220,7 @@ class MethodContext:
         row = self.at_input(batch, input_row)
         if self.windowed:
             return self._windowed_gradient(batch, row)
-        with channels_last(self.network), torch.enable_grad():  # same values, faster convolutions
+        with fast_convolutions(self.network), torch.enable_grad():  # same values, faster convolutions
             batch = to_channels_last(batch.detach()).requires_grad_(True)  # follows the network's layout
             output = self.model(batch)
             self.observe(output, row)

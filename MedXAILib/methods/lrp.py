@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
-from ..model.layout import channels_last, to_channels_last
+from ..model.layout import fast_convolutions, to_channels_last
 from .catalog.propagation import LRPParams
 from .context import MethodContext
 
@@ -249,7 +249,7 @@ def lrp(ctx: MethodContext, params: LRPParams) -> torch.Tensor:
     try:
         for module, hook, _ in plan:
             handles.append(module.register_forward_hook(counting(hook)))
-        with torch.enable_grad(), channels_last(ctx.network):  # same values, faster convolutions
+        with torch.enable_grad(), fast_convolutions(ctx.network):  # same values, faster convolutions
             x = to_channels_last(ctx.x.detach()).requires_grad_(True)  # follows the network's layout
             score = ctx.score(x, input_row=0)  # the rules leave the forward values as they are
             if not fired[0]:

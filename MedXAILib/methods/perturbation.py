@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import ParameterError
 from ..model import window_scores
-from ..model.layout import channels_last, to_channels_last
+from ..model.layout import fast_convolutions, to_channels_last
 from .catalog.perturbation import (
     AdaptiveOcclusionParams,
     FeatureAblationParams,
@@ -108,7 +108,7 @@ def run_batches(
         bounds.append((start, stop))
         start = stop
     ctx.monitor.update(lo, f"{label}: {n} perturbed inputs")
-    with channels_last(ctx.network):
+    with fast_convolutions(ctx.network):
         for index, (start, stop) in enumerate(bounds):
             row = 0 if lead and index == 0 else None
             if row is None and input_item is not None and start <= input_item < stop and ctx.output is None:

@@ -1,5 +1,8 @@
-"""Channels-last-3D memory layout for 3D convolutions (a speed-up that leaves the values unchanged).
+"""How MedXAI's passes run a network's 3D convolutions: faster, with the same values.
 
+:func:`fast_convolutions` is the block every pass of MedXAI runs in. It combines the channels-last-3D
+memory layout (:func:`channels_last`) with :func:`MedXAILib.model.convolution.onednn_convolutions`,
+which sends the batch-1 convolutions that PyTorch's CPU heuristic gives its slow kernel to oneDNN.
 oneDNN (CPU) and cuDNN (GPU) convolve NDHWC tensors faster than NCDHW ones: measured on a MONAI
 UNet on the CPU, a forward and backward pass took 1.5x less time (docs/scale.md). The arithmetic is
 the same up to float rounding (the order of the sums inside a convolution may change).
@@ -13,11 +16,25 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["channels_last", "to_channels_last"]
+from .convolution import onednn_convolutions
+
+__all__ = ["fast_convolutions", "channels_last", "to_channels_last"]
+
+#: Normalisations whose channels-last kernels are wrong or imprecise (see channels_last)
+_NORMS_KEEPING_LAYOUT = (torch.nn.GroupNorm, torch.nn.modules.instancenorm._InstanceNorm)
 
 # Whether the innermost channels_last() context converted its network: inputs follow the weights, since
 # a channels-last input to contiguous weights makes the convolutions run in the slower mixed layout.
 _STATE = threading.local()
+
+
+@contextmanager
+def fast_convolutions(network: torch.nn.Module) -> Iterator[None]:
+    """Run `network`'s 3D convolutions in channels-last-3D layout where it pays (:func:`channels_last`)
+    and in oneDNN where PyTorch would pick its slow kernel (:mod:`MedXAILib.model.convolution`); every
+    weight and module is restored on leaving. Re-entrant."""
+    with channels_last(network), onednn_convolutions(network):
+        yield
 
 
 @contextmanager
@@ -27,7 +44,11 @@ def channels_last(network: torch.nn.Module) -> Iterator[None]:
     TorchScript and exported modules keep their layout, and so do networks with GroupNorm: torch's
     channels-last GroupNorm kernel (CPU, torch 2.13) loses precision with the group size (measured: 0.17
     absolute error on a 96^3 window of the whole-body CT bundle's SegResNet, where NCDHW agrees with a
-    float64 reference to 1e-6). A network whose ``keep_layout`` attribute is true keeps its layout too (a
+    float64 reference to 1e-6). Networks with instance norm keep theirs too: torch's instance-norm backward
+    pass at batch 1 (CPU, torch 2.13) returns a wrong input gradient when its output gradient is
+    channels-last (relative error 1.3 to 1.6 against NCDHW), which a oneDNN convolution after it produces
+    (measured on conv-norm-activation-conv stacks at 48^3: 1.5 against a float64 reference, where NCDHW
+    agrees to 1e-6; ``Testing/Lib/test_convolution.py``). A network whose ``keep_layout`` attribute is true keeps its layout too (a
     loader that measured channels-last slower: nnU-Net's U-Nets). So do networks of which at least a third
     of the 3D convolutions are 1 x 1 x 1 (DenseNet's bottlenecks and transitions): PyTorch runs those
     outside oneDNN for batches under 16 on one thread, where channels-last only adds layout copies to every
@@ -53,12 +74,12 @@ def channels_last(network: torch.nn.Module) -> Iterator[None]:
 
 def _keeps_layout(network: torch.nn.Module) -> bool:
     """Whether the network runs in its own layout (see :func:`channels_last`): TorchScript, ``keep_layout``,
-    GroupNorm, or at least a third of its 3D convolutions 1 x 1 x 1. One pass over the modules."""
+    group or instance norm, or at least a third of its 3D convolutions 1 x 1 x 1. One pass over the modules."""
     if isinstance(network, torch.jit.ScriptModule) or getattr(network, "keep_layout", False):
         return True
     convolutions = pointwise = 0
     for module in network.modules():
-        if isinstance(module, torch.nn.GroupNorm):
+        if isinstance(module, _NORMS_KEEPING_LAYOUT):
             return True
         if isinstance(module, torch.nn.Conv3d):
             convolutions += 1

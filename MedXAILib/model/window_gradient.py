@@ -36,7 +36,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from .layout import channels_last, to_channels_last
+from .layout import fast_convolutions, to_channels_last
 from .windows import WindowPlan, gradient_members, network_output, windowed_forward
 
 __all__ = ["WindowGradient", "window_backward", "window_backward_many", "score_is_linear",
@@ -174,7 +174,7 @@ def window_backward(
     linear_scores = torch.zeros(batch, dtype=torch.float64, device=x.device)
     # an ensemble (folds, mirrorings) is differentiated member by member: one member's graph at a time
     members = gradient_members(adapter.network) if (taps is None and scorer is not None) else None
-    with channels_last(adapter.network):  # same values, faster convolutions (see .layout)
+    with fast_convolutions(adapter.network):  # same values, faster convolutions (see .layout)
         for start in range(0, n_jobs, per_call):
             jobs = list(range(start, min(start + per_call, n_jobs)))
             window_in = to_channels_last(plan.take(zp, jobs))
@@ -339,7 +339,7 @@ def window_backward_many(
     grads_zp = [torch.zeros_like(zp) for _ in scorers]
     linear_scores = [torch.zeros(batch, dtype=torch.float64, device=x.device) for _ in scorers]
     importance = plan.importance
-    with channels_last(adapter.network):
+    with fast_convolutions(adapter.network):
         for start in range(0, n_jobs, per_call):
             jobs = list(range(start, min(start + per_call, n_jobs)))
             window_in = to_channels_last(plan.take(zp, jobs)).detach().requires_grad_(True)

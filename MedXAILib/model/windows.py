@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelError, error_chain
-from .layout import channels_last, to_channels_last
+from .layout import fast_convolutions, to_channels_last
 
 __all__ = ["WindowPlan", "windowed_forward", "network_call", "network_output", "autocast", "PADDING_MODES",
            "TILE_GRIDS", "BLEND_MODES", "nnunet_tile_starts", "nnunet_gaussian", "Ensemble", "gradient_members"]
@@ -242,7 +242,7 @@ def windowed_forward(network: torch.nn.Module, z: torch.Tensor, plan: WindowPlan
     Differentiable: under autograd the whole graph is kept, as with MONAI (the windowed backward of
     :mod:`.window_gradient` avoids that). Windows run in channels-last-3D layout (:mod:`.layout`).
     """
-    with channels_last(network):
+    with fast_convolutions(network):
         return _windowed_forward(network, z, plan, per_call, mixed_precision, progress)
 
 

@@ -20,6 +20,7 @@ from MedXAILib import METHODS, ImageVolume, Monitor, Target, explain
 from MedXAILib.errors import ModelError, ParameterError
 from MedXAILib.methods.lrp import _bias_free, _norm_linearised
 from MedXAILib.model import load_model
+from MedXAILib.model.convolution import onednn_convolutions
 from MedXAILib.params import make_params
 
 from references import relative_difference
@@ -94,7 +95,10 @@ def captum_lrp(net, x, target, conv_rule, dense_rule):
             m.rule = conv_rule()
         elif isinstance(m, (nn.AvgPool3d, nn.AdaptiveAvgPool3d, nn.MaxPool3d, nn.BatchNorm3d)):
             m.rule = EpsilonRule()  # Captum's default 1e-9: LRP-0, as MedXAI treats these layers
-    return LRP(ref).attribute(x.clone().requires_grad_(), target=target)[0].detach().numpy()
+    # the convolutions in the arithmetic MedXAI's passes use (oneDNN, MedXAILib.model.convolution): the
+    # comparison is of the rules, not of two kernels' float32 rounding, which LRP's ratios amplify
+    with onednn_convolutions(ref.requires_grad_(False)):
+        return LRP(ref).attribute(x.clone().requires_grad_(), target=target)[0].detach().numpy()
 
 
 def ours(net, volume, target, params):
