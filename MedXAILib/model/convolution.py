@@ -12,9 +12,11 @@ at a small size (128 channels at 12^3: 10 and 12 ms against 4.5 and 4.5 ms), mea
 :func:`onednn_convolutions` routes the network's eligible ``nn.Conv3d`` modules to oneDNN for the
 duration of a block. Eligible: ungrouped (grouped ones reach oneDNN already), a kernel larger than
 1 x 1 x 1 (PyTorch's matrix product is faster there), numeric padding, and the module's own
-``_conv_forward``. A call is routed when its input and weight are float32 on the CPU, oneDNN is
-enabled, and neither weight nor bias needs a gradient (attributions need input gradients only;
-:meth:`MedXAILib.model.ModelAdapter.borrowed` freezes the parameters). Other calls run PyTorch's own
+``_conv_forward``. A call is routed when PyTorch would give it the slow kernel (:func:`slow_kernel_call`;
+where PyTorch picks oneDNN itself, its backward pass is a few per cent faster than the one below), its
+input and weight are float32 on the CPU, oneDNN is enabled, and neither weight nor bias needs a gradient
+(attributions need input gradients only; :meth:`MedXAILib.model.ModelAdapter.borrowed` freezes the
+parameters). Other calls run PyTorch's own
 convolution unchanged. The input gradient of a stride-1 convolution is itself a oneDNN convolution of
 the output gradient with the flipped, transposed kernel (padding ``dilation * (k - 1) - padding``); a
 strided convolution's input gradient is PyTorch's (at that size its native kernel is the faster one).
@@ -30,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["onednn_convolutions", "routes_to_onednn"]
+__all__ = ["onednn_convolutions", "routes_to_onednn", "slow_kernel_call", "ONEDNN_THRESHOLD"]
 
 _ROUTED = "_medxai_onednn"  # marks a module routed by an enclosing block: inner blocks leave it alone
 
@@ -82,10 +84,24 @@ def _routed_forward(module: torch.nn.Conv3d) -> Any:
     return conv_forward
 
 
+#: PyTorch (2.13, ``ConvParams::use_mkldnn``) gives a batch-1 float32 convolution with a kernel of at most
+#: 3 in either of its last two axes to oneDNN only above this ``N * C * D * H``
+ONEDNN_THRESHOLD = 20480
+
+
+def slow_kernel_call(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether PyTorch's CPU heuristic sends this ungrouped, non-pointwise float32 convolution to its slow
+    kernel: batch 1, ``C * D * H`` at most :data:`ONEDNN_THRESHOLD`, no kernel wider than 3 in both of
+    its last two axes. Where PyTorch picks oneDNN itself, its own backward pass is the faster one."""
+    return (x.shape[0] == 1 and x.shape[1] * x.shape[2] * x.shape[3] <= ONEDNN_THRESHOLD
+            and not (weight.shape[-1] > 3 and weight.shape[-2] > 3))
+
+
 def _routable(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
     return (x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu"
             and weight.device.type == "cpu" and x.dim() == 5 and not weight.requires_grad
-            and (bias is None or not bias.requires_grad) and torch.backends.mkldnn.enabled)
+            and (bias is None or not bias.requires_grad) and torch.backends.mkldnn.enabled
+            and slow_kernel_call(x, weight))
 
 
 class _OneDNNConvolution(torch.autograd.Function):

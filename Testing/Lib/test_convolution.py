@@ -10,7 +10,7 @@ import itertools
 import pytest
 import torch
 
-from MedXAILib.model.convolution import onednn_convolutions, routes_to_onednn
+from MedXAILib.model.convolution import onednn_convolutions, routes_to_onednn, slow_kernel_call
 from MedXAILib.model.layout import fast_convolutions, to_channels_last
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
@@ -71,6 +71,17 @@ def test_inside_the_block_no_convolution_runs_pytorch_s_slow_kernel():
     with onednn_convolutions(network):
         inside = _kernels(run)
     assert not any("slow_conv3d_forward" in name for name in inside) and any("mkldnn" in n for n in inside), inside
+
+
+@pytest.mark.parametrize("shape, kernel", [((1, 4, 16, 16, 16), 3), ((1, 8, 48, 48, 8), 3), ((1, 9, 48, 48, 8), 3),
+                                           ((2, 4, 16, 16, 16), 3), ((1, 4, 16, 16, 16), (3, 5, 5))])
+def test_slow_kernel_call_says_where_pytorch_picks_its_slow_kernel(shape, kernel):
+    """The rule the routing follows is PyTorch's own: if a torch release changes its heuristic, this fails."""
+    conv = torch.nn.Conv3d(shape[1], 4, kernel).requires_grad_(False)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        slow = any("slow_conv3d" in name for name in _kernels(lambda: conv(x)))
+    assert slow_kernel_call(x, conv.weight) == slow
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
