@@ -188,7 +188,7 @@ class MethodContext:
                 if self.windowed:  # the windows run in channels-last layout themselves
                     output = self.model(x)
                 else:
-                    with fast_convolutions(self.network):
+                    with fast_convolutions(self.network, backward=False):
                         output = self.model(to_channels_last(x))
             self.keep_output(output)
         return self.output

@@ -205,7 +205,7 @@ def _path_endpoints(ctx: MethodContext, alphas: np.ndarray, baseline: torch.Tens
         ctx.monitor.update(0.0, "Integrated gradients: the endpoints of the path" + (
             " (completeness check)" if check else ""))
         batch = torch.cat(rows)
-        with torch.no_grad(), fast_convolutions(ctx.network) if not ctx.windowed else nullcontext():
+        with torch.no_grad(), fast_convolutions(ctx.network, backward=False) if not ctx.windowed else nullcontext():
             scores = ctx.score(batch if ctx.windowed else to_channels_last(batch),
                                input_row=0 if rows[0] is x else None)
         if rows[0] is x:

@@ -108,7 +108,7 @@ def run_batches(
         bounds.append((start, stop))
         start = stop
     ctx.monitor.update(lo, f"{label}: {n} perturbed inputs")
-    with fast_convolutions(ctx.network):
+    with fast_convolutions(ctx.network, backward=False):  # every batch under no-grad or inference mode
         for index, (start, stop) in enumerate(bounds):
             row = 0 if lead and index == 0 else None
             if row is None and input_item is not None and start <= input_item < stop and ctx.output is None:

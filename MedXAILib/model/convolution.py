@@ -5,9 +5,9 @@ the kernel is wider than 3 in its last two axes, or ``N * C * D * H`` exceeds 20
 images that ignores a volume's last axis. Every other batch-1 convolution runs ``slow_conv3d``, an
 im2col-and-matrix-product kernel, forward and backward. That is where a volumetric network spends its
 time at batch 1: the layers with few channels at full resolution (8 channels at 48^3: 47 ms forward and
-55 ms for the input gradient, against 2.8 and 3.0 ms in oneDNN) and the deep layers with many channels
-at a small size (128 channels at 12^3: 10 and 12 ms against 4.5 and 4.5 ms), measured on 2 cores
-(``Testing/benchmarks/bench_convolution.py``).
+98 ms for the input gradient, against 3.9 and 7.9 ms in oneDNN) and the deep layers with many channels
+at a small size (128 channels at 12^3: 15 and 32 ms against 5.6 and 14 ms), measured on 2 cores
+(``Testing/benchmarks/bench_convolution.py``, ADR 0007).
 
 :func:`onednn_convolutions` routes the network's eligible ``nn.Conv3d`` modules to oneDNN for the
 duration of a block. Eligible: ungrouped (grouped ones reach oneDNN already), a kernel larger than

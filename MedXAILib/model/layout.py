@@ -20,8 +20,7 @@ from .convolution import onednn_convolutions
 
 __all__ = ["fast_convolutions", "channels_last", "to_channels_last"]
 
-#: Normalisations whose channels-last kernels are wrong or imprecise (see channels_last)
-_NORMS_KEEPING_LAYOUT = (torch.nn.GroupNorm, torch.nn.modules.instancenorm._InstanceNorm)
+_INSTANCE_NORM = torch.nn.modules.instancenorm._InstanceNorm  # noqa: SLF001 - InstanceNorm1d/2d/3d's base
 
 # Whether the innermost channels_last() context converted its network: inputs follow the weights, since
 # a channels-last input to contiguous weights makes the convolutions run in the slower mixed layout.
@@ -29,34 +28,36 @@ _STATE = threading.local()
 
 
 @contextmanager
-def fast_convolutions(network: torch.nn.Module) -> Iterator[None]:
+def fast_convolutions(network: torch.nn.Module, backward: bool = True) -> Iterator[None]:
     """Run `network`'s 3D convolutions in channels-last-3D layout where it pays (:func:`channels_last`)
     and in oneDNN where PyTorch would pick its slow kernel (:mod:`MedXAILib.model.convolution`); every
-    weight and module is restored on leaving. Re-entrant."""
-    with channels_last(network), onednn_convolutions(network):
+    weight and module is restored on leaving. ``backward=False`` promises that no backward pass goes
+    through what the block computes (inference and no-grad passes). Re-entrant."""
+    with channels_last(network, backward), onednn_convolutions(network):
         yield
 
 
 @contextmanager
-def channels_last(network: torch.nn.Module) -> Iterator[None]:
+def channels_last(network: torch.nn.Module, backward: bool = True) -> Iterator[None]:
     """Run 3D convolutions in channels-last-3D layout, and restore the weights' layout afterwards.
 
     TorchScript and exported modules keep their layout, and so do networks with GroupNorm: torch's
     channels-last GroupNorm kernel (CPU, torch 2.13) loses precision with the group size (measured: 0.17
     absolute error on a 96^3 window of the whole-body CT bundle's SegResNet, where NCDHW agrees with a
-    float64 reference to 1e-6). Networks with instance norm keep theirs too: torch's instance-norm backward
-    pass at batch 1 (CPU, torch 2.13) returns a wrong input gradient when its output gradient is
-    channels-last (relative error 1.3 to 1.6 against NCDHW), which a oneDNN convolution after it produces
-    (measured on conv-norm-activation-conv stacks at 48^3: 1.5 against a float64 reference, where NCDHW
-    agrees to 1e-6; ``Testing/Lib/test_convolution.py``). A network whose ``keep_layout`` attribute is true keeps its layout too (a
-    loader that measured channels-last slower: nnU-Net's U-Nets). So do networks of which at least a third
+    float64 reference to 1e-6). Networks with instance norm keep theirs too where a backward pass may
+    follow (`backward`): torch's instance-norm backward pass at batch 1 (CPU, torch 2.13) returns a wrong
+    input gradient when its output gradient is channels-last (relative error 1.3 to 1.6 against NCDHW),
+    which a oneDNN convolution after it produces (a conv / instance norm / conv stack at 48^3: 1.5 against a
+    float64 reference, where NCDHW agrees to 1e-6; ``Testing/Lib/test_convolution.py``, ADR 0007). A
+    network whose ``keep_layout`` attribute is true keeps its layout too (a loader that measured
+    channels-last slower: nnU-Net's U-Nets). So do networks of which at least a third
     of the 3D convolutions are 1 x 1 x 1 (DenseNet's bottlenecks and transitions): PyTorch runs those
     outside oneDNN for batches under 16 on one thread, where channels-last only adds layout copies to every
     concatenation (measured on MONAI's DenseNet121 at 96^3, one thread: forward+backward 5 % slower at
     batches of 1 and 4, and whole explanations 3 to 20 % slower than the peers in NCDHW, docs/methods.md).
     Re-entrant: an inner use changes nothing.
     """
-    weights = [] if _keeps_layout(network) else [p for p in network.parameters() if p.ndim == 5]
+    weights = [] if _keeps_layout(network, backward) else [p for p in network.parameters() if p.ndim == 5]
     if not weights:
         with _converting(False):
             yield
@@ -72,14 +73,15 @@ def channels_last(network: torch.nn.Module) -> Iterator[None]:
             p.data = data
 
 
-def _keeps_layout(network: torch.nn.Module) -> bool:
+def _keeps_layout(network: torch.nn.Module, backward: bool = True) -> bool:
     """Whether the network runs in its own layout (see :func:`channels_last`): TorchScript, ``keep_layout``,
-    group or instance norm, or at least a third of its 3D convolutions 1 x 1 x 1. One pass over the modules."""
+    group norm, instance norm where a backward pass may follow, or at least a third of its 3D convolutions
+    1 x 1 x 1. One pass over the modules."""
     if isinstance(network, torch.jit.ScriptModule) or getattr(network, "keep_layout", False):
         return True
     convolutions = pointwise = 0
     for module in network.modules():
-        if isinstance(module, _NORMS_KEEPING_LAYOUT):
+        if isinstance(module, torch.nn.GroupNorm) or (backward and isinstance(module, _INSTANCE_NORM)):
             return True
         if isinstance(module, torch.nn.Conv3d):
             convolutions += 1

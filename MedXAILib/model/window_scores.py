@@ -92,7 +92,7 @@ class LocalWindowScores:
                         baseline[(slice(None), slice(None), *inside[1])]
                 windows.append(window)
             batch = torch.cat(windows) if len(windows) > 1 else windows[0]
-            with torch.inference_mode(), fast_convolutions(network):  # layout: same values, faster
+            with torch.inference_mode(), fast_convolutions(network, backward=False):  # layout: same values, faster
                 y = network_output(network, to_channels_last(batch), self.adapter.uses_amp())
                 y = y[:, self.channels]
                 for row, (k, _, _) in enumerate(part):

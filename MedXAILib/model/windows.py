@@ -242,7 +242,7 @@ def windowed_forward(network: torch.nn.Module, z: torch.Tensor, plan: WindowPlan
     Differentiable: under autograd the whole graph is kept, as with MONAI (the windowed backward of
     :mod:`.window_gradient` avoids that). Windows run in channels-last-3D layout (:mod:`.layout`).
     """
-    with fast_convolutions(network):
+    with fast_convolutions(network, backward=torch.is_grad_enabled()):  # a graph kept only with autograd on
         return _windowed_forward(network, z, plan, per_call, mixed_precision, progress)
 
 
