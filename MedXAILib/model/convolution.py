@@ -16,11 +16,13 @@ duration of a block. Eligible: ungrouped (grouped ones reach oneDNN already), a 
 where PyTorch picks oneDNN itself, its backward pass is a few per cent faster than the one below), its
 input and weight are float32 on the CPU, oneDNN is enabled, and neither weight nor bias needs a gradient
 (attributions need input gradients only; :meth:`MedXAILib.model.ModelAdapter.borrowed` freezes the
-parameters). Other calls run PyTorch's own
-convolution unchanged. The input gradient of a stride-1 convolution is itself a oneDNN convolution of
-the output gradient with the flipped, transposed kernel (padding ``dilation * (k - 1) - padding``); a
-strided convolution's input gradient is PyTorch's (at that size its native kernel is the faster one).
-The backward pass keeps only the weights, not the input that PyTorch saves for a weight gradient.
+parameters). Other calls run PyTorch's own convolution unchanged. The input gradient of a stride-1
+convolution is itself a oneDNN convolution of the output gradient with the flipped, transposed kernel
+(padding ``dilation * (k - 1) - padding``); a strided convolution's input gradient is PyTorch's (a
+oneDNN convolution of the zero-interleaved gradient was slower). It comes back in the layout PyTorch
+gives it (channels-last when the input or the weight is), which instance norm depends on (see
+:func:`MedXAILib.model.layout.channels_last`). The backward pass keeps only the weights, not the input
+that PyTorch saves for a weight gradient.
 """
 
 from __future__ import annotations

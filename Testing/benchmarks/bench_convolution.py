@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -34,24 +32,12 @@ sys.path.insert(0, str(HERE))
 
 from MedXAILib.model.convolution import onednn_convolutions  # noqa: E402
 from MedXAILib.model.layout import channels_last, fast_convolutions, to_channels_last  # noqa: E402
+from profile_whole_call import interleaved  # noqa: E402
 
 #: (input shape, output channels, stride) of single layers, kernel 3, padding 1
 LAYERS = [((1, 1, 96, 96, 96), 8, 2), ((1, 8, 48, 48, 48), 8, 1), ((1, 16, 24, 24, 24), 16, 1),
           ((1, 32, 96, 96, 96), 32, 1), ((1, 64, 24, 24, 24), 64, 1), ((1, 128, 12, 12, 12), 128, 1),
           ((1, 64, 6, 6, 6), 64, 1), ((1, 16, 48, 48, 48), 32, 2)]
-
-
-def _interleaved(runs: dict, rounds: int) -> dict[str, float]:
-    for run in runs.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    names = list(runs)
-    for index in range(rounds):
-        for name in names[index % len(names):] + names[:index % len(names)]:
-            started = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _kernel(run) -> str:
@@ -88,7 +74,7 @@ def layers(rounds: int) -> None:
             return inner
 
         kernel = _kernel(forward)
-        times = _interleaved({"f": forward, "g": gradient, "rf": routed(forward), "rg": routed(gradient)}, rounds)
+        times = interleaved({"f": forward, "g": gradient, "rf": routed(forward), "rg": routed(gradient)}, rounds)
         diff = max(float((a - b).abs().max() / a.abs().max()) for a, b in
                    ((forward(), routed(forward)()), (gradient(), routed(gradient)())))
         print(f"{str(shape):22s} {out_channels:4d} {stride:6d}  {kernel:14s} "
@@ -137,7 +123,7 @@ def networks(rounds: int) -> None:
         scale = float(reference.abs().max())
         runs = {label: gradient(execution) for label, execution in executions.items()}
         errors = {label: float((run() - reference).abs().max()) / scale for label, run in runs.items()}
-        times = _interleaved(runs, rounds)
+        times = interleaved(runs, rounds)
         print(f"{name:26s} " + " ".join(f"{times[label] * 1e3:9.1f} (err {errors[label]:.0e})" for label in runs))
 
 

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 MODELS = HERE.parents[1] / "Resources" / "Models"
 
 
-def _interleaved(runs: dict, rounds: int) -> dict[str, float]:
+def interleaved(runs: dict, rounds: int) -> dict[str, float]:
     """Median seconds of each run, the order rotating every round, after one warm-up each."""
     for run in runs.values():
         run()
@@ -75,7 +75,7 @@ def whole_call(case: str, method: str, rounds: int) -> None:
             cam.attribute(s.x, relu_attributions=True), tuple(s.x.shape[2:]), "trilinear")
     else:
         runs["forward+backward"] = lambda: s.f(bench.leaf_input(s)).sum().backward()
-    for name, seconds in _interleaved(runs, rounds).items():
+    for name, seconds in interleaved(runs, rounds).items():
         print(f"{name:40s} {seconds * 1e3:8.1f} ms")
     profile = cProfile.Profile()
     profile.enable()
@@ -117,7 +117,7 @@ def argmax_routes(rounds: int) -> None:
     expected = current()
     for name, route in routes.items():
         assert torch.equal(route().long(), expected), name
-    for name, seconds in _interleaved(routes, rounds).items():
+    for name, seconds in interleaved(routes, rounds).items():
         print(f"{name:40s} {seconds * 1e3:8.2f} ms")
 
 
