@@ -101,10 +101,10 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def command() -> int:
     """The ``medxai`` command and ``python -m MedXAILib``: :func:`main` in a process of its own, whose
     allocator ``MEDXAI_ALLOCATOR`` may choose (:func:`MedXAILib.allocator.from_environment`)."""
-    from ..allocator import choice, from_environment
+    from ..allocator import choice, keep_freed_buffers
 
     try:
-        if not from_environment() and choice() == "keep":
+        if choice() == "keep" and not keep_freed_buffers():
             sys.stderr.write("medxai: warning: MEDXAI_ALLOCATOR=keep not applied: not glibc, or the allocator "
                              "was chosen already (MALLOC_*, GLIBC_TUNABLES, a preloaded allocator)\n")
     except MedXAIError as exc:

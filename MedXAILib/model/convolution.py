@@ -13,14 +13,14 @@ at a small size (128 channels at 12^3: 15 and 32 ms against 5.6 and 14 ms), meas
 duration of a block. Eligible: ungrouped (grouped ones reach oneDNN already), a kernel larger than
 1 x 1 x 1 (PyTorch's matrix product is faster there), numeric padding, and the module's own
 ``_conv_forward``. A call is routed when PyTorch would give it the slow kernel (:func:`slow_kernel_call`;
-where PyTorch picks oneDNN itself, its backward pass is a few per cent faster than the one below), its
+where PyTorch picks oneDNN itself there is nothing to gain, and its own backward pass stays), its
 input and weight are float32 on the CPU, oneDNN is enabled, and neither weight nor bias needs a gradient
 (attributions need input gradients only; :meth:`MedXAILib.model.ModelAdapter.borrowed` freezes the
 parameters). Other calls run PyTorch's own convolution unchanged. The input gradient of a stride-1
 convolution is itself a oneDNN convolution of the output gradient with the flipped, transposed kernel
 (padding ``dilation * (k - 1) - padding``); a strided convolution's input gradient is PyTorch's (a
-oneDNN convolution of the zero-interleaved gradient was slower). It comes back in the layout PyTorch
-gives it (channels-last when the input or the weight is), which instance norm depends on (see
+oneDNN convolution of the zero-interleaved gradient was slower when tried). It comes back in the layout
+PyTorch gives it (channels-last when the input or the weight is), which instance norm depends on (see
 :func:`MedXAILib.model.layout.channels_last`). The backward pass keeps only the weights, not the input
 that PyTorch saves for a weight gradient.
 """
@@ -50,8 +50,11 @@ def routes_to_onednn(module: torch.nn.Module) -> bool:
 @contextmanager
 def onednn_convolutions(network: torch.nn.Module) -> Iterator[None]:
     """Within the block, `network`'s eligible 3D convolutions run in oneDNN (see the module docstring);
-    every module is restored on leaving. Re-entrant. TorchScript modules are left as they are."""
-    routed = [] if isinstance(network, torch.jit.ScriptModule) or not torch.backends.mkldnn.is_available() \
+    every module is restored on leaving. Re-entrant. TorchScript modules, and networks whose weights are
+    not on the CPU (no call of theirs is routed), are left as they are."""
+    first = next(network.parameters(), None)
+    routed = [] if (isinstance(network, torch.jit.ScriptModule) or not torch.backends.mkldnn.is_available()
+                    or (first is not None and first.device.type != "cpu")) \
         else [m for m in network.modules() if routes_to_onednn(m) and _ROUTED not in m.__dict__]
     try:
         for module in routed:
@@ -65,8 +68,9 @@ def onednn_convolutions(network: torch.nn.Module) -> Iterator[None]:
 
 
 def _routed_forward(module: torch.nn.Conv3d) -> Any:
-    """`module`'s ``_conv_forward`` through oneDNN where the call allows it. Captures the module's
-    configuration, not the module (a copy of a module made inside the block computes the same)."""
+    """`module`'s ``_conv_forward`` through oneDNN where the call allows it. Reads only the module's
+    configuration (fixed when the block starts), so a copy of the module made inside the block, which
+    keeps this function, computes the same values."""
     native = module._conv_forward  # noqa: SLF001 - the class's bound method
     stride, dilation = tuple(module.stride), tuple(module.dilation)
     padding = tuple(module.padding)
@@ -94,7 +98,7 @@ ONEDNN_THRESHOLD = 20480
 def slow_kernel_call(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether PyTorch's CPU heuristic sends this ungrouped, non-pointwise float32 convolution to its slow
     kernel: batch 1, ``C * D * H`` at most :data:`ONEDNN_THRESHOLD`, no kernel wider than 3 in both of
-    its last two axes. Where PyTorch picks oneDNN itself, its own backward pass is the faster one."""
+    its last two axes (where PyTorch picks oneDNN itself, routing gains nothing)."""
     return (x.shape[0] == 1 and x.shape[1] * x.shape[2] * x.shape[3] <= ONEDNN_THRESHOLD
             and not (weight.shape[-1] > 3 and weight.shape[-2] > 3))
 

@@ -46,9 +46,10 @@ def channels_last(network: torch.nn.Module, backward: bool = True) -> Iterator[N
     absolute error on a 96^3 window of the whole-body CT bundle's SegResNet, where NCDHW agrees with a
     float64 reference to 1e-6). Networks with instance norm keep theirs too where a backward pass may
     follow (`backward`): torch's instance-norm backward pass at batch 1 (CPU, torch 2.13) returns a wrong
-    input gradient when its output gradient is channels-last (relative error 1.3 to 1.6 against NCDHW),
-    which a oneDNN convolution after it produces (a conv / instance norm / conv stack at 48^3: 1.5 against a
-    float64 reference, where NCDHW agrees to 1e-6; ``Testing/Lib/test_convolution.py``, ADR 0007). A
+    input gradient when its output gradient is channels-last (relative error 1.3; none at batch 2), which
+    a oneDNN convolution after it produces (a conv / instance norm / conv stack at 48^3: 1.4 against a
+    float64 reference, where NCDHW agrees to 6e-7; ``bench_convolution.py --norms``,
+    ``Testing/Lib/test_convolution.py``, ADR 0007). A
     network whose ``keep_layout`` attribute is true keeps its layout too (a loader that measured
     channels-last slower: nnU-Net's U-Nets). So do networks of which at least a third
     of the 3D convolutions are 1 x 1 x 1 (DenseNet's bottlenecks and transitions): PyTorch runs those

@@ -3,6 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python Testing/benchmarks/bench_convolution.py [--threads 2] [--rounds 7] [--layers-only]
+    .venv/bin/python Testing/benchmarks/bench_convolution.py --norms
 
 Part 1 times single ``nn.Conv3d`` layers of the shapes volumetric networks have at batch 1, forward
 and input gradient, as PyTorch runs them and inside :func:`MedXAILib.model.convolution.onednn_convolutions`,
@@ -16,6 +17,11 @@ gradient is compared with the same pass in float64 (``err``: max |g - g64| / max
 two shipped demo models, MONAI's DenseNet121 and UNet of ``bench_explain.py --targets``, MONAI's
 DynUNet (nnU-Net's layout), BasicUNet and SegResNet at 96^3, seeded random weights. All times are
 medians of ``--rounds`` interleaved rounds after a warm-up.
+
+``--norms`` instead shows torch's batch-1 instance-norm backward with a channels-last output gradient
+(at batch 1 and 2), and the gradients it gave where a network ran channels-last with PyTorch's kernels,
+as MedXAI's passes did before networks with instance norm kept NCDHW (ADR 0007): a conv / instance norm
+/ conv stack at 48^3 and the MONAI UNet of docs/scale.md's full-CT first look at 96^3, against float64.
 """
 
 from __future__ import annotations
@@ -127,15 +133,68 @@ def networks(rounds: int) -> None:
         print(f"{name:26s} " + " ".join(f"{times[label] * 1e3:9.1f} (err {errors[label]:.0e})" for label in runs))
 
 
+def _forced_channels_last(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input gradient of the output's second channel squared with every 5-D weight and the input
+    channels-last, PyTorch's kernels: what MedXAI's passes did before instance norm kept NCDHW."""
+    saved = [(p, p.data) for p in network.parameters() if p.ndim == 5]
+    try:
+        for p, data in saved:
+            p.data = data.contiguous(memory_format=torch.channels_last_3d)
+        z = to_channels_last(x).requires_grad_(True)
+        return torch.autograd.grad(network(z)[:, 1].square().sum(), z)[0]
+    finally:
+        for p, data in saved:
+            p.data = data
+
+
+def norms() -> None:
+    """torch's instance-norm backward with a channels-last output gradient, and what it did to gradients."""
+    from monai.networks.nets import UNet
+
+    print("\ninstance norm, backward with a channels-last output gradient (max |g - g_NCDHW| / max |g_NCDHW|)")
+    torch.manual_seed(0)
+    for batch in (1, 2):
+        norm = torch.nn.InstanceNorm3d(16, affine=True)
+        x = torch.randn(batch, 16, 24, 24, 24, requires_grad=True)
+        g = torch.randn(x.shape)
+        expected = torch.autograd.grad(norm(x), x, g)[0]
+        found = torch.autograd.grad(norm(x), x, g.contiguous(memory_format=torch.channels_last_3d))[0]
+        print(f"  batch {batch}: {float((found - expected).abs().max() / expected.abs().max()):.1e}")
+    print("gradients (float32, PyTorch's kernels) against float64: channels-last weights and input, and NCDHW")
+    stack = torch.nn.Sequential(torch.nn.Conv3d(1, 16, 3, padding=1), torch.nn.InstanceNorm3d(16, affine=True),
+                                torch.nn.PReLU(), torch.nn.Conv3d(16, 16, 3, padding=1),
+                                torch.nn.InstanceNorm3d(16), torch.nn.Conv3d(16, 2, 3, padding=1))
+    unet = UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=(16, 32, 64, 128), strides=(2, 2, 2),
+                num_res_units=1, norm="instance")  # docs/scale.md's full-CT network
+    for name, network, size in (("conv / instance norm / conv, 48^3", stack, 48),
+                                ("MONAI UNet with instance norm, 96^3", unet, 96)):
+        network = network.eval().requires_grad_(False)
+        x = torch.rand(1, 1, size, size, size)
+        found = _forced_channels_last(network, x).double()
+        z = x.clone().requires_grad_(True)
+        ncdhw = torch.autograd.grad(network(z)[:, 1].square().sum(), z)[0].double()
+        network.double()
+        z = x.double().requires_grad_(True)
+        reference = torch.autograd.grad(network(z)[:, 1].square().sum(), z)[0]
+        network.float()
+        scale = float(reference.abs().max())
+        print(f"  {name}: channels-last {float((found - reference).abs().max()) / scale:.1e}, "
+              f"NCDHW {float((ncdhw - reference).abs().max()) / scale:.1e}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--layers-only", action="store_true")
+    ap.add_argument("--norms", action="store_true", help="only the instance-norm checks (ADR 0007)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), oneDNN available: "
           f"{torch.backends.mkldnn.is_available()}")
+    if args.norms:
+        norms()
+        return 0
     layers(args.rounds)
     if not args.layers_only:
         networks(args.rounds)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE.parents[1] / "Resources" / "Models"
@@ -109,9 +110,19 @@ def argmax_routes(rounds: int) -> None:
         k2 = 2 * i3 + torch.gather(g2, 1, i3[:, None])[:, 0].long()
         return torch.bincount(2 * k2 + torch.gather(g1, 1, k2[:, None])[:, 0].long(), minlength=8)
 
+    def equal_bytes():  # the 8 booleans "equals the maximum" of a voxel read as one int64: its lowest set
+        # byte is the first maximum; that power of 256 modulo 19 (256 has order 9 there) names the class
+        found = (flat == flat.amax(1, keepdim=True)).view(torch.int64).view(-1)
+        return torch.bincount((found & -found) % 19, minlength=19)[[1, 9, 5, 7, 6, 16, 11, 4]]
+
+    def pooled():  # max pooling over the 8 channels of each voxel, returning indices
+        return torch.bincount(F.max_pool1d(flat[:, None], 8, return_indices=True)[1].flatten(), minlength=8)
+
     array, contiguous = flat.numpy(), scores.contiguous()
     routes = {"max(0) + bincount (current)": current, "amax, compare, column sum": compare,
-              "pairwise tournament": tournament,
+              "pairwise tournament": tournament, "amax, compare, bytes as int64": equal_bytes,
+              "max_pool1d indices + bincount": pooled,
+              "topk(1) + bincount": lambda: torch.bincount(flat.topk(1, 1)[1].flatten(), minlength=8),
               "NumPy argmax + bincount": lambda: torch.from_numpy(np.bincount(array.argmax(1), minlength=8)),
               "argmax(0) in NCDHW": lambda: torch.bincount(contiguous.argmax(0).flatten(), minlength=8)}
     expected = current()
